@@ -1,0 +1,3 @@
+"""msctr: multi-scenario CTR research end to end."""
+
+__version__ = "0.1.0"

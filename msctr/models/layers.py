@@ -1,0 +1,218 @@
+"""The few pieces that are truly shared: embedding, MLP, gates, stacked and per-scenario linears.
+
+Shapes in comments: B batch, F fields, d embedding size, S scenarios, E experts.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from msctr.data.batch import Batch
+from msctr.data.schema import Schema
+
+
+class FeatureEmbedding(nn.Module):
+    """All categorical inputs in one table (per-field offsets), plus dense and sequence fields.
+
+    `fields(batch)` gives one d-vector per input field, in this order:
+    [scenario] + sparse fields + dense fields (value x learned vector) + [one masked-mean
+    pooled vector per behavior sequence]. Sequence ids share their target field's rows,
+    so a clicked video and a candidate video have the same embedding.
+    """
+
+    def __init__(
+        self,
+        schema: Schema,
+        dim: int,
+        include_scenario: bool = True,
+        pool_sequences: bool = True,
+        sparse_grad: bool = False,
+    ):
+        super().__init__()
+        self.schema = schema
+        self.dim = dim
+        self.include_scenario = include_scenario
+        self.pool_sequences = pool_sequences and bool(schema.sequences)
+        sizes = [f.vocab_size for f in schema.sparse]
+        offsets = [0]
+        for s in sizes[:-1]:
+            offsets.append(offsets[-1] + s)
+        self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.long), persistent=False)
+        self.table = nn.Embedding(sum(sizes), dim, sparse=sparse_grad)
+        self.scenario_table = nn.Embedding(schema.num_scenarios, dim)
+        self.dense_vectors = nn.Parameter(torch.empty(len(schema.dense), dim))
+        seq_offsets = [
+            torch.tensor([offsets[schema.sparse_index(f.shares)] for f in seq.fields])
+            for seq in schema.sequences
+        ]
+        for i, o in enumerate(seq_offsets):
+            self.register_buffer(f"seq_offsets_{i}", o, persistent=False)
+        nn.init.normal_(self.table.weight, std=1e-2)
+        nn.init.normal_(self.scenario_table.weight, std=1e-2)
+        nn.init.normal_(self.dense_vectors, std=1e-2)
+        self.field_names = (
+            (["scenario"] if include_scenario else [])
+            + schema.sparse_names
+            + schema.dense_names
+            + ([s.name for s in schema.sequences] if self.pool_sequences else [])
+        )
+
+    @property
+    def num_fields(self) -> int:
+        return len(self.field_names)
+
+    def scenario(self, batch: Batch) -> torch.Tensor:  # [B, d]
+        return self.scenario_table(batch.scenario)
+
+    def sparse(self, batch: Batch) -> torch.Tensor:  # [B, F, d]
+        return self.table(batch.sparse + self.offsets)
+
+    def sequence(self, batch: Batch, i: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Behaviors of sequence i: ([B, L, d] mean over attribute embeddings, mask [B, L])."""
+        ids = batch.seq_ids[i] + getattr(self, f"seq_offsets_{i}")  # [B, L, K]
+        return self.table(ids).mean(dim=2), batch.seq_mask[i]
+
+    def pooled_sequence(self, batch: Batch, i: int = 0) -> torch.Tensor:  # [B, d]
+        emb, mask = self.sequence(batch, i)
+        m = mask.unsqueeze(-1).to(emb.dtype)
+        return (emb * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+    def fields(self, batch: Batch) -> torch.Tensor:  # [B, n_fields, d]
+        parts = []
+        if self.include_scenario:
+            parts.append(self.scenario(batch).unsqueeze(1))
+        parts.append(self.sparse(batch))
+        if self.schema.dense:
+            parts.append(batch.dense.unsqueeze(-1) * self.dense_vectors)
+        if self.pool_sequences:
+            parts.extend(
+                self.pooled_sequence(batch, i).unsqueeze(1)
+                for i in range(len(self.schema.sequences))
+            )
+        return torch.cat(parts, dim=1)
+
+
+class MLP(nn.Sequential):
+    """Linear -> [BatchNorm] -> activation -> Dropout, per hidden size; optional final linear."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: list[int] | tuple[int, ...],
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+        out_dim: int | None = None,
+        activation: type[nn.Module] = nn.ReLU,
+    ):
+        layers: list[nn.Module] = []
+        for h in hidden:
+            layers.append(nn.Linear(in_dim, h))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(h))
+            layers.append(activation())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            in_dim = h
+        if out_dim is not None:
+            layers.append(nn.Linear(in_dim, out_dim))
+            in_dim = out_dim
+        super().__init__(*layers)
+        self.out_dim = in_dim
+
+
+class GateNU(nn.Module):
+    """PEPNet's gate neural unit: gamma * sigmoid(W2 ReLU(W1 x)), values in (0, gamma)."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int | None = None, gamma: float = 2.0):
+        super().__init__()
+        hidden = hidden or out_dim
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
+        self.gamma = gamma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gamma * torch.sigmoid(self.net(x))
+
+
+class StackedLinear(nn.Module):
+    """n independent linears applied to the same or to n different inputs in one batched matmul.
+
+    x: [B, in] (shared) or [n, B, in] -> [n, B, out]. Used for experts that every sample uses.
+    """
+
+    def __init__(self, n: int, in_dim: int, out_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.zeros(n, 1, out_dim))
+        bound = 1 / math.sqrt(in_dim)
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            return torch.matmul(x, self.weight) + self.bias  # broadcast over n
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class StackedMLP(nn.Module):
+    """n MLPs of equal shape (e.g. experts), all computed in batched matmuls: [B, in] -> [n, B, out]."""
+
+    def __init__(self, n: int, in_dim: int, hidden: list[int] | tuple[int, ...], dropout: float = 0.0):
+        super().__init__()
+        dims = [in_dim, *hidden]
+        self.layers = nn.ModuleList(StackedLinear(n, a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.dropout = nn.Dropout(dropout)
+        self.out_dim = dims[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = self.dropout(torch.relu(layer(x)))
+        return x
+
+
+class ScenarioLinear(nn.Module):
+    """One linear per scenario; each sample uses only its own scenario's weights.
+
+    The weights are gathered per sample and applied with one batched matmul, so the cost is
+    that of a single tower and there is no Python loop over scenarios.
+    """
+
+    def __init__(self, num_scenarios: int, in_dim: int, out_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_scenarios, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.zeros(num_scenarios, out_dim))
+        bound = 1 / math.sqrt(in_dim)
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
+        # x [B, in], scenario [B] -> [B, out]
+        return torch.bmm(x.unsqueeze(1), self.weight[scenario]).squeeze(1) + self.bias[scenario]
+
+
+class ScenarioMLP(nn.Module):
+    """A per-scenario tower (ReLU hidden layers, optional final linear) using ScenarioLinear."""
+
+    def __init__(
+        self,
+        num_scenarios: int,
+        in_dim: int,
+        hidden: list[int] | tuple[int, ...],
+        out_dim: int | None = 1,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        dims = [in_dim, *hidden]
+        self.hidden = nn.ModuleList(
+            ScenarioLinear(num_scenarios, a, b) for a, b in zip(dims[:-1], dims[1:])
+        )
+        self.out = ScenarioLinear(num_scenarios, dims[-1], out_dim) if out_dim else None
+        self.dropout = nn.Dropout(dropout)
+        self.out_dim = out_dim or dims[-1]
+
+    def forward(self, x: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
+        for layer in self.hidden:
+            x = self.dropout(torch.relu(layer(x, scenario)))
+        return self.out(x, scenario) if self.out is not None else x

@@ -1,0 +1,127 @@
+"""Model registry: name -> model class, hyperparameter dataclass and ablation switches.
+
+Every model module registers itself with `@register(...)`; `build` validates a recipe's
+`model.params` against the model's dataclass (unknown key = one-line error) and its
+`drop` list against the model's declared switches.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from msctr.config import from_dict
+from msctr.data.schema import Schema
+from msctr.errors import UserError
+
+# modules that register models; imported lazily so `msctr --help` stays fast
+MODEL_MODULES = (
+    "dnn",
+    "shared_bottom",
+    "mmoe",
+    "ple",
+    "star",
+    "adasparse",
+    "pepnet",
+    "hierrec",
+    "sfpnet",
+    "hmdn",
+)
+
+
+class ModelOutput(NamedTuple):
+    logit: torch.Tensor  # [B]
+    aux_loss: torch.Tensor  # scalar, added to BCE by the engine
+
+
+@dataclass
+class ModelParams:
+    """Keys every model accepts. Each model extends this with its own."""
+
+    embed_dim: int = 16
+    drop: list[str] = field(default_factory=list)  # ablation switches turned off
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    cls: type[nn.Module]
+    params: type[ModelParams]
+    switches: dict[str, str]  # switch name -> what dropping it removes
+    paper: str
+    needs_sequences: bool = False
+
+
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register(
+    name: str,
+    params: type[ModelParams],
+    paper: str,
+    switches: dict[str, str] | None = None,
+    needs_sequences: bool = False,
+):
+    def wrap(cls: type[nn.Module]) -> type[nn.Module]:
+        MODELS[name] = ModelSpec(name, cls, params, switches or {}, paper, needs_sequences)
+        return cls
+
+    return wrap
+
+
+def _load_all() -> None:
+    for mod in MODEL_MODULES:
+        try:
+            importlib.import_module(f"msctr.models.{mod}")
+        except ModuleNotFoundError as e:  # a model file not written yet
+            if e.name != f"msctr.models.{mod}":
+                raise
+
+
+def get_spec(name: str) -> ModelSpec:
+    _load_all()
+    if name not in MODELS:
+        raise UserError(f"unknown model '{name}'; available models: {', '.join(sorted(MODELS))}")
+    return MODELS[name]
+
+
+def available() -> list[str]:
+    _load_all()
+    return sorted(MODELS)
+
+
+def parse_params(name: str, params: dict | None, where: str = "model.params") -> ModelParams:
+    spec = get_spec(name)
+    p = from_dict(spec.params, params, where)
+    check_switches(spec, p.drop)
+    return p
+
+
+def check_switches(spec: ModelSpec, drop: list[str]) -> None:
+    for s in drop:
+        if s not in spec.switches:
+            listed = ", ".join(spec.switches) if spec.switches else "none"
+            raise UserError(
+                f"model '{spec.name}' has no ablation switch '{s}'; its switches are: {listed}"
+            )
+
+
+def build(name: str, schema: Schema, params: dict | ModelParams | None = None) -> nn.Module:
+    spec = get_spec(name)
+    p = params if isinstance(params, ModelParams) else parse_params(name, params)
+    if spec.needs_sequences and not schema.sequences:
+        raise UserError(
+            f"model '{name}' needs behavior sequences, but dataset '{schema.source}' has none; "
+            "prepare the data with sequences (e.g. `msctr prepare synthetic`) or pick another model"
+        )
+    return spec.cls(schema, p)
+
+
+def split_output(out: torch.Tensor | ModelOutput) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if isinstance(out, ModelOutput):
+        return out.logit, out.aux_loss
+    return out, None
