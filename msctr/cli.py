@@ -1,0 +1,200 @@
+"""The `msctr` command line: parse, call one function, render with rich."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from msctr.errors import UserError
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    help="Multi-scenario CTR research end to end: prepare, train, eval, ablate, bench-inference.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+prepare_app = typer.Typer(
+    help="Turn a dataset into the prepared format (Parquet splits + schema.json).",
+    no_args_is_help=True,
+)
+app.add_typer(prepare_app, name="prepare")
+
+Sets = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a recipe key, e.g. --set train.lr=0.002 (repeatable)."),
+]
+
+
+def print_scenario_stats(schema) -> None:
+    table = Table(title=f"{schema.source}: rows and CTR per scenario", header_style="bold")
+    table.add_column("scenario")
+    for split in ("train", "val", "test"):
+        table.add_column(f"{split} rows", justify="right")
+        table.add_column(f"{split} CTR", justify="right")
+    for k, name in enumerate(schema.scenario_names):
+        cells = [name]
+        for split in ("train", "val", "test"):
+            n, c = schema.scenario_counts[split][k], schema.scenario_clicks[split][k]
+            cells += [f"{n:,}", f"{c / n:.4f}" if n else "-"]
+        table.add_row(*cells)
+    totals = ["all"]
+    for split in ("train", "val", "test"):
+        n = schema.rows[split]
+        totals += [f"{n:,}", f"{sum(schema.scenario_clicks[split]) / n:.4f}"]
+    table.add_row(*totals, style="bold")
+    console.print(table)
+    console.print(
+        f"{len(schema.sparse)} sparse, {len(schema.dense)} dense, "
+        f"{len(schema.sequences)} sequence field(s); {schema.num_partitions - 1} partitions"
+    )
+
+
+@prepare_app.command("synthetic")
+def prepare_synthetic(
+    out: Annotated[Path, typer.Option(help="Folder to write the prepared dataset to.")] = Path(
+        "data/synthetic"
+    ),
+    rows: Annotated[int, typer.Option(help="Number of impressions to generate.")] = 200_000,
+    scenarios: Annotated[int, typer.Option(help="Number of explicit scenarios.")] = 5,
+    seed: Annotated[int, typer.Option(help="Random seed of the generator.")] = 0,
+) -> None:
+    """Generate planted-signal data (known click probabilities) and prepare it.
+
+    Example: msctr prepare synthetic --out data/synthetic --rows 200000 --scenarios 5 --seed 0
+    """
+    from msctr.data.prepare import prepare
+    from msctr.data.sources.synthetic import generate
+
+    if rows < 1000:
+        raise UserError(f"--rows must be at least 1000 (got {rows}) so every split has rows")
+    if scenarios < 1:
+        raise UserError(f"--scenarios must be at least 1 (got {scenarios})")
+    with console.status("generating and preparing synthetic data"):
+        schema = prepare(generate(rows=rows, scenarios=scenarios, seed=seed), out, seed=seed)
+    print_scenario_stats(schema)
+    console.print(f"[green]wrote[/] {out}")
+
+
+@prepare_app.command("table")
+def prepare_table(
+    path: Annotated[
+        Path, typer.Argument(help="A CSV or Parquet file with one row per impression.")
+    ],
+    label: Annotated[str, typer.Option(help="Label column (values 0/1).")],
+    scenario: Annotated[str, typer.Option(help="Scenario column.")],
+    sparse: Annotated[str, typer.Option(help="Comma-separated categorical columns.")],
+    out: Annotated[Path, typer.Option(help="Folder to write the prepared dataset to.")],
+    dense: Annotated[str, typer.Option(help="Comma-separated numeric columns.")] = "",
+    user: Annotated[str | None, typer.Option(help="User column (GAUC groups).")] = None,
+    session: Annotated[str | None, typer.Option(help="Session column (S-GAUC groups).")] = None,
+    order: Annotated[str | None, typer.Option(help="Column giving log order.")] = None,
+    split: Annotated[str, typer.Option(help="sequential | random")] = "sequential",
+    seed: Annotated[int, typer.Option(help="Seed for a random split.")] = 0,
+) -> None:
+    """Prepare any table given a field map.
+
+    Example: msctr prepare table clicks.csv --label click --scenario tab --sparse user,item,cat
+    --dense price --user user --order ts --out data/mine
+    """
+    from msctr.data.prepare import prepare
+    from msctr.data.sources.table import read_table
+
+    table = read_table(
+        path,
+        label=label,
+        scenario=scenario,
+        sparse=sparse,
+        dense=dense,
+        user=user,
+        session=session,
+        order=order,
+        split=split,
+    )
+    schema = prepare(table, out, seed=seed)
+    print_scenario_stats(schema)
+    console.print(f"[green]wrote[/] {out}")
+
+
+@app.command()
+def train(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    set_: Sets = None,
+    smoke: Annotated[bool, typer.Option(help="A few batches, one seed, small eval.")] = False,
+    evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Evaluate when done.")] = True,
+) -> None:
+    """Train every model of a recipe over its seeds, then evaluate.
+
+    Example: msctr train recipes/synthetic/table.yaml --set train.seeds=[0,1,2]
+    """
+    from msctr.evaluate.report import render_table, summarize
+    from msctr.recipe import load_recipe
+    from msctr.train.engine import train_recipe
+
+    r = load_recipe(recipe, set_ or [], smoke=smoke)
+    run_dir = train_recipe(r, console)
+    console.print(f"[green]runs in[/] {run_dir}")
+    if evaluate:
+        render_table(summarize(run_dir), console)
+        console.print(f"wrote {run_dir / 'results.json'} and {run_dir / 'report.md'}")
+
+
+@app.command("eval")
+def eval_(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder made by `msctr train`.")],
+) -> None:
+    """Metrics, seed statistics and significance for a finished run.
+
+    Example: msctr eval runs/synthetic-table
+    """
+    from msctr.evaluate.report import render_table, summarize
+
+    if not run_dir.is_dir():
+        raise UserError(f"run folder '{run_dir}' does not exist; train a recipe first")
+    render_table(summarize(run_dir), console)
+    console.print(f"wrote {run_dir / 'results.json'} and {run_dir / 'report.md'}")
+
+
+@app.command()
+def ablate(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    drop: Annotated[list[str] | None, typer.Option(help="Switch to turn off (repeatable).")] = None,
+) -> None:
+    """Switch a model's named parts off and compare with significance.
+
+    Example: msctr ablate recipes/synthetic/sfpnet.yaml --drop rtm
+    """
+    err_console.print("msctr ablate is not yet available in this version")
+    raise typer.Exit(2)
+
+
+@app.command("bench-inference")
+def bench_inference(recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")]) -> None:
+    """Inference time and throughput per model.
+
+    Example: msctr bench-inference recipes/synthetic/table.yaml
+    """
+    err_console.print("msctr bench-inference is not yet available in this version")
+    raise typer.Exit(2)
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

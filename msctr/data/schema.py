@@ -1,0 +1,128 @@
+"""The prepared dataset's schema (`schema.json`): what every later step reads.
+
+Prepared columns (all integer-coded, written by `msctr.data.prepare`):
+- ``label``: int8 in {0, 1}
+- ``scenario``: int32 in [0, num_scenarios)
+- one int32 column per sparse field; id 0 is the reserved out-of-vocabulary id
+- one float32 column per dense field, standardized with training-split statistics
+- per sequence: one fixed-size list<int32> column per attribute (0-padded, most
+  recent first) and an int32 length column
+- ``_user``, ``_session`` (int64 group keys), ``_partition`` (int32), and on
+  planted-signal data ``_true_prob`` (float64): evaluation only, never features
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from msctr.errors import UserError
+from msctr.io import read_json, write_json
+
+SCHEMA_VERSION = 1
+SPLITS = ("train", "val", "test")
+LABEL = "label"
+SCENARIO = "scenario"
+USER = "_user"
+SESSION = "_session"
+PARTITION = "_partition"
+TRUE_PROB = "_true_prob"
+
+
+@dataclass
+class SparseField:
+    name: str
+    vocab_size: int  # includes the reserved OOV id 0
+
+
+@dataclass
+class DenseField:
+    name: str
+    mean: float
+    std: float
+
+
+@dataclass
+class SequenceField:
+    column: str
+    shares: str  # sparse field whose vocabulary and embedding this column uses
+
+
+@dataclass
+class Sequence:
+    name: str
+    max_len: int
+    length_column: str
+    fields: list[SequenceField]
+
+
+@dataclass
+class Schema:
+    source: str
+    num_scenarios: int
+    scenario_names: list[str]
+    sparse: list[SparseField]
+    dense: list[DenseField] = field(default_factory=list)
+    sequences: list[Sequence] = field(default_factory=list)
+    partition_fields: list[str] = field(default_factory=list)
+    num_partitions: int = 1
+    has_user: bool = False
+    has_session: bool = False
+    has_true_prob: bool = False
+    rows: dict[str, int] = field(default_factory=dict)
+    scenario_counts: dict[str, list[int]] = field(default_factory=dict)
+    scenario_clicks: dict[str, list[int]] = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+    version: int = SCHEMA_VERSION
+
+    # -- derived views -------------------------------------------------------------
+    @property
+    def sparse_names(self) -> list[str]:
+        return [f.name for f in self.sparse]
+
+    @property
+    def dense_names(self) -> list[str]:
+        return [f.name for f in self.dense]
+
+    def sparse_index(self, name: str) -> int:
+        try:
+            return self.sparse_names.index(name)
+        except ValueError:
+            raise UserError(
+                f"field '{name}' is not a sparse field of this dataset; "
+                f"choose from: {', '.join(self.sparse_names)}"
+            ) from None
+
+    # -- persistence -------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Schema:
+        d = dict(d)
+        d["sparse"] = [SparseField(**f) for f in d["sparse"]]
+        d["dense"] = [DenseField(**f) for f in d.get("dense", [])]
+        d["sequences"] = [
+            Sequence(**{**s, "fields": [SequenceField(**f) for f in s["fields"]]})
+            for s in d.get("sequences", [])
+        ]
+        return cls(**d)
+
+    def save(self, folder: str | Path) -> None:
+        write_json(Path(folder) / "schema.json", self.to_dict())
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Schema:
+        path = Path(folder) / "schema.json"
+        if not path.is_file():
+            raise UserError(
+                f"no prepared dataset at '{folder}' (missing schema.json); "
+                "run `msctr prepare ...` first or fix the recipe's data path"
+            )
+        d = read_json(path)
+        if d.get("version") != SCHEMA_VERSION:
+            raise UserError(
+                f"{path} has schema version {d.get('version')}, this msctr reads "
+                f"{SCHEMA_VERSION}; re-run `msctr prepare`"
+            )
+        return cls.from_dict(d)

@@ -1,0 +1,1 @@
+"""Dataset adapters: each turns raw files into a canonical `SourceTable`."""

@@ -1,0 +1,246 @@
+"""`msctr eval RUN_DIR`: metrics from the saved predictions, aggregated over seeds, with
+significance against the best baseline, the Bayes ceiling where the truth is known, and the
+papers' table shape (models as rows; per-scenario AUC, AUC, Logloss, ...).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from msctr.data import schema as S
+from msctr.data.schema import Schema
+from msctr.errors import UserError
+from msctr.evaluate import metrics as M
+from msctr.evaluate import stats as T
+from msctr.io import write_json, write_text
+from msctr.recipe import Recipe, recipe_from_dict
+
+BAYES = "Bayes ceiling"
+
+
+def run_metrics(pred: pl.DataFrame, num_scenarios: int, prob: str = "prob") -> dict:
+    cols = set(pred.columns)
+    return M.compute_all(
+        pred[S.LABEL].to_numpy(),
+        pred[prob].to_numpy(),
+        pred[S.SCENARIO].to_numpy(),
+        num_scenarios,
+        user=pred[S.USER].to_numpy() if S.USER in cols else None,
+        session=pred[S.SESSION].to_numpy() if S.SESSION in cols else None,
+    )
+
+
+@dataclass
+class ModelRuns:
+    key: str
+    name: str
+    seeds: list[int]
+    runs: list[dict]  # per-seed metrics, in seed order
+    folder: Path
+
+    def values(self, metric: str) -> np.ndarray:
+        return np.array([r[metric] for r in self.runs], dtype=np.float64)
+
+    def predictions(self, seed: int) -> pl.DataFrame:
+        return pl.read_parquet(self.folder / f"seed_{seed}" / "predictions.parquet")
+
+
+def load_run(run_dir: Path) -> tuple[Recipe, Schema]:
+    path = run_dir / "recipe.yaml"
+    if not path.is_file():
+        raise UserError(
+            f"'{run_dir}' is not a training run (no recipe.yaml); run `msctr train` first"
+        )
+    recipe = recipe_from_dict(yaml.safe_load(path.read_text()), where="recipe")
+    return recipe, Schema.load(recipe.data)
+
+
+def collect(run_dir: Path, recipe: Recipe, schema: Schema) -> list[ModelRuns]:
+    out = []
+    for entry in recipe.models:
+        folder = run_dir / entry.key
+        seeds, runs = [], []
+        for seed in recipe.train.seeds:
+            pred_path = folder / f"seed_{seed}" / "predictions.parquet"
+            if not pred_path.is_file():
+                continue
+            m = run_metrics(pl.read_parquet(pred_path), schema.num_scenarios)
+            write_json(folder / f"seed_{seed}" / "metrics.json", m)
+            seeds.append(seed)
+            runs.append(m)
+        if runs:
+            out.append(ModelRuns(entry.key, entry.name, seeds, runs, folder))
+    if not out:
+        raise UserError(f"no finished runs under '{run_dir}' (no predictions.parquet); train first")
+    return out
+
+
+def _pick_reference(model: ModelRuns, candidates: list[ModelRuns]) -> ModelRuns | None:
+    """The best other model by mean AUC: the row's 'best baseline'."""
+    others = [c for c in candidates if c.key != model.key]
+    if not others:
+        return None
+    return max(others, key=lambda c: np.nanmean(c.values("auc")))
+
+
+def compare(model: ModelRuns, ref: ModelRuns, alpha: float) -> dict:
+    a, b = model.values("auc"), ref.values("auc")
+    out: dict = {"reference": ref.key, "n": len(a), "n_reference": len(b)}
+    if len(a) >= 2 and len(b) >= 2:
+        out["welch_p"] = T.welch_t(a, b)
+        out["mannwhitney_p"] = T.mann_whitney(a, b)
+        shared = sorted(set(model.seeds) & set(ref.seeds))
+        if len(shared) >= 2:
+            ia = [model.seeds.index(s) for s in shared]
+            ib = [ref.seeds.index(s) for s in shared]
+            out["paired_p"] = T.paired_t(a[ia], b[ib])
+        out["significant"] = bool(out["welch_p"] < alpha)
+    else:  # a single run each: DeLong's test on the shared test set
+        pm, pr = model.predictions(model.seeds[0]), ref.predictions(ref.seeds[0])
+        d = T.delong(pm[S.LABEL].to_numpy(), pm["prob"].to_numpy(), pr["prob"].to_numpy())
+        out["delong_z"], out["delong_p"] = d.z, d.p_value
+        out["significant"] = bool(d.p_value < alpha)
+    return out
+
+
+def summarize(run_dir: str | Path) -> dict:
+    run_dir = Path(run_dir)
+    recipe, schema = load_run(run_dir)
+    models = collect(run_dir, recipe, schema)
+    keys = [m.key for m in models]
+    alpha = recipe.eval.significance
+    base_key = recipe.eval.baseline or keys[0]
+    base = next((m for m in models if m.key == base_key), models[0])
+    candidates = [m for m in models if m.key in recipe.eval.baselines] or models
+    metric_names = list(models[0].runs[0].keys())
+    rows = []
+    for m in models:
+        row: dict = {"model": m.key, "name": m.name, "seeds": m.seeds}
+        for name in metric_names:
+            mean, std = T.mean_std(m.values(name))
+            row[name] = {"mean": mean, "std": std, "runs": m.values(name).tolist()}
+        row["relaimpr"] = M.rela_impr(row["auc"]["mean"], float(np.nanmean(base.values("auc"))))
+        ref = _pick_reference(m, candidates)
+        row["test"] = compare(m, ref, alpha) if ref is not None else None
+        rows.append(row)
+    result = {
+        "run": str(run_dir),
+        "recipe": recipe.name,
+        "mirrors": recipe.mirrors,
+        "data": recipe.data,
+        "scenarios": schema.scenario_names,
+        "test_rows": int(models[0].predictions(models[0].seeds[0]).height),
+        "relaimpr_base": base.key,
+        "alpha": alpha,
+        "models": rows,
+    }
+    if schema.has_true_prob:
+        pred = models[0].predictions(models[0].seeds[0])
+        result["bayes"] = run_metrics(pred, schema.num_scenarios, prob=S.TRUE_PROB)
+    write_json(run_dir / "results.json", result)
+    write_text(run_dir / "report.md", render_markdown(result))
+    return result
+
+
+# -- rendering -----------------------------------------------------------------------------------
+
+
+def _fmt(v: float, digits: int = 4) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def _cell(stat: dict, digits: int = 4) -> str:
+    if len(stat["runs"]) > 1:
+        return f"{_fmt(stat['mean'], digits)} ± {_fmt(stat['std'], digits)}"
+    return _fmt(stat["mean"], digits)
+
+
+def _p(test: dict | None) -> str:
+    if not test:
+        return "-"
+    p = test.get("welch_p", test.get("delong_p"))
+    return "-" if p is None or math.isnan(p) else f"{p:.3g}"
+
+
+def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
+    scen = result["scenarios"]
+    first = result["models"][0]
+    has_gauc, has_sgauc = "gauc" in first, "sgauc" in first
+    header = [*(f"AUC {s}" for s in scen), "AUC", "Logloss"]
+    header += ["GAUC"] * has_gauc + ["S-GAUC"] * has_sgauc
+    header += ["RelaImpr", "p vs best other", "MWU p"]
+    rows = []
+    for r in result["models"]:
+        star = "*" if r["test"] and r["test"].get("significant") else ""
+        cells = [r["model"]] + [_cell(r[f"auc_s{k}"]) for k in range(len(scen))]
+        cells += [_cell(r["auc"]) + star, _cell(r["logloss"])]
+        cells += [_cell(r["gauc"])] * has_gauc + [_cell(r["sgauc"])] * has_sgauc
+        mwu = r["test"].get("mannwhitney_p") if r["test"] else None
+        cells += [f"{r['relaimpr']:+.2f}%", _p(r["test"]), "-" if mwu is None else f"{mwu:.3g}"]
+        rows.append(cells)
+    if "bayes" in result:
+        b = result["bayes"]
+        cells = [BAYES] + [_fmt(b[f"auc_s{k}"]) for k in range(len(scen))]
+        cells += [_fmt(b["auc"]), _fmt(b["logloss"])]
+        cells += [_fmt(b.get("gauc"))] * has_gauc + [_fmt(b.get("sgauc"))] * has_sgauc
+        rows.append(cells + ["", "", ""])
+    return ["Model", *header], rows
+
+
+def render_table(result: dict, console: Console) -> None:
+    header, rows = table_rows(result)
+    title = f"{result['recipe']}: test split, {result['test_rows']:,} rows"
+    if result.get("mirrors"):
+        title += f" (mirrors {result['mirrors']})"
+    table = Table(title=title, header_style="bold")
+    for h in header:
+        table.add_column(h, justify="left" if h == "Model" else "right")
+    for r in rows:
+        table.add_row(*r, style="dim" if r[0] == BAYES else None)
+    console.print(table)
+    console.print(_legend(result))
+
+
+def _legend(result: dict) -> str:
+    n = {len(r["seeds"]) for r in result["models"]}
+    test = "two-sided Welch t-test over seeds" if max(n) > 1 else "DeLong's test (single run)"
+    return (
+        f"mean ± std over seeds; * = AUC differs from the best other model at p < {result['alpha']}"
+        f" ({test}); RelaImpr relative to {result['relaimpr_base']}."
+    )
+
+
+def render_markdown(result: dict) -> str:
+    header, rows = table_rows(result)
+    lines = [f"# {result['recipe']}", ""]
+    if result.get("mirrors"):
+        lines += [f"Mirrors: {result['mirrors']}", ""]
+    lines += [f"Data: `{result['data']}`, test rows: {result['test_rows']:,}", ""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r + [""] * (len(header) - len(r))) + " |" for r in rows]
+    lines += ["", _legend(result), ""]
+    lines += ["## Significance", ""]
+    for r in result["models"]:
+        t = r["test"]
+        if t:
+            parts = [f"{k}={v:.4g}" for k, v in t.items() if k.endswith("_p") or k == "delong_z"]
+            lines.append(f"- {r['model']} vs {t['reference']}: " + ", ".join(parts))
+    skipped = [
+        f"{r['model']}: GAUC skipped {r['gauc_skipped']['mean']:.0f} users"
+        for r in result["models"]
+        if "gauc_skipped" in r
+    ]
+    if skipped:
+        lines += [
+            "",
+            "Groups without both labels are left out of GAUC/S-GAUC: " + "; ".join(skipped),
+        ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,167 @@
+"""Recipes: one YAML file says what data, which models, how to train and how to evaluate.
+
+Every key is checked: an unknown or mistyped key is a one-line error naming it, and each
+model's `params` are checked against that model's hyperparameter dataclass.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from msctr.config import from_dict, set_path
+from msctr.errors import UserError
+from msctr.models.registry import parse_params
+
+
+@dataclass
+class ModelEntry:
+    name: str  # registered model name, e.g. "hierrec"
+    label: str | None = None  # row name in tables and run folder (default: name)
+    params: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+
+@dataclass
+class EarlyStopping:
+    metric: Literal["logloss", "auc"] = "logloss"
+    patience: int = 2
+
+
+@dataclass
+class TrainConfig:
+    optimizer: Literal["adam"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 2000
+    epochs: int = 10
+    early_stopping: EarlyStopping = field(default_factory=EarlyStopping)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    device: str = "cpu"
+    threads: int | None = None  # torch intra-op threads (default: torch's choice)
+    loader: Literal["memory", "stream"] = "memory"
+    shuffle_buffer: int = 1_000_000  # rows, streamed loader only
+    max_steps_per_epoch: int | None = None  # cap (used by --smoke)
+    eval_batch_size: int = 8192
+    eval_rows: int | None = None  # evaluate on the first N val/test rows only (used by --smoke)
+
+    def validate(self, where: str) -> None:
+        if not self.seeds:
+            raise UserError(f"{where}.seeds is empty; give at least one seed, e.g. [0]")
+        for key in ("lr", "batch_size", "epochs", "eval_batch_size"):
+            if getattr(self, key) <= 0:
+                raise UserError(f"{where}.{key} must be positive, got {getattr(self, key)}")
+
+
+@dataclass
+class EvalConfig:
+    baseline: str | None = None  # model key for RelaImpr (default: the first model)
+    baselines: list[str] = field(default_factory=list)  # candidates for "best baseline" tests
+    significance: float = 0.05
+
+
+@dataclass
+class Recipe:
+    name: str
+    data: str  # folder made by `msctr prepare`
+    models: list[ModelEntry]
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    out: str | None = None  # run folder (default: runs/<name>)
+    mirrors: str | None = None  # the paper table or figure this recipe reproduces
+    description: str | None = None
+
+    def validate(self, where: str) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            raise UserError(
+                f"recipe name {self.name!r} may hold only letters, digits, '.', '_', '-'"
+            )
+        if not self.models:
+            raise UserError("the recipe lists no models; add `models: [{name: dnn}]`")
+        keys = [m.key for m in self.models]
+        dupes = sorted({k for k in keys if keys.count(k) > 1})
+        if dupes:
+            raise UserError(f"models {dupes} appear twice; give each a distinct `label`")
+        for i, m in enumerate(self.models):
+            parse_params(m.name, m.params, where=f"models[{i}].params")
+        for k in [self.eval.baseline, *self.eval.baselines]:
+            if k is not None and k not in keys:
+                raise UserError(f"eval baseline '{k}' is not one of the recipe's models: {keys}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out) if self.out else Path("runs") / self.name
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _parse_value(text: str):
+    """`--set` values are YAML scalars or lists: 3, 1e-3, true, [0,1,2], hello."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def recipe_from_dict(raw: dict, where: str = "recipe") -> Recipe:
+    raw = copy.deepcopy(raw)
+    if "model" in raw and "models" not in raw:  # a single-model recipe
+        raw["models"] = [raw.pop("model")]
+    if isinstance(raw.get("models"), list):
+        raw["models"] = [{"name": m} if isinstance(m, str) else m for m in raw["models"]]
+    return from_dict(Recipe, raw, where)
+
+
+def load_recipe(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), smoke: bool = False
+) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"recipe file '{path}' not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(
+            f"recipe '{path}' is not valid YAML{at}: {getattr(e, 'problem', e)}"
+        ) from None
+    if not isinstance(raw, dict):
+        raise UserError(f"recipe '{path}' must be a YAML mapping (name:, data:, models:, ...)")
+    raw.setdefault("name", path.stem)
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"--set expects key=value (e.g. train.lr=0.002), got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            set_path(raw, key.strip(), _parse_value(value))
+        except (IndexError, ValueError, TypeError, AttributeError):
+            raise UserError(f"--set {key}: no such place in the recipe") from None
+    if smoke:
+        raw = smoke_dict(raw)
+    return recipe_from_dict(raw, where=path.stem)
+
+
+def smoke_dict(raw: dict) -> dict:
+    """Shrink any recipe so it runs in seconds: a few batches, one seed, small evaluation."""
+    raw = copy.deepcopy(raw)
+    train = raw.setdefault("train", {}) or {}
+    raw["train"] = train
+    train["epochs"] = 1
+    train["max_steps_per_epoch"] = 5
+    train["seeds"] = list(train.get("seeds") or [0])[:1]
+    train["batch_size"] = min(int(train.get("batch_size", 2000)), 512)
+    train["eval_rows"] = 5000
+    raw["name"] = f"{raw['name']}-smoke"
+    if raw.get("out"):
+        raw["out"] = f"{raw['out']}-smoke"
+    return raw
