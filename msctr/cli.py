@@ -12,7 +12,8 @@ from rich.table import Table
 
 from msctr.errors import UserError
 
-console = Console()
+# outside a terminal (logs, CI) rich would wrap tables at 80 columns; keep them readable
+console = Console() if sys.stdout.isatty() else Console(width=200)
 err_console = Console(stderr=True)
 
 app = typer.Typer(

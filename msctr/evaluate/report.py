@@ -159,7 +159,7 @@ def _fmt(v: float, digits: int = 4) -> str:
 
 def _cell(stat: dict, digits: int = 4) -> str:
     if len(stat["runs"]) > 1:
-        return f"{_fmt(stat['mean'], digits)} ± {_fmt(stat['std'], digits)}"
+        return f"{_fmt(stat['mean'], digits)} ±{_fmt(stat['std'], digits).lstrip('0')}"
     return _fmt(stat["mean"], digits)
 
 
@@ -173,16 +173,15 @@ def _p(test: dict | None) -> str:
 def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
     scen = result["scenarios"]
     first = result["models"][0]
-    has_gauc, has_sgauc = "gauc" in first, "sgauc" in first
-    header = [*(f"AUC {s}" for s in scen), "AUC", "Logloss"]
-    header += ["GAUC"] * has_gauc + ["S-GAUC"] * has_sgauc
+    groups = [(k, h) for k, h in (("gauc", "GAUC"), ("sgauc", "S-GAUC")) if k in first]
+    header = [*(f"AUC {s}" for s in scen), "AUC", "Logloss", *(h for _, h in groups)]
     header += ["RelaImpr", "p vs best other", "MWU p"]
     rows = []
     for r in result["models"]:
         star = "*" if r["test"] and r["test"].get("significant") else ""
         cells = [r["model"]] + [_cell(r[f"auc_s{k}"]) for k in range(len(scen))]
         cells += [_cell(r["auc"]) + star, _cell(r["logloss"])]
-        cells += [_cell(r["gauc"])] * has_gauc + [_cell(r["sgauc"])] * has_sgauc
+        cells += [_cell(r[k]) for k, _ in groups]
         mwu = r["test"].get("mannwhitney_p") if r["test"] else None
         cells += [f"{r['relaimpr']:+.2f}%", _p(r["test"]), "-" if mwu is None else f"{mwu:.3g}"]
         rows.append(cells)
@@ -190,7 +189,7 @@ def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
         b = result["bayes"]
         cells = [BAYES] + [_fmt(b[f"auc_s{k}"]) for k in range(len(scen))]
         cells += [_fmt(b["auc"]), _fmt(b["logloss"])]
-        cells += [_fmt(b.get("gauc"))] * has_gauc + [_fmt(b.get("sgauc"))] * has_sgauc
+        cells += [_fmt(b.get(k)) for k, _ in groups]
         rows.append(cells + ["", "", ""])
     return ["Model", *header], rows
 

@@ -1,0 +1,207 @@
+"""The pipeline through the command line: prepare -> train -> eval, errors, determinism."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import polars as pl
+import pytest
+from scipy import stats as sps
+from sklearn.metrics import log_loss, roc_auc_score
+from typer.testing import CliRunner
+
+from msctr.cli import app
+
+runner = CliRunner()
+
+RECIPE = """
+name: e2e
+data: {data}
+out: {out}
+models:
+  - {{name: dnn, label: DNN, params: {{hidden: [64, 32]}}}}
+  - {{name: dnn, label: Wide, params: {{hidden: [128]}}}}
+train: {{batch_size: 512, epochs: 3, seeds: [0, 1, 2], lr: 0.003}}
+eval: {{baseline: DNN}}
+"""
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "syn"
+    invoke("prepare", "synthetic", "--out", str(out), "--rows", "12000", "--seed", "1")
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir):
+    root = tmp_path_factory.mktemp("runs")
+    recipe = root / "e2e.yaml"
+    recipe.write_text(RECIPE.format(data=data_dir, out=root / "run"))
+    result = invoke("train", str(recipe))
+    return recipe, root / "run", result.output
+
+
+def test_train_prints_paper_table(trained):
+    _, run, output = trained
+    assert "AUC featured" in output and "Bayes ceiling" in output
+    res = json.loads((run / "results.json").read_text())
+    bayes = res["bayes"]["auc"]
+    for row in res["models"]:
+        assert 0.6 < row["auc"]["mean"] <= bayes + 0.01
+        assert len(row["auc"]["runs"]) == 3
+        for k in range(len(res["scenarios"])):
+            assert np.isfinite(row[f"auc_s{k}"]["mean"])
+    assert (run / "report.md").read_text().startswith("# e2e")
+    assert (run / "DNN" / "seed_0" / "best.pt").is_file()
+    log = (run / "DNN" / "seed_0" / "log.jsonl").read_text().splitlines()
+    assert "val_auc" in json.loads(log[0])
+
+
+def test_eval_matches_reference_libraries(trained):
+    _, run, _ = trained
+    invoke("eval", str(run))
+    res = json.loads((run / "results.json").read_text())
+    pred = pl.read_parquet(run / "DNN" / "seed_1" / "predictions.parquet")
+    y, p = pred["label"].to_numpy(), pred["prob"].to_numpy()
+    m = json.loads((run / "DNN" / "seed_1" / "metrics.json").read_text())
+    assert m["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-9)
+    assert m["logloss"] == pytest.approx(log_loss(y, np.clip(p, 1e-7, 1 - 1e-7)), abs=1e-9)
+    # GAUC against a plain groupby reference
+    num = den = 0.0
+    for _, g in pred.group_by("_user"):
+        if g["label"].n_unique() == 2:
+            num += len(g) * roc_auc_score(g["label"], g["prob"])
+            den += len(g)
+    assert m["gauc"] == pytest.approx(num / den, abs=1e-9)
+    s = pred["scenario"].to_numpy()
+    assert m["auc_s1"] == pytest.approx(roc_auc_score(y[s == 1], p[s == 1]), abs=1e-9)
+    # seed statistics equal SciPy's
+    rows = {r["model"]: r for r in res["models"]}
+    a, b = rows["Wide"]["auc"]["runs"], rows["DNN"]["auc"]["runs"]
+    test = rows["Wide"]["test"]
+    assert test["reference"] == "DNN"
+    assert test["welch_p"] == pytest.approx(sps.ttest_ind(a, b, equal_var=False).pvalue, abs=1e-12)
+    assert test["paired_p"] == pytest.approx(sps.ttest_rel(a, b).pvalue, abs=1e-12)
+    mw = sps.mannwhitneyu(a, b, alternative="two-sided").pvalue
+    assert test["mannwhitney_p"] == pytest.approx(mw, abs=1e-12)
+
+
+def test_same_recipe_and_seed_give_identical_metrics(trained, tmp_path):
+    recipe, run, _ = trained
+    invoke(
+        "train",
+        str(recipe),
+        "--set",
+        f"out={tmp_path / 'again'}",
+        "--set",
+        "train.seeds=[1]",
+        "--set",
+        "models=[{name: dnn, label: DNN, params: {hidden: [64, 32]}}]",
+    )
+    first = json.loads((run / "DNN" / "seed_1" / "metrics.json").read_text())
+    second = json.loads((tmp_path / "again" / "DNN" / "seed_1" / "metrics.json").read_text())
+    assert first == second
+
+
+def msctr(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "msctr.cli", *args], capture_output=True, text=True
+    )
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess, needle: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert needle in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_misspelled_recipe_key(tmp_path, data_dir):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.format(data=data_dir, out=tmp_path / "o").replace("epochs", "epochz"))
+    assert_clean_error(msctr("train", str(recipe)), "did you mean 'epochs'")
+
+
+def test_missing_data_folder(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.format(data=tmp_path / "nope", out=tmp_path / "o"))
+    assert_clean_error(msctr("train", str(recipe)), "does not exist")
+
+
+def test_label_of_2_in_a_table(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 3000
+    frame = pl.DataFrame(
+        {
+            "click": rng.integers(0, 2, n),
+            "tab": rng.integers(0, 3, n),
+            "user": rng.integers(0, 50, n),
+            "item": rng.integers(0, 90, n),
+        }
+    )
+    frame[11, "click"] = 2
+    frame.write_parquet(tmp_path / "t.parquet")
+    proc = msctr(
+        "prepare",
+        "table",
+        str(tmp_path / "t.parquet"),
+        "--label",
+        "click",
+        "--scenario",
+        "tab",
+        "--sparse",
+        "user,item",
+        "--out",
+        str(tmp_path / "p"),
+    )
+    assert_clean_error(proc, "outside {0, 1}")
+    assert not (tmp_path / "p").exists()
+
+
+def test_table_source_then_smoke_train(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 3000
+    frame = pl.DataFrame(
+        {
+            "click": rng.integers(0, 2, n),
+            "tab": rng.integers(0, 3, n),
+            "user": rng.integers(0, 50, n),
+            "item": rng.integers(0, 90, n),
+            "price": rng.normal(size=n),
+        }
+    )
+    frame.write_csv(tmp_path / "t.csv")
+    invoke(
+        "prepare",
+        "table",
+        str(tmp_path / "t.csv"),
+        "--label",
+        "click",
+        "--scenario",
+        "tab",
+        "--sparse",
+        "user,item",
+        "--dense",
+        "price",
+        "--user",
+        "user",
+        "--out",
+        str(tmp_path / "p"),
+    )
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.format(data=tmp_path / "p", out=tmp_path / "o"))
+    out = invoke("train", str(recipe), "--smoke").output
+    assert "DNN" in out and (tmp_path / "o-smoke" / "results.json").is_file()
+
+
+def test_not_yet_available_commands_exit_2(tmp_path):
+    result = runner.invoke(app, ["bench-inference", "x.yaml"])
+    assert result.exit_code == 2
