@@ -166,14 +166,29 @@ def eval_(
 @app.command()
 def ablate(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
-    drop: Annotated[list[str] | None, typer.Option(help="Switch to turn off (repeatable).")] = None,
+    drop: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Switch to turn off (repeatable); 'a+b' drops both in one variant; "
+            "'all' runs every switch."
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Which of the recipe's models (default: the last one with switches)."),
+    ] = None,
+    set_: Sets = None,
+    smoke: Annotated[bool, typer.Option(help="A few batches, one seed, small eval.")] = False,
 ) -> None:
-    """Switch a model's named parts off and compare with significance.
+    """Switch a model's named parts off and compare each variant with the full model.
 
-    Example: msctr ablate recipes/synthetic/sfpnet.yaml --drop rtm
+    Example: msctr ablate recipes/synthetic/sfpnet.yaml --drop rtm --drop sam
     """
-    err_console.print("msctr ablate is not yet available in this version")
-    raise typer.Exit(2)
+    from msctr.ablate import run_ablation
+    from msctr.recipe import load_recipe
+
+    r = load_recipe(recipe, set_ or [], smoke=smoke)
+    run_ablation(r, drop or [], model, console)
 
 
 @app.command("bench-inference")

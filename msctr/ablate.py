@@ -1,0 +1,170 @@
+"""`msctr ablate`: a model's named parts switched off, each variant trained over the recipe's
+seeds and compared with the full model (the papers' ablation tables and figures)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from msctr.errors import UserError
+from msctr.evaluate.report import summarize
+from msctr.io import atomic_path, write_text
+from msctr.models.registry import check_switches, get_spec
+from msctr.recipe import ModelEntry, Recipe
+from msctr.train.engine import train_recipe
+
+
+def pick_model(recipe: Recipe, key: str | None) -> ModelEntry:
+    if key is not None:
+        for m in recipe.models:
+            if key in (m.key, m.name):
+                return m
+        raise UserError(
+            f"--model {key!r} is not in the recipe; its models: "
+            f"{', '.join(m.key for m in recipe.models)}"
+        )
+    with_switches = [m for m in recipe.models if get_spec(m.name).switches]
+    if not with_switches:
+        raise UserError(
+            "no model of this recipe declares ablation switches; ablate hierrec, sfpnet or hmdn"
+        )
+    return with_switches[-1]  # recipes list the proposed model last, as the papers' tables do
+
+
+def variants(entry: ModelEntry, drops: list[str]) -> list[tuple[str, list[str]]]:
+    """(label suffix, switches dropped) per variant; 'all' expands to every switch one by one,
+    and 'a+b' drops several parts in one variant."""
+    spec = get_spec(entry.name)
+    if not drops:
+        raise UserError(
+            f"give at least one --drop; {entry.name}'s switches are: "
+            f"{', '.join(spec.switches)} (or --drop all)"
+        )
+    out: list[tuple[str, list[str]]] = []
+    for d in drops:
+        names = list(spec.switches) if d == "all" else [[p for p in d.split("+") if p]]
+        for group in [[n] for n in names] if d == "all" else names:
+            check_switches(spec, group)
+            if group not in [g for _, g in out]:
+                out.append(("w/o " + "+".join(group), group))
+    return out
+
+
+def ablation_recipe(recipe: Recipe, entry: ModelEntry, drops: list[str]) -> Recipe:
+    base_drop = list(entry.params.get("drop", []))
+    full = ModelEntry(entry.name, entry.key, copy.deepcopy(entry.params))
+    models = [full]
+    for suffix, group in variants(entry, drops):
+        params = copy.deepcopy(entry.params)
+        params["drop"] = base_drop + [g for g in group if g not in base_drop]
+        models.append(ModelEntry(entry.name, f"{entry.key} {suffix}", params))
+    r = copy.deepcopy(recipe)
+    r.name = f"{recipe.name}-ablate-{entry.key}"
+    r.out = str(recipe.run_dir.parent / r.name) if recipe.out is None else f"{recipe.out}-ablate"
+    r.models = models
+    r.eval.baseline = full.key
+    r.eval.baselines = [full.key]  # every variant is tested against the full model
+    return r
+
+
+def ablation_rows(result: dict) -> tuple[list[str], list[list[str]]]:
+    rows_in = result["models"]
+    full = rows_in[0]
+    scen = result["scenarios"]
+    header = [
+        "Variant",
+        *(f"AUC {s}" for s in scen),
+        "AUC",
+        "Δ AUC",
+        "Logloss",
+        "Δ Logloss",
+        "p (vs full)",
+        "MWU p",
+    ]
+    rows = []
+    for r in rows_in:
+        t = r["test"] or {}
+        p = t.get("welch_p", t.get("delong_p"))
+        mark = "*" if t.get("significant") else ""
+        d_auc = r["auc"]["mean"] - full["auc"]["mean"]
+        d_ll = r["logloss"]["mean"] - full["logloss"]["mean"]
+        rows.append(
+            [
+                r["model"],
+                *(f"{r[f'auc_s{k}']['mean']:.4f}" for k in range(len(scen))),
+                f"{r['auc']['mean']:.4f}"
+                + (f" ±{r['auc']['std']:.4f}" if len(r["auc"]["runs"]) > 1 else ""),
+                "" if r is full else f"{d_auc:+.4f}{mark}",
+                f"{r['logloss']['mean']:.4f}",
+                "" if r is full else f"{d_ll:+.4f}",
+                "" if p is None else f"{p:.3g}",
+                "" if t.get("mannwhitney_p") is None else f"{t['mannwhitney_p']:.3g}",
+            ]
+        )
+    return header, rows
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["model"] for r in result["models"]]
+    means = [r["auc"]["mean"] for r in result["models"]]
+    stds = [r["auc"]["std"] for r in result["models"]]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(names), 3.6))
+    ax.bar(
+        range(len(names)),
+        means,
+        yerr=stds,
+        capsize=4,
+        color=["#3b6ea8"] + ["#c0c7d0"] * (len(names) - 1),
+    )
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
+    lo = min(m - s for m, s in zip(means, stds))
+    hi = max(m + s for m, s in zip(means, stds))
+    pad = max(hi - lo, 1e-3) * 0.3
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.set_ylabel("test AUC (mean ± std over seeds)")
+    ax.set_title(result["recipe"])
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def run_ablation(recipe: Recipe, drops: list[str], model: str | None, console: Console) -> dict:
+    entry = pick_model(recipe, model)
+    r = ablation_recipe(recipe, entry, drops)
+    run_dir = train_recipe(r, console)
+    result = summarize(run_dir)
+    header, rows = ablation_rows(result)
+    table = Table(
+        title=f"Ablation of {entry.key} ({result['test_rows']:,} test rows)", header_style="bold"
+    )
+    for h in header:
+        table.add_column(h, justify="left" if h == "Variant" else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    console.print(
+        "Δ = variant minus full model; * = p < "
+        f"{result['alpha']} (Welch t-test over seeds, or DeLong's test for a single run)."
+    )
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(row) + " |" for row in rows]
+    report = run_dir / "report.md"
+    write_text(
+        report,
+        report.read_text()
+        + "\n## Ablation\n\n"
+        + "\n".join(md)
+        + "\n\n![overall AUC](ablation.png)\n",
+    )
+    plot(result, run_dir / "ablation.png")
+    console.print(f"wrote {report} and {run_dir / 'ablation.png'}")
+    return result
