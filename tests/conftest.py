@@ -95,7 +95,9 @@ def planted_batch(schema: Schema, size: int, seed: int) -> Batch:
     return b
 
 
-def train_and_auc(model: torch.nn.Module, schema: Schema, steps: int = 150, lr: float = 3e-3) -> float:
+def train_and_auc(
+    model: torch.nn.Module, schema: Schema, steps: int = 150, lr: float = 3e-3
+) -> float:
     """Train `model` on planted batches for a few Adam steps; return its AUC on held-out rows."""
     from sklearn.metrics import roc_auc_score
 

@@ -157,9 +157,11 @@ class StackedLinear(nn.Module):
 
 
 class StackedMLP(nn.Module):
-    """n MLPs of equal shape (e.g. experts), all computed in batched matmuls: [B, in] -> [n, B, out]."""
+    """n MLPs of equal shape (e.g. experts) in batched matmuls: [B, in] -> [n, B, out]."""
 
-    def __init__(self, n: int, in_dim: int, hidden: list[int] | tuple[int, ...], dropout: float = 0.0):
+    def __init__(
+        self, n: int, in_dim: int, hidden: list[int] | tuple[int, ...], dropout: float = 0.0
+    ):
         super().__init__()
         dims = [in_dim, *hidden]
         self.layers = nn.ModuleList(StackedLinear(n, a, b) for a, b in zip(dims[:-1], dims[1:]))
@@ -172,11 +174,71 @@ class StackedMLP(nn.Module):
         return x
 
 
+class ScenarioGroups:
+    """A batch's rows grouped by scenario, for layers whose weights differ per scenario.
+
+    Gathering one weight matrix per sample (as `ScenarioLinear` does) copies B x in x out
+    floats, which for expert-sized layers costs far more than the matmul. Here the rows are
+    sorted by scenario and cut into chunks of `chunk` rows that hold one scenario each; one
+    weight matrix is gathered per chunk and all chunks go through one batched matmul. Padding
+    is at most chunk - 1 rows per scenario, so the cost stays close to that of one tower.
+    The chunk count uses a static upper bound, so building the groups never syncs a GPU.
+    """
+
+    def __init__(self, scenario: torch.Tensor, num_scenarios: int, chunk: int | None = None):
+        B = scenario.shape[0]
+        S = num_scenarios
+        dev = scenario.device
+        # padding <= S * chunk (about B / 4 once B >= 32 S); >= 8 rows keep the gathers few
+        self.chunk = chunk or max(8, math.ceil(B / (4 * S)))
+        sorted_s, order = torch.sort(scenario, stable=True)
+        counts = torch.bincount(scenario, minlength=S)  # [S]
+        n_chunks = (counts + self.chunk - 1) // self.chunk  # [S]
+        first_chunk = torch.cumsum(n_chunks, 0) - n_chunks
+        first_row = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(B, device=dev) - first_row[sorted_s]  # position within its scenario
+        self.row_chunk = torch.empty_like(order)  # [B] chunk of each row (original row order)
+        self.row_slot = torch.empty_like(order)  # [B] slot of each row inside its chunk
+        self.row_chunk[order] = first_chunk[sorted_s] + torch.div(
+            rank, self.chunk, rounding_mode="floor"
+        )
+        self.row_slot[order] = rank % self.chunk
+        self.num_chunks = B // self.chunk + S  # >= sum_s ceil(count_s / chunk)
+        # scenario of each chunk; the unused tail chunks hold zeros and borrow the last scenario
+        chunk_ids = torch.arange(self.num_chunks, device=dev)
+        self.chunk_scenario = torch.searchsorted(
+            torch.cumsum(n_chunks, 0), chunk_ids, right=True
+        ).clamp_max(S - 1)  # [n]
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:  # [B, *rest] -> [n, chunk, *rest]
+        out = x.new_zeros(self.num_chunks, self.chunk, *x.shape[1:])
+        return out.index_put((self.row_chunk, self.row_slot), x)
+
+    def unpack(self, y: torch.Tensor) -> torch.Tensor:  # [n, chunk, *rest] -> [B, *rest]
+        return y[self.row_chunk, self.row_slot]
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """Each row through its scenario's linear.
+
+        x [B, in], weight [S, in, out], bias [S, out] -> [B, out];
+        x [B, E, in], weight [S, E, in, out], bias [S, E, out] -> [B, E, out].
+        """
+        w = weight[self.chunk_scenario]  # [n, (E,) in, out]
+        b = bias[self.chunk_scenario]  # [n, (E,) out]
+        p = self.pack(x)  # [n, c, (E,) in]
+        if weight.dim() == 3:
+            y = torch.baddbmm(b.unsqueeze(1), p, w)  # [n, c, out]
+        else:
+            y = (torch.matmul(p.transpose(1, 2), w) + b.unsqueeze(2)).transpose(1, 2)  # [n,c,E,out]
+        return self.unpack(y)
+
+
 class ScenarioLinear(nn.Module):
     """One linear per scenario; each sample uses only its own scenario's weights.
 
-    The weights are gathered per sample and applied with one batched matmul, so the cost is
-    that of a single tower and there is no Python loop over scenarios.
+    Rows are grouped by scenario (`ScenarioGroups`) and all groups go through one batched
+    matmul, so the cost is close to that of a single tower and there is no Python loop over
+    scenarios. Pass prebuilt groups to share one grouping between layers.
     """
 
     def __init__(self, num_scenarios: int, in_dim: int, out_dim: int):
@@ -187,9 +249,11 @@ class ScenarioLinear(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scenario: torch.Tensor | ScenarioGroups) -> torch.Tensor:
         # x [B, in], scenario [B] -> [B, out]
-        return torch.bmm(x.unsqueeze(1), self.weight[scenario]).squeeze(1) + self.bias[scenario]
+        if not isinstance(scenario, ScenarioGroups):
+            scenario = ScenarioGroups(scenario, self.weight.shape[0])
+        return scenario.linear(x, self.weight, self.bias)
 
 
 class ScenarioMLP(nn.Module):
@@ -211,8 +275,11 @@ class ScenarioMLP(nn.Module):
         self.out = ScenarioLinear(num_scenarios, dims[-1], out_dim) if out_dim else None
         self.dropout = nn.Dropout(dropout)
         self.out_dim = out_dim or dims[-1]
+        self.num_scenarios = num_scenarios
 
-    def forward(self, x: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scenario: torch.Tensor | ScenarioGroups) -> torch.Tensor:
+        if not isinstance(scenario, ScenarioGroups):
+            scenario = ScenarioGroups(scenario, self.num_scenarios)
         for layer in self.hidden:
             x = self.dropout(torch.relu(layer(x, scenario)))
         return self.out(x, scenario) if self.out is not None else x

@@ -1,0 +1,58 @@
+"""MMoE (Ma et al., "Modeling Task Relationships in Multi-task Learning with Multi-gate
+Mixture-of-Experts", KDD 2018), with scenarios in the role of tasks.
+
+E shared experts see every sample; each scenario has its own softmax gate over the experts
+and its own tower. A sample is mixed by its scenario's gate and scored by its scenario's tower.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from msctr.data.batch import Batch
+from msctr.data.schema import Schema
+from msctr.errors import UserError
+from msctr.models.layers import FeatureEmbedding, ScenarioLinear, ScenarioMLP, StackedMLP
+from msctr.models.registry import ModelParams, register
+
+
+@dataclass
+class MMoEParams(ModelParams):
+    num_experts: int = 4
+    expert_hidden: list[int] = field(default_factory=lambda: [256, 128])
+    tower_hidden: list[int] = field(default_factory=lambda: [64])
+    dropout: float = 0.1
+
+    def validate(self, where: str) -> None:
+        if self.num_experts < 1:
+            raise UserError(f"{where}.num_experts must be at least 1, got {self.num_experts}")
+        if not self.expert_hidden:
+            raise UserError(f"{where}.expert_hidden needs at least one layer size, e.g. [256, 128]")
+        if any(h < 1 for h in [*self.expert_hidden, *self.tower_hidden]):
+            raise UserError(f"{where}: layer sizes must be positive integers")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"{where}.dropout must be in [0, 1), got {self.dropout}")
+
+
+@register("mmoe", MMoEParams, paper="MMoE (Ma et al., KDD 2018)")
+class MMoE(nn.Module):
+    def __init__(self, schema: Schema, p: MMoEParams):
+        super().__init__()
+        p.validate("model.params")
+        S = schema.num_scenarios
+        self.embedding = FeatureEmbedding(schema, p.embed_dim)
+        in_dim = self.embedding.num_fields * p.embed_dim
+        self.experts = StackedMLP(p.num_experts, in_dim, p.expert_hidden, p.dropout)
+        # gate of scenario s: softmax(x W_s + b_s) over the E experts (paper eq. 5, one per task)
+        self.gates = ScenarioLinear(S, in_dim, p.num_experts)
+        self.towers = ScenarioMLP(S, self.experts.out_dim, p.tower_hidden, 1, p.dropout)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        x = self.embedding.fields(batch).flatten(1)  # [B, n*d]
+        experts = self.experts(x)  # [E, B, h]: all experts in one batched matmul
+        gate = torch.softmax(self.gates(x, batch.scenario), dim=-1)  # [B, E]
+        mixed = torch.einsum("be,ebh->bh", gate, experts)  # [B, h]
+        return self.towers(mixed, batch.scenario).squeeze(-1)  # [B]
