@@ -1,0 +1,293 @@
+"""Ranking and calibration metrics for CTR evaluation, vectorized for tens of millions of rows.
+
+Every AUC here is the Mann-Whitney statistic with ties scored by average rank, which is exactly
+the area under the ROC curve that scikit-learn computes. The grouped variants (per scenario,
+GAUC per user, S-GAUC per session) share one machinery: the predictions are sorted once, each
+grouping is a stable sort of its keys on top of that order, and per-group sums come from
+`np.add.reduceat` over contiguous runs. No Python loop runs per row or per group.
+
+Rank sums are kept as exact integers (twice the average rank is always an integer), so the only
+rounding is the final division and results agree with the reference to ~1e-15.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from msctr.errors import UserError
+
+__all__ = [
+    "GroupAUC",
+    "auc",
+    "compute_all",
+    "group_auc",
+    "logloss",
+    "per_scenario_auc",
+    "rela_impr",
+]
+
+LOGLOSS_EPS = 1e-7
+
+
+@dataclass(frozen=True)
+class GroupAUC:
+    """Impression-weighted mean of per-group AUCs (GAUC / S-GAUC).
+
+    value: sum_g n_g AUC_g / sum_g n_g over the groups that hold both a click and a non-click
+    (nan when no group does); groups_used / groups_skipped: how many groups entered / were left
+    out for lacking one of the two labels; rows_used: sum of n_g over the used groups.
+    """
+
+    value: float
+    groups_used: int
+    groups_skipped: int
+    rows_used: int
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks
+
+
+def _labels(y: np.ndarray) -> np.ndarray:
+    """Labels as int64 0/1; anything else is a data error the user must fix upstream."""
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise UserError(f"labels must be a 1-D array, got shape {y.shape}; flatten them first")
+    if y.dtype == np.bool_:
+        return y.astype(np.int64)
+    bad = (y != 0) & (y != 1)
+    if bad.any():
+        raise UserError(
+            f"labels must be 0 or 1, found {y[bad][0]!r}; binarize the label column in prepare"
+        )
+    return y.astype(np.int64)
+
+
+def _probs(p: np.ndarray, n: int) -> np.ndarray:
+    p = np.asarray(p, dtype=np.float64)
+    if p.ndim != 1 or p.shape[0] != n:
+        raise UserError(
+            f"predictions have shape {p.shape} but there are {n} labels; "
+            "pass one score per row"
+        )
+    if not np.isfinite(p).all():
+        raise UserError(
+            "predictions contain NaN or inf; the model diverged, lower the learning rate"
+        )
+    return p
+
+
+def _keys(keys: np.ndarray, n: int, what: str) -> np.ndarray:
+    keys = np.asarray(keys)
+    if keys.ndim != 1 or keys.shape[0] != n:
+        raise UserError(f"{what} keys have shape {keys.shape} but there are {n} rows; "
+                        f"pass one {what} id per row")
+    return keys
+
+
+# ---------------------------------------------------------------------------------------------
+# Core: per-group Mann-Whitney AUC on rows already ordered by (group, score)
+
+
+@dataclass(frozen=True)
+class _Groups:
+    """Per-group counts and AUC for rows sorted by (key, score); arrays are in key order."""
+
+    keys: np.ndarray  # [G] the key of each group
+    n: np.ndarray  # [G] rows
+    pos: np.ndarray  # [G] clicks
+    auc: np.ndarray  # [G] nan where a class is missing
+
+
+def _grouped_auc(y_s: np.ndarray, p_s: np.ndarray, k_s: np.ndarray | None) -> _Groups:
+    """AUC per group from rows sorted by key then score (k_s=None: all rows are one group).
+
+    A tie block is a maximal run of equal (key, score). Within its group a block spanning local
+    positions [a, b) gets average rank (a + 1 + b) / 2, so 2*rank = a + 1 + b is an integer.
+    Then 2*U_g = sum_{pos} 2*rank - P_g (P_g + 1) and AUC_g = U_g / (P_g N_g).
+    """
+    n = y_s.shape[0]
+    if n == 0:
+        empty_i = np.zeros(0, dtype=np.int64)
+        return _Groups(np.zeros(0, dtype=np.int64), empty_i, empty_i, np.zeros(0))
+    score_change = p_s[1:] != p_s[:-1]  # [n-1]
+    if k_s is None:
+        key_change = np.zeros(n - 1, dtype=bool)
+    else:
+        key_change = k_s[1:] != k_s[:-1]
+    group_start = np.flatnonzero(np.concatenate(([True], key_change)))  # [G]
+    block_start = np.flatnonzero(np.concatenate(([True], key_change | score_change)))  # [B]
+    block_end = np.append(block_start[1:], n)  # [B] exclusive
+    # Group of each block: groups are unions of consecutive blocks.
+    block_group = np.searchsorted(group_start, block_start, side="right") - 1  # [B]
+    local_start = block_start - group_start[block_group]  # [B]
+    local_end = block_end - group_start[block_group]  # [B]
+    pos_in_block = np.add.reduceat(y_s, block_start)  # [B] int64
+    rank2_sum = pos_in_block * (local_start + 1 + local_end)  # [B] exact int64
+    # Per group: reduce over the group's contiguous blocks.
+    first_block = np.searchsorted(block_start, group_start)  # [G]
+    r2 = np.add.reduceat(rank2_sum, first_block)  # [G]
+    pos = np.add.reduceat(pos_in_block, first_block)  # [G]
+    cnt = np.diff(np.append(group_start, n))  # [G]
+    neg = cnt - pos
+    u2 = r2 - pos * (pos + 1)  # [G] = 2U, exact
+    valid = (pos > 0) & (neg > 0)
+    denom = 2.0 * pos.astype(np.float64) * neg
+    with np.errstate(invalid="ignore", divide="ignore"):
+        g_auc = np.where(valid, u2 / denom, np.nan)
+    keys = np.zeros(1, dtype=np.int64) if k_s is None else k_s[group_start]
+    return _Groups(keys, cnt, pos, g_auc)
+
+
+def _small_int(keys: np.ndarray, hi: int) -> np.ndarray:
+    """Keys known to lie in [0, hi) narrowed to 16 bits: NumPy's stable sort is a radix sort
+    for 16-bit integers, ~2.5x faster than the timsort it uses for int64 at 10M rows."""
+    if hi <= np.iinfo(np.int16).max:
+        return keys.astype(np.int16, copy=False)
+    return keys
+
+
+def _group_order(order: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Row order sorted by key, and by score inside each key (order is the score order).
+
+    A stable sort of the keys taken in score order keeps the score order inside each key, so the
+    expensive score sort happens once for any number of groupings.
+    """
+    return order[np.argsort(keys[order], kind="stable")]
+
+
+def _score_order(p: np.ndarray) -> np.ndarray:
+    # Ties share an average rank, so the order inside a tie block is irrelevant: the faster
+    # unstable sort is enough.
+    return np.argsort(p)
+
+
+def _group_auc_sorted(y: np.ndarray, p: np.ndarray, keys: np.ndarray,
+                      order: np.ndarray) -> GroupAUC:
+    o = _group_order(order, keys)
+    g = _grouped_auc(y[o], p[o], keys[o])
+    used = ~np.isnan(g.auc)
+    rows_used = int(g.n[used].sum())
+    value = float((g.n[used] * g.auc[used]).sum() / rows_used) if rows_used else float("nan")
+    return GroupAUC(value, int(used.sum()), int((~used).sum()), rows_used)
+
+
+def _scenario_auc_sorted(y: np.ndarray, p: np.ndarray, scenario: np.ndarray,
+                         num_scenarios: int, order: np.ndarray) -> np.ndarray:
+    scenario = np.asarray(scenario)
+    if not np.issubdtype(scenario.dtype, np.integer):
+        raise UserError(f"scenario ids must be integers, got dtype {scenario.dtype}; "
+                        "use the scenario column of the prepared data")
+    if scenario.size and (scenario.min() < 0 or scenario.max() >= num_scenarios):
+        raise UserError(
+            f"scenario ids must lie in [0, {num_scenarios}), found "
+            f"{int(scenario.min())}..{int(scenario.max())}; check num_scenarios in the schema"
+        )
+    keys = _small_int(scenario, num_scenarios)
+    o = _group_order(order, keys)
+    g = _grouped_auc(y[o], p[o], keys[o])
+    out = np.full(num_scenarios, np.nan)
+    out[g.keys.astype(np.int64)] = g.auc
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+
+
+def auc(y: np.ndarray, p: np.ndarray) -> float:
+    """ROC AUC with ties by average rank (== sklearn.metrics.roc_auc_score); nan if one class."""
+    y = _labels(y)
+    p = _probs(p, y.shape[0])
+    o = _score_order(p)
+    return float(_grouped_auc(y[o], p[o], None).auc[0]) if y.size else float("nan")
+
+
+def logloss(y: np.ndarray, p: np.ndarray, eps: float = LOGLOSS_EPS) -> float:
+    """Mean binary cross-entropy with probabilities clipped to [eps, 1 - eps].
+
+    Clipping bounds the cost of one confidently wrong row at -log(eps) (~16.1 for 1e-7), so a
+    single saturated sigmoid cannot make the mean infinite.
+    """
+    y = _labels(y)
+    p = np.clip(_probs(p, y.shape[0]), eps, 1.0 - eps)
+    if y.size == 0:
+        return float("nan")
+    # log1p(-p) keeps precision for p near 0 where 1 - p would round.
+    return float(-np.mean(np.where(y == 1, np.log(p), np.log1p(-p))))
+
+
+def group_auc(y: np.ndarray, p: np.ndarray, groups: np.ndarray) -> GroupAUC:
+    """GAUC: impression-weighted mean AUC over groups holding both a click and a non-click.
+
+    groups is one key per row (int64 user or session ids; any sortable dtype works). Groups with
+    a single class have no defined AUC; they are skipped and counted in `groups_skipped`.
+    """
+    y = _labels(y)
+    p = _probs(p, y.shape[0])
+    keys = _keys(groups, y.shape[0], "group")
+    return _group_auc_sorted(y, p, keys, _score_order(p))
+
+
+def per_scenario_auc(y: np.ndarray, p: np.ndarray, scenario: np.ndarray,
+                     num_scenarios: int) -> np.ndarray:
+    """AUC of each scenario 0..num_scenarios-1 as a [num_scenarios] array.
+
+    nan where a scenario has no rows or only one class.
+    """
+    y = _labels(y)
+    p = _probs(p, y.shape[0])
+    scenario = _keys(scenario, y.shape[0], "scenario")
+    return _scenario_auc_sorted(y, p, scenario, num_scenarios, _score_order(p))
+
+
+def rela_impr(auc_model: float, auc_base: float) -> float:
+    """RelaImpr in percent (HierRec eq. 11): ((AUC_m - 0.5) / (AUC_b - 0.5) - 1) * 100.
+
+    It measures the gain over a random ranker, relative to the base's gain. A base at exactly
+    0.5 (or a nan input) has no gain to compare against: the result is nan.
+    """
+    lift = float(auc_base) - 0.5
+    if lift == 0.0 or not np.isfinite(lift) or not np.isfinite(auc_model):
+        return float("nan")
+    return ((float(auc_model) - 0.5) / lift - 1.0) * 100.0
+
+
+def compute_all(
+    y: np.ndarray,
+    p: np.ndarray,
+    scenario: np.ndarray,
+    num_scenarios: int,
+    user: np.ndarray | None = None,
+    session: np.ndarray | None = None,
+) -> dict[str, float | int]:
+    """Every per-run metric in one flat dict (what the evaluator stores per run).
+
+    Keys: n, ctr, auc, logloss, auc_s{k} for k < num_scenarios; with `user`: gauc, gauc_groups,
+    gauc_skipped; with `session`: sgauc, sgauc_groups, sgauc_skipped. The scores are sorted
+    once and every grouping reuses that order.
+    """
+    y = _labels(y)
+    n = y.shape[0]
+    p = _probs(p, n)
+    scenario = _keys(scenario, n, "scenario")
+    order = _score_order(p)
+    out: dict[str, float | int] = {
+        "n": int(n),
+        "ctr": float(y.mean()) if n else float("nan"),
+        "auc": float(_grouped_auc(y[order], p[order], None).auc[0]) if n else float("nan"),
+        "logloss": logloss(y, p),
+    }
+    per_s = _scenario_auc_sorted(y, p, scenario, num_scenarios, order)
+    for k in range(num_scenarios):
+        out[f"auc_s{k}"] = float(per_s[k])
+    for name, keys, what in (("gauc", user, "user"), ("sgauc", session, "session")):
+        if keys is None:
+            continue
+        g = _group_auc_sorted(y, p, _keys(keys, n, what), order)
+        out[name] = g.value
+        out[f"{name}_groups"] = g.groups_used
+        out[f"{name}_skipped"] = g.groups_skipped
+    return out
