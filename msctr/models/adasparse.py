@@ -36,7 +36,6 @@ from msctr.data.batch import Batch
 from msctr.data.schema import Schema
 from msctr.errors import UserError
 from msctr.models.layers import MLP, FeatureEmbedding
-from msctr.models.pepnet import field_positions
 from msctr.models.registry import ModelOutput, ModelParams, register
 
 
@@ -81,7 +80,7 @@ class AdaSparse(nn.Module):
         super().__init__()
         self.p = p
         self.embedding = FeatureEmbedding(schema, p.embed_dim)
-        domain = field_positions(self.embedding, ["scenario", *p.domain_fields], "domain_fields")
+        domain = self.embedding.positions(["scenario", *p.domain_fields], "domain_fields")
         self.register_buffer("domain_idx", torch.tensor(domain), persistent=False)
         # persistent so a resumed run keeps its annealing position
         self.register_buffer("alpha", torch.tensor(float(p.alpha_init)))

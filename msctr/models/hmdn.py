@@ -45,8 +45,8 @@ from torch import nn
 from msctr.data.batch import Batch
 from msctr.data.schema import Schema
 from msctr.errors import UserError
-from msctr.models.layers import FeatureEmbedding, StackedLinear
-from msctr.models.pepnet import EPNet, PPNet, field_positions
+from msctr.models.layers import FeatureEmbedding, StackedMLP
+from msctr.models.pepnet import EPNet, PPNet
 from msctr.models.registry import ModelOutput, ModelParams, register
 
 
@@ -78,28 +78,6 @@ class HMDNParams(ModelParams):
             raise UserError(f"{where}.hidden must be a non-empty list of positive sizes")
         if self.alpha < 0 or self.beta < 0:
             raise UserError(f"{where}: alpha and beta must be >= 0")
-
-
-class Experts(nn.Module):
-    """E expert MLPs (ReLU, optional BatchNorm) in batched matmuls: [B, in] -> [E, B, h_last]."""
-
-    def __init__(self, n: int, in_dim: int, hidden: list[int], dropout: float, batch_norm: bool):
-        super().__init__()
-        dims = [in_dim, *hidden]
-        self.layers = nn.ModuleList(StackedLinear(n, a, b) for a, b in zip(dims[:-1], dims[1:]))
-        # one BatchNorm over all experts' units of a layer: each expert keeps its own statistics
-        self.norms = nn.ModuleList(
-            nn.BatchNorm1d(n * h) if batch_norm else nn.Identity() for h in hidden
-        )
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer, norm in zip(self.layers, self.norms):
-            h = layer(x)  # [E, B, h]
-            e, b, u = h.shape
-            h = norm(h.transpose(0, 1).reshape(b, e * u)).view(b, e, u).transpose(0, 1)
-            x = self.dropout(torch.relu(h))
-        return x
 
 
 class Quantized(NamedTuple):
@@ -237,7 +215,7 @@ class HMDN(nn.Module):
             names = ["scenario"] + [f for f in schema.partition_fields if f in schema.sparse_names]
         if not names:
             raise UserError("model.params.distribution_fields is empty; name at least one field")
-        dist = field_positions(self.embedding, names, "distribution_fields")
+        dist = self.embedding.positions(names, "distribution_fields")
         self.register_buffer("dist_idx", torch.tensor(dist), persistent=False)
         z = len(dist) * d  # size of x_b and of s_D
         self.use_rq = "rq" not in p.drop
@@ -252,7 +230,7 @@ class HMDN(nn.Module):
 
         if p.backbone == "mmoe":
             gate_dim = z if self.use_rq else n * d  # eq. 8 reads s_D, eq. 7 reads x
-            self.experts = Experts(p.num_experts, n * d, p.hidden, p.dropout, p.batch_norm)
+            self.experts = StackedMLP(p.num_experts, n * d, p.hidden, p.dropout, p.batch_norm)
             self.gate = nn.Linear(gate_dim, p.num_experts, bias=False)  # W_g of eq. 7
             self.head = nn.Linear(p.hidden[-1], 1)  # the single task's tower
         else:

@@ -12,6 +12,7 @@ from torch import nn
 
 from msctr.data.batch import Batch
 from msctr.data.schema import Schema
+from msctr.errors import UserError
 
 
 class FeatureEmbedding(nn.Module):
@@ -63,6 +64,21 @@ class FeatureEmbedding(nn.Module):
     @property
     def num_fields(self) -> int:
         return len(self.field_names)
+
+    def positions(self, names: list[str], key: str) -> list[int]:
+        """Positions of named fields in `fields(batch)` ("scenario" names the scenario);
+        `key` is the recipe parameter that listed them, for the error message."""
+        out = []
+        for n in names:
+            if n not in self.field_names:
+                raise UserError(
+                    f"model.params.{key}: '{n}' is not a field of this dataset; "
+                    f"choose from: {', '.join(self.field_names)}"
+                )
+            if self.field_names.index(n) in out:
+                raise UserError(f"model.params.{key}: field '{n}' is listed twice; list it once")
+            out.append(self.field_names.index(n))
+        return out
 
     def scenario(self, batch: Batch) -> torch.Tensor:  # [B, d]
         return self.scenario_table(batch.scenario)
@@ -157,20 +173,36 @@ class StackedLinear(nn.Module):
 
 
 class StackedMLP(nn.Module):
-    """n MLPs of equal shape (e.g. experts) in batched matmuls: [B, in] -> [n, B, out]."""
+    """n MLPs of equal shape (e.g. experts) in batched matmuls: [B, in] -> [n, B, out].
+
+    With batch_norm, one BatchNorm1d spans all n MLPs' units of a layer, so each MLP keeps
+    its own statistics while the normalisation stays a single op.
+    """
 
     def __init__(
-        self, n: int, in_dim: int, hidden: list[int] | tuple[int, ...], dropout: float = 0.0
+        self,
+        n: int,
+        in_dim: int,
+        hidden: list[int] | tuple[int, ...],
+        dropout: float = 0.0,
+        batch_norm: bool = False,
     ):
         super().__init__()
         dims = [in_dim, *hidden]
         self.layers = nn.ModuleList(StackedLinear(n, a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.norms = nn.ModuleList(
+            nn.BatchNorm1d(n * h) if batch_norm else nn.Identity() for h in hidden
+        )
         self.dropout = nn.Dropout(dropout)
         self.out_dim = dims[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            x = self.dropout(torch.relu(layer(x)))
+        for layer, norm in zip(self.layers, self.norms):
+            h = layer(x)  # [n, B, h]
+            if not isinstance(norm, nn.Identity):
+                n, b, u = h.shape
+                h = norm(h.transpose(0, 1).reshape(b, n * u)).view(b, n, u).transpose(0, 1)
+            x = self.dropout(torch.relu(h))
         return x
 
 

@@ -59,22 +59,6 @@ class PEPNetParams(ModelParams):
             raise UserError(f"{where}.gate_hidden must be > 0, got {self.gate_hidden}")
 
 
-def field_positions(embedding: FeatureEmbedding, names: list[str], key: str) -> list[int]:
-    """Positions of named fields in `embedding.fields(batch)` ("scenario" names the scenario)."""
-    valid = embedding.field_names
-    out = []
-    for n in names:
-        if n not in valid:
-            raise UserError(
-                f"model.params.{key}: '{n}' is not a field of this dataset; "
-                f"choose from: {', '.join(valid)}"
-            )
-        if valid.index(n) in out:
-            raise UserError(f"model.params.{key}: field '{n}' is listed twice; list it once")
-        out.append(valid.index(n))
-    return out
-
-
 class EPNet(nn.Module):
     """Embedding personalization: O_ep = GateNU(domain ++ sg(E)) (x) E."""
 
@@ -160,14 +144,14 @@ class PEPNet(nn.Module):
         super().__init__()
         self.embedding = FeatureEmbedding(schema, p.embed_dim)
         d, n = p.embed_dim, self.embedding.num_fields
-        domain = field_positions(self.embedding, ["scenario", *p.domain_fields], "domain_fields")
+        domain = self.embedding.positions(["scenario", *p.domain_fields], "domain_fields")
         if p.prior_fields is None:
             prior_names = ["scenario", *schema.sparse_names[:1]]
         else:
             prior_names = p.prior_fields
         if not prior_names:
             raise UserError("model.params.prior_fields is empty; name at least one field")
-        prior = field_positions(self.embedding, prior_names, "prior_fields")
+        prior = self.embedding.positions(prior_names, "prior_fields")
         self.register_buffer("domain_idx", torch.tensor(domain), persistent=False)
         self.register_buffer("prior_idx", torch.tensor(prior), persistent=False)
         self.epnet = (
