@@ -1,4 +1,4 @@
-"""HierRec: Scenario-Aware Hierarchical Dynamic Network (Gao et al., AAAI 2024; seed 001).
+"""HierRec: Scenario-Aware Hierarchical Dynamic Network (Gao et al., 2024).
 
     E_c        = [e_1 .. e_I]                         common-field embeddings        (Eq. 3)
     O_global   = FC(E_c)                              Linear+BN+Dropout+ReLU
@@ -150,7 +150,12 @@ SWITCHES = {
 }
 
 
-@register("hierrec", HierRecParams, paper="HierRec (seed 001, AAAI 2024)", switches=SWITCHES)
+@register(
+    "hierrec",
+    HierRecParams,
+    paper="HierRec (Gao et al., 2024): Scenario-Aware Hierarchical Dynamic Network",
+    switches=SWITCHES,
+)
 class HierRec(nn.Module):
     def __init__(self, schema: Schema, p: HierRecParams):
         super().__init__()
