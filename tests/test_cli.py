@@ -12,6 +12,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 from typer.testing import CliRunner
 
 from msctr.cli import app
+from msctr.evaluate.stats import delong
 
 runner = CliRunner()
 
@@ -199,7 +200,14 @@ def test_table_source_then_smoke_train(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(RECIPE.format(data=tmp_path / "p", out=tmp_path / "o"))
     out = invoke("train", str(recipe), "--smoke").output
-    assert "DNN" in out and (tmp_path / "o-smoke" / "results.json").is_file()
+    assert "DNN" in out and "DeLong" in out
+    # a single run per model: DeLong's test on the shared test rows
+    res = json.loads((tmp_path / "o-smoke" / "results.json").read_text())
+    test = {r["model"]: r for r in res["models"]}["Wide"]["test"]
+    a = pl.read_parquet(tmp_path / "o-smoke" / "Wide" / "seed_0" / "predictions.parquet")
+    b = pl.read_parquet(tmp_path / "o-smoke" / "DNN" / "seed_0" / "predictions.parquet")
+    ref = delong(a["label"].to_numpy(), a["prob"].to_numpy(), b["prob"].to_numpy())
+    assert test["delong_p"] == pytest.approx(ref.p_value, abs=1e-12)
 
 
 def test_not_yet_available_commands_exit_2(tmp_path):

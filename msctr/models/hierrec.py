@@ -236,6 +236,12 @@ class HierRec(nn.Module):
             scenarios = torch.arange(self.num_scenarios, device=table.device)
         return self._head_weights(table[scenarios])
 
+    def report(self) -> dict | None:
+        """Head-by-field weights per scenario for run.json (the paper's Figure 6 heat map)."""
+        if not self.use_implicit:
+            return None
+        return {"fields": self.field_names, "head_weights": self.head_weights().tolist()}
+
     def forward(self, batch: Batch) -> torch.Tensor:
         e_c = self.embedding.fields(batch)  # [B, I, d]
         e_s = self.embedding.scenario(batch)  # [B, d]

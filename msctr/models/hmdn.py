@@ -264,6 +264,16 @@ class HMDN(nn.Module):
         the training forwards so far; None when the `rq` switch is dropped."""
         return None if self.quantizer is None else self.quantizer.usage.stats()
 
+    def report(self) -> dict | None:
+        """Code usage for the run's run.json: dead codes are a known failure of VQ."""
+        usage = self.code_usage()
+        if usage is None:
+            return None
+        return {
+            "perplexity_per_level": usage["perplexity"].tolist(),
+            "dead_code_fraction_per_level": usage["dead_fraction"].tolist(),
+        }
+
     def reset_code_usage(self) -> None:
         if self.quantizer is not None:
             self.quantizer.usage.counts.zero_()
