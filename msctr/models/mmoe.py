@@ -25,6 +25,9 @@ class MMoEParams(ModelParams):
     expert_hidden: list[int] = field(default_factory=lambda: [256, 128])
     tower_hidden: list[int] = field(default_factory=lambda: [64])
     dropout: float = 0.1
+    # BatchNorm inside the experts, as in this project's DNN and Shared Bottom: with small
+    # initial embeddings, expert MLPs without it learn little beyond additive effects
+    batch_norm: bool = True
 
     def validate(self, where: str) -> None:
         if self.num_experts < 1:
@@ -45,7 +48,7 @@ class MMoE(nn.Module):
         S = schema.num_scenarios
         self.embedding = FeatureEmbedding(schema, p.embed_dim)
         in_dim = self.embedding.num_fields * p.embed_dim
-        self.experts = StackedMLP(p.num_experts, in_dim, p.expert_hidden, p.dropout)
+        self.experts = StackedMLP(p.num_experts, in_dim, p.expert_hidden, p.dropout, p.batch_norm)
         # gate of scenario s: softmax(x W_s + b_s) over the E experts (paper eq. 5, one per task)
         self.gates = ScenarioLinear(S, in_dim, p.num_experts)
         self.towers = ScenarioMLP(S, self.experts.out_dim, p.tower_hidden, 1, p.dropout)
