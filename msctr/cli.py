@@ -124,6 +124,123 @@ def prepare_table(
     console.print(f"[green]wrote[/] {out}")
 
 
+@prepare_app.command("kuairand")
+def prepare_kuairand(
+    variant: Annotated[str, typer.Option(help="pure | 1k | 27k")] = "1k",
+    raw_dir: Annotated[
+        Path | None,
+        typer.Option(help="Unpacked archive folder; without it the archive is downloaded."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default data/kuairand-<variant>-<setup>).")
+    ] = None,
+    setup: Annotated[str, typer.Option(help="hierrec | scenario-wise")] = "hierrec",
+    seq_len: Annotated[int, typer.Option(help="Clicks per behavior sequence; 0: none.")] = 50,
+    seq_fields: Annotated[
+        str, typer.Option(help="Attributes of each clicked video, video_id first.")
+    ] = "video_id,video_type",
+    session_gap: Annotated[
+        int, typer.Option(help="Minutes of inactivity that end a session; 0: user x date.")
+    ] = 0,
+    order: Annotated[str, typer.Option(help="Row order of the split: log | time.")] = "log",
+    seed: Annotated[int, typer.Option(help="Seed of the random split (scenario-wise).")] = 0,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Download cache (default $MSCTR_CACHE or ~/.cache/msctr).")
+    ] = None,
+) -> None:
+    """KuaiRand from the files its owners publish, in the HierRec or Scenario-Wise Rec setup.
+
+    Example: msctr prepare kuairand --variant 1k --setup hierrec --out data/kuairand-1k
+    """
+    import shutil
+    import tempfile
+
+    from msctr.data.download import fetch
+    from msctr.data.prepare import prepare
+    from msctr.data.sources import kuairand
+
+    if variant not in kuairand.VARIANTS:
+        raise UserError(f"--variant must be one of {', '.join(kuairand.VARIANTS)}, got {variant!r}")
+    archive_md5 = None
+    if raw_dir is None:
+        archive = kuairand.archive(variant)
+        with console.status(f"fetching {archive.filename}") as status:
+
+            def progress(done: int, total: int | None) -> None:
+                size = f" of {total / 1e6:,.0f}" if total else ""
+                status.update(f"downloading {archive.filename}: {done / 1e6:,.0f}{size} MB")
+
+            raw_dir = fetch(archive, cache_dir, progress=progress)
+        archive_md5 = archive.md5
+    out = out or Path(f"data/kuairand-{variant}-{setup}")
+    fields = tuple(c.strip() for c in seq_fields.split(",") if c.strip())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.raw.", dir=out.parent))
+    try:
+        with console.status(f"reading KuaiRand-{variant} and preparing ({setup})"):
+            table = kuairand.load(
+                raw_dir,
+                variant=variant,
+                setup=setup,
+                seq_len=seq_len,
+                seq_fields=fields,
+                session_gap=session_gap,
+                order=order,
+                archive_md5=archive_md5,
+                work_dir=work,
+            )
+            schema = prepare(table, out, seed=seed)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print_scenario_stats(schema)
+    console.print(f"[green]wrote[/] {out}")
+
+
+@prepare_app.command("aliccp")
+def prepare_aliccp(
+    raw_dir: Annotated[
+        Path | None, typer.Option(help="Folder of the four raw Ali-CCP CSV files.")
+    ] = None,
+    processed_dir: Annotated[
+        Path | None, typer.Option(help="Folder of the 33-column processed CSVs instead.")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("data/aliccp"),
+    val_from: Annotated[
+        str, typer.Option(help="train: 10% of raw train | test: half of raw test.")
+    ] = "train",
+    val_fraction: Annotated[float, typer.Option(help="Share of raw train for val.")] = 0.1,
+    seq_len: Annotated[int, typer.Option(help="Entries kept per history; 0: none.")] = 20,
+    dense: Annotated[bool, typer.Option(help="Add the D-value columns as dense inputs.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the val split.")] = 0,
+) -> None:
+    """Ali-CCP from the raw Tianchi files (streamed), or from the processed 33-column CSVs.
+
+    Example: msctr prepare aliccp --raw-dir ~/data/ali-ccp --out data/aliccp
+    """
+    from msctr.data.prepare import prepare
+    from msctr.data.sources import aliccp
+
+    if (raw_dir is None) == (processed_dir is None):
+        raise UserError("give exactly one of --raw-dir (raw Ali-CCP files) or --processed-dir")
+    with console.status("reading Ali-CCP and preparing"):
+        if raw_dir is not None:
+            table = aliccp.load(
+                raw_dir,
+                seq_len=seq_len,
+                val_from=val_from,
+                val_fraction=val_fraction,
+                dense=dense,
+                seed=seed,
+            )
+        else:
+            table = aliccp.load_processed(
+                processed_dir, val_from=val_from, val_fraction=val_fraction, dense=dense, seed=seed
+            )
+        schema = prepare(table, out, seed=seed, materialize=True)
+    print_scenario_stats(schema)
+    console.print(f"[green]wrote[/] {out}")
+
+
 @app.command()
 def train(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],

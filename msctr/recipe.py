@@ -52,6 +52,11 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None  # cap (used by --smoke)
     eval_batch_size: int = 8192
     eval_rows: int | None = None  # evaluate on the first N val/test rows only (used by --smoke)
+    # embedding tables with row-sparse gradients and lazy Adam (only touched rows updated);
+    # auto: for tables of at least 1M rows (docs/recipes.md, "Speed options")
+    sparse_embeddings: Literal["auto"] | bool = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast matmuls, fp32 weights
+    compile: bool = False  # torch.compile the model (pays a compile time per shape)
 
     def validate(self, where: str) -> None:
         if not self.seeds:

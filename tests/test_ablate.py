@@ -44,6 +44,11 @@ def test_ablate_prints_table_with_p_values(recipe):
         assert rows[name]["test"]["reference"] == "HierRec"
         assert 0.0 <= rows[name]["test"]["welch_p"] <= 1.0
     assert (run / "ablation.png").stat().st_size > 1000
+    assert (run / "HierRec_w_o_mi" / "seed_1" / "predictions.parquet").is_file()
+    # HierRec's head-by-field weights per scenario (paper Figure 6) from run.json
+    heads = json.loads((run / "HierRec" / "seed_0" / "run.json").read_text())["model_report"]
+    assert len(heads["head_weights"][0]) == 2  # G heads
+    assert (run / "head_weights_HierRec.png").stat().st_size > 1000
     assert "## Ablation" in (run / "report.md").read_text()
 
 

@@ -11,8 +11,10 @@ import hashlib
 import shutil
 import tempfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from msctr.data import schema as S
@@ -22,7 +24,67 @@ from msctr.errors import UserError
 
 ROW = "__row"
 SPLIT = "__split"
+POSITION = "__position"
 ROW_GROUP_SIZE = 100_000
+INT_DTYPES = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32)
+# integer vocabularies spanning fewer raw values than this are looked up in a dense table
+DENSE_LOOKUP_LIMIT = 1 << 25
+
+
+class _Lookup:
+    """Raw values -> vocabulary ids for a whole batch at once (what `Vocabulary.encode` computes).
+
+    Integer values go through a NumPy table (dense when the values span a small range, a sorted
+    search otherwise): hash lookups of hundreds of millions of sequence elements would dominate
+    the preparation time of a real dataset. Other types use Polars' replace_strict.
+    """
+
+    def __init__(self, values: pl.Series) -> None:
+        ids = np.arange(1, len(values) + 1, dtype=np.int32)
+        present = values.is_not_null().to_numpy()
+        self.null_id = int(ids[~present][0]) if (~present).any() else 0
+        self.values = values.filter(values.is_not_null())
+        self.ids = ids[present]
+        self.integer = values.dtype in INT_DTYPES
+        self.table: np.ndarray | None = None
+        if self.integer and len(self.values):
+            v = self.values.cast(pl.Int64).to_numpy()
+            self.lo = int(v.min())
+            span = int(v.max()) - self.lo + 1
+            if span <= DENSE_LOOKUP_LIMIT:
+                self.table = np.zeros(span, np.int32)
+                self.table[v - self.lo] = self.ids
+            else:
+                order = np.argsort(v, kind="stable")
+                self.sorted, self.sorted_ids = v[order], self.ids[order]
+
+    def _integers(self, x: np.ndarray) -> np.ndarray:
+        if self.table is not None:
+            idx = x - self.lo
+            inside = (idx >= 0) & (idx < len(self.table))
+            if inside.all():
+                return self.table[idx]
+            out = self.table[np.where(inside, idx, 0)]
+            out[~inside] = 0
+            return out
+        pos = np.minimum(np.searchsorted(self.sorted, x), len(self.sorted) - 1)
+        return np.where(self.sorted[pos] == x, self.sorted_ids[pos], 0).astype(np.int32)
+
+    def __call__(self, s: pl.Series) -> np.ndarray:
+        nulls = s.null_count()
+        if not len(self.values):
+            out = np.zeros(len(s), np.int32)
+        elif self.integer and s.dtype in INT_DTYPES:
+            out = self._integers((s.fill_null(0) if nulls else s).cast(pl.Int64).to_numpy())
+        else:
+            coded = s.replace_strict(
+                self.values, pl.Series(self.ids), default=0, return_dtype=pl.Int32
+            )
+            out = coded.fill_null(0).to_numpy().astype(np.int32, copy=False)
+        if nulls:
+            out = out.copy()
+            out[s.is_null().to_numpy()] = self.null_id
+        return out
 
 
 @dataclass
@@ -64,6 +126,35 @@ class Vocabulary:
             )
         return coded.fill_null(0)
 
+    @cached_property
+    def lookup(self) -> _Lookup:
+        return _Lookup(self.values)
+
+    def encode_column(self, column: str) -> pl.Expr:
+        """`encode(pl.col(column))`, computed batch-wise with `_Lookup`."""
+        look = self.lookup
+
+        def codes(s: pl.Series) -> pl.Series:
+            return pl.Series(s.name, look(s), dtype=pl.Int32)
+
+        return pl.col(column).map_batches(codes, return_dtype=pl.Int32, is_elementwise=True)
+
+    def encode_sequence(self, column: str, max_len: int) -> pl.Expr:
+        """A list column -> fixed-size lists of ids: the first `max_len` elements, 0-padded."""
+        look = self.lookup
+        dtype = pl.Array(pl.Int32, max_len)
+
+        def codes(s: pl.Series) -> pl.Series:
+            heads = s.list.head(max_len)
+            lens = heads.list.len().fill_null(0).cast(pl.Int64).to_numpy()
+            flat = pl.Series(heads.to_arrow().flatten())
+            out = np.zeros((len(s), max_len), np.int32)
+            if len(flat):  # row-major boolean mask: fills each row's first lens[i] slots in order
+                out[np.arange(max_len)[None, :] < lens[:, None]] = look(flat)
+            return pl.Series(s.name, out, dtype=dtype)
+
+        return pl.col(column).map_batches(codes, return_dtype=dtype, is_elementwise=True)
+
     def frame(self) -> pl.DataFrame:
         return pl.DataFrame(
             {
@@ -72,6 +163,27 @@ class Vocabulary:
                 "id": pl.Series(range(1, len(self.values) + 1), dtype=pl.Int32),
             }
         )
+
+
+def gathered(index: str, table: pl.DataFrame, columns: list[str]) -> list[pl.Expr]:
+    """Columns of an in-memory `table` taken at the row numbers in column `index` (null -> null).
+
+    For sources whose list columns come from a smaller table (one behavior window per click,
+    one history per request): the source is written to disk with the index only, and the lists
+    are gathered batch by batch as prepare streams the rows, so the per-row lists never all sit
+    in memory, and passes that do not read them (the encoder fits) skip the gather entirely.
+    """
+    exprs = []
+    for c in columns:
+        values = table.get_column(c).rechunk()
+
+        def take(idx: pl.Series, values: pl.Series = values) -> pl.Series:
+            return values.gather(idx)
+
+        exprs.append(
+            pl.col(index).map_batches(take, return_dtype=values.dtype, is_elementwise=True).alias(c)
+        )
+    return exprs
 
 
 def _check_columns(table: SourceTable, columns: set[str]) -> None:
@@ -113,8 +225,13 @@ def _assign_split(table: SourceTable, frame: pl.LazyFrame, n: int, seed: int) ->
         return frame.with_columns(pl.col(table.split_column).cast(pl.String).alias(SPLIT))
     if table.split == "sequential":
         position = pl.col(ROW)
-    else:  # seeded random: a reproducible permutation of row positions
-        position = pl.col(ROW).shuffle(seed=seed)
+    else:  # seeded random: a reproducible permutation of row positions, joined on the row
+        # index (a shuffle inside the plan would force the whole frame into memory)
+        perm = pl.select(pl.int_range(n, dtype=pl.UInt32).shuffle(seed=seed).alias(POSITION))
+        frame = frame.join(
+            perm.with_row_index(ROW).lazy(), on=ROW, how="left", maintain_order="left"
+        )
+        position = pl.col(POSITION)
     n_train, n_trval = int(n * ftrain), int(n * (ftrain + fval))
     return frame.with_columns(
         pl.when(position < n_train)
@@ -123,7 +240,7 @@ def _assign_split(table: SourceTable, frame: pl.LazyFrame, n: int, seed: int) ->
         .then(pl.lit("val"))
         .otherwise(pl.lit("test"))
         .alias(SPLIT)
-    )
+    ).drop(POSITION, strict=False)
 
 
 def prepare(
@@ -132,15 +249,46 @@ def prepare(
     seed: int = 0,
     min_count: int = 1,
     row_group_size: int = ROW_GROUP_SIZE,
+    materialize: bool = False,
+) -> Schema:
+    """Split `table`, fit the encoders on its training rows, write the prepared dataset to `out`.
+
+    With `materialize`, the source plan runs once into a temporary Parquet file next to `out`
+    and every later pass (label check, one encoder fit per field, the split files) reads columns
+    from it: for sources whose plan is expensive to re-run (CSV scans, joins, parsing), and the
+    way to keep memory bounded, since each pass then streams from disk.
+    """
+    frame = table.frame
+    _check_columns(table, set(frame.collect_schema().names()))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not materialize:
+        return _prepare(table, frame, out, seed, min_count, row_group_size)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.source.", dir=out.parent))
+    try:
+        source = work / "source.parquet"
+        frame.sink_parquet(
+            source, row_group_size=row_group_size, statistics=False, compression="lz4"
+        )
+        return _prepare(table, pl.scan_parquet(source), out, seed, min_count, row_group_size)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _prepare(
+    table: SourceTable,
+    frame: pl.LazyFrame,
+    out: Path,
+    seed: int,
+    min_count: int,
+    row_group_size: int,
 ) -> Schema:
     f = table.fields
-    frame = table.frame
-    columns = set(frame.collect_schema().names())
-    _check_columns(table, columns)
     _check_labels(frame, f.label)
 
     if f.order:
         frame = frame.sort(f.order, maintain_order=True)
+    ordered = frame  # log order: what a sequential split slices
     frame = frame.with_row_index(ROW)
     n = frame.select(pl.len()).collect().item()
     if n == 0:
@@ -191,7 +339,7 @@ def prepare(
         )
         .alias(S.SCENARIO),
     ]
-    exprs += [vocabs[c].encode(pl.col(c)).alias(c) for c in f.sparse]
+    exprs += [vocabs[c].encode_column(c).alias(c) for c in f.sparse]
     exprs += [
         ((pl.col(c).cast(pl.Float64) - d.mean) / d.std)
         .fill_null(0.0)
@@ -203,20 +351,13 @@ def prepare(
     sequences = []
     for seq in f.sequences:
         L = seq.max_len
-        pad = pl.lit([0] * L, dtype=pl.List(pl.Int32))
         first = next(iter(seq.columns))
         length = f"{seq.name}_len"
         exprs.append(
             pl.col(first).list.head(L).list.len().fill_null(0).cast(pl.Int32).alias(length)
         )
         for col, target in seq.columns.items():
-            coded = pl.col(col).list.head(L).list.eval(vocabs[target].encode(pl.element()))
-            exprs.append(
-                pl.concat_list([coded.fill_null(pl.lit([], dtype=pl.List(pl.Int32))), pad])
-                .list.head(L)
-                .list.to_array(L)
-                .alias(col)
-            )
+            exprs.append(vocabs[target].encode_sequence(col, L).alias(col))
         sequences.append(
             Sequence(seq.name, L, length, [SequenceField(c, t) for c, t in seq.columns.items()])
         )
@@ -236,15 +377,24 @@ def prepare(
         encoded.filter(pl.col(SPLIT) == "train").select(key.alias("_key")), "_key", 1
     )
     encoded = encoded.with_columns(part_vocab.encode(key).alias(S.PARTITION))
+    if table.split == "sequential":
+        # each split is a slice of the ordered rows: Polars pushes the slice into the scan, so
+        # a split's pass reads (and encodes) only its own rows
+        ftrain, fval, _ = table.split_fractions
+        n_train, n_trval = int(n * ftrain), int(n * (ftrain + fval))
+        sliced = ordered.select(exprs).with_columns(part_vocab.encode(key).alias(S.PARTITION))
+        bounds = {"train": (0, n_train), "val": (n_train, n_trval), "test": (n_trval, n)}
 
     # -- write everything under a temporary folder, then move it into place --------------------
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         rows, counts, clicks = {}, {}, {}
         for split in S.SPLITS:
-            part = encoded.filter(pl.col(SPLIT) == split).drop(SPLIT, ROW)
+            if table.split == "sequential":
+                lo, hi = bounds[split]
+                part = sliced.slice(lo, hi - lo)
+            else:
+                part = encoded.filter(pl.col(SPLIT) == split).drop(SPLIT, ROW)
             path = tmp / f"{split}.parquet"
             part.sink_parquet(path, row_group_size=row_group_size, statistics=False)
             stats = (

@@ -5,6 +5,7 @@ papers' table shape (models as rows; per-scenario AUC, AUC, Logloss, ...).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +21,9 @@ from msctr.data.schema import Schema
 from msctr.errors import UserError
 from msctr.evaluate import metrics as M
 from msctr.evaluate import stats as T
-from msctr.io import write_json, write_text
+from msctr.io import atomic_path, write_json, write_text
 from msctr.recipe import Recipe, recipe_from_dict
+from msctr.train.engine import model_dir
 
 BAYES = "Bayes ceiling"
 
@@ -66,7 +68,7 @@ def load_run(run_dir: Path) -> tuple[Recipe, Schema]:
 def collect(run_dir: Path, recipe: Recipe, schema: Schema) -> list[ModelRuns]:
     out = []
     for entry in recipe.models:
-        folder = run_dir / entry.key
+        folder = model_dir(run_dir, entry.key)
         seeds, runs = [], []
         for seed in recipe.train.seeds:
             pred_path = folder / f"seed_{seed}" / "predictions.parquet"
@@ -145,9 +147,43 @@ def summarize(run_dir: str | Path) -> dict:
     if schema.has_true_prob:
         pred = models[0].predictions(models[0].seeds[0])
         result["bayes"] = run_metrics(pred, schema.num_scenarios, prob=S.TRUE_PROB)
+    result["figures"] = [
+        path.name for m in models if (path := plot_head_weights(m, schema, run_dir)) is not None
+    ]
     write_json(run_dir / "results.json", result)
     write_text(run_dir / "report.md", render_markdown(result))
     return result
+
+
+def plot_head_weights(model: ModelRuns, schema: Schema, run_dir: Path) -> Path | None:
+    """HierRec's head-by-field weights per scenario (the paper's Figure 6), first seed."""
+    run = model.folder / f"seed_{model.seeds[0]}" / "run.json"
+    report = json.loads(run.read_text()).get("model_report") if run.is_file() else None
+    if not report or "head_weights" not in report:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    w = np.asarray(report["head_weights"])  # [S, G, I]
+    S_, G, I = w.shape
+    fig, ax = plt.subplots(figsize=(2 + 0.28 * I, 1 + 0.3 * S_ * G))
+    im = ax.imshow(w.reshape(S_ * G, I), aspect="auto", cmap="viridis")
+    ax.set_xticks(range(I), report["fields"], rotation=90, fontsize=7)
+    ax.set_yticks(
+        range(S_ * G),
+        [f"{schema.scenario_names[s]} h{g}" for s in range(S_) for g in range(G)],
+        fontsize=7,
+    )
+    ax.set_title(f"{model.key}: implicit head weights per scenario")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    path = run_dir / f"head_weights_{model.folder.name}.png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
 
 
 # -- rendering -----------------------------------------------------------------------------------
@@ -226,6 +262,8 @@ def render_markdown(result: dict) -> str:
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r + [""] * (len(header) - len(r))) + " |" for r in rows]
     lines += ["", _legend(result), ""]
+    for fig in result.get("figures", []):
+        lines += [f"![{fig}]({fig})", ""]
     lines += ["## Significance", ""]
     for r in result["models"]:
         t = r["test"]

@@ -92,9 +92,20 @@ class FeatureEmbedding(nn.Module):
         return self.table(ids).mean(dim=2), batch.seq_mask[i]
 
     def pooled_sequence(self, batch: Batch, i: int = 0) -> torch.Tensor:  # [B, d]
-        emb, mask = self.sequence(batch, i)
-        m = mask.unsqueeze(-1).to(emb.dtype)
-        return (emb * m).sum(1) / m.sum(1).clamp_min(1.0)
+        """Masked mean over behaviors of the mean over attributes, as one weighted bag sum:
+        sum_{l,k} mask_l / (K * n_valid) * E[id_lk]. The fused bag never builds the
+        [B, L, K, d] tensor, which made this the costliest part of most models' steps."""
+        ids = batch.seq_ids[i] + getattr(self, f"seq_offsets_{i}")  # [B, L, K]
+        B, L, K = ids.shape
+        m = batch.seq_mask[i].to(self.table.weight.dtype)  # [B, L]
+        w = m / (K * m.sum(1, keepdim=True).clamp_min(1.0))  # [B, L]; empty rows -> zeros
+        return nn.functional.embedding_bag(
+            ids.view(B, L * K),
+            self.table.weight,
+            per_sample_weights=w.unsqueeze(-1).expand(B, L, K).reshape(B, L * K),
+            mode="sum",
+            sparse=self.table.sparse,
+        )
 
     def fields(self, batch: Batch) -> torch.Tensor:  # [B, n_fields, d]
         parts = []

@@ -7,9 +7,12 @@ log.jsonl, best.pt, predictions.parquet and metrics.json; runs/<recipe>/ holds t
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import math
 import random
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,8 +32,9 @@ from msctr.data.schema import Schema
 from msctr.errors import UserError
 from msctr.evaluate.metrics import auc, logloss
 from msctr.io import atomic_path, write_text
+from msctr.models.layers import FeatureEmbedding
 from msctr.models.registry import build, parse_params, split_output
-from msctr.recipe import ModelEntry, Recipe
+from msctr.recipe import ModelEntry, Recipe, TrainConfig
 
 
 def seed_everything(seed: int) -> None:
@@ -45,16 +49,150 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast runs matmuls in bfloat16 and keeps weights, losses and reductions in fp32
+    (on CPUs with AMX or AVX-512 BF16 and on recent GPUs the matmuls are several times faster)."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# -- optimizer: dense Adam for the network, lazy Adam for large embedding tables -------------
+
+# `sparse_embeddings: auto` switches a table to row-sparse updates from this many rows: below,
+# a dense step over the whole table costs less than finding the touched rows (a sort of the
+# batch's ids); above, the dense step's O(rows) work dominates (docs/recipes.md).
+SPARSE_AUTO_ROWS = 1_000_000
+
+
+class LazyAdam(torch.optim.Optimizer):
+    """Adam for embedding tables with row-sparse gradients: a step reads and writes the rows
+    the batch touched and nothing else, so it costs O(touched rows), not O(table rows).
+
+    For the touched rows the update is exactly Adam's (L2 weight decay added to the gradient,
+    bias correction by the optimizer's global step count, as in TF's LazyAdam and torch's
+    SparseAdam); untouched rows keep their value and moments, where dense Adam would keep
+    moving them with decayed momentum. When every row is touched every step the two are the
+    same (tests/test_bench.py checks both). A dense gradient gets the ordinary dense update.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+    @staticmethod
+    def _rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(unique row ids [U], summed gradient rows [U, d]) of a sparse COO gradient."""
+        ids, values = grad._indices()[0], grad._values()
+        if grad.is_coalesced():
+            return ids, values
+        # torch's coalesce() is several times slower on CPU than unique + index_add
+        rows, inverse = torch.unique(ids, return_inverse=True)
+        summed = values.new_zeros(rows.shape[0], values.shape[1]).index_add_(0, inverse, values)
+        return rows, summed
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state["step"] += 1
+                t = state["step"]
+                step_size = lr / (1 - b1**t)
+                bc2_sqrt = math.sqrt(1 - b2**t)
+                m_all, v_all = state["exp_avg"], state["exp_avg_sq"]
+                if p.grad.is_sparse:
+                    rows, g = self._rows(p.grad)
+                    if wd:
+                        g = g + wd * p.index_select(0, rows)
+                    m = m_all.index_select(0, rows).lerp_(g, 1 - b1)
+                    v = v_all.index_select(0, rows).mul_(b2).addcmul_(g, g, value=1 - b2)
+                    m_all.index_copy_(0, rows, m)
+                    v_all.index_copy_(0, rows, v)
+                    update = m.div_(v.sqrt_().div_(bc2_sqrt).add_(eps)).mul_(-step_size)
+                    p.index_add_(0, rows, update)  # rows are unique: adds to each row once
+                else:
+                    g = p.grad if not wd else p.grad + wd * p
+                    m_all.lerp_(g, 1 - b1)
+                    v_all.mul_(b2).addcmul_(g, g, value=1 - b2)
+                    p.addcdiv_(m_all, v_all.sqrt().div_(bc2_sqrt).add_(eps), value=-step_size)
+
+
+class Optimizers:
+    """Several optimizers stepped as one (dense Adam for the network, lazy Adam for tables)."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.optimizers = optimizers
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for o in self.optimizers:
+            o.step()
+
+
+def set_sparse_embeddings(model: torch.nn.Module, mode: bool | str) -> list[torch.nn.Parameter]:
+    """Switch every FeatureEmbedding table to row-sparse gradients (True), to dense (False), or
+    by size ("auto"); return the tables now giving sparse gradients. Models need no change:
+    their look-ups all go through the table module, which reads its `sparse` flag per call."""
+    sparse = []
+    for m in model.modules():
+        if isinstance(m, FeatureEmbedding):
+            on = mode is True or (mode == "auto" and m.table.num_embeddings >= SPARSE_AUTO_ROWS)
+            m.table.sparse = on
+            if on:
+                sparse.append(m.table.weight)
+    return sparse
+
+
+def make_optimizer(model: torch.nn.Module, t: TrainConfig) -> Optimizers:
+    """Adam as the recipe asks: fused dense Adam (one kernel for all tensors; several times
+    faster than the per-tensor loop on CPU) for the network, LazyAdam for sparse tables."""
+    sparse = set_sparse_embeddings(model, t.sparse_embeddings)
+    sparse_ids = {id(p) for p in sparse}
+    dense = [p for p in model.parameters() if id(p) not in sparse_ids and p.requires_grad]
+    opts: list[torch.optim.Optimizer] = []
+    if dense:
+        fused = all(p.dtype == torch.float32 for p in dense)
+        opts.append(
+            torch.optim.Adam(dense, lr=t.lr, weight_decay=t.weight_decay, fused=fused or None)
+        )
+    if sparse:
+        opts.append(LazyAdam(sparse, lr=t.lr, weight_decay=t.weight_decay))
+    return Optimizers(opts)
+
+
 @torch.inference_mode()
 def predict(
-    model: torch.nn.Module, data: Columns, batch_size: int, device: torch.device
+    model: torch.nn.Module,
+    data: Columns,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """Click probabilities for every row of `data`, in row order."""
     model.eval()
     out = []
-    for batch in data.batches(batch_size):
-        logit, _ = split_output(model(batch.to(device)))
-        out.append(torch.sigmoid(logit.float()).cpu())
+    with autocast(device, precision):
+        for batch in data.batches(batch_size):
+            logit, _ = split_output(model(batch.to(device)))
+            out.append(torch.sigmoid(logit.float()).cpu())
     return torch.cat(out).double().numpy()
 
 
@@ -140,7 +278,9 @@ def fit_one(
     seed_everything(seed)
     params = parse_params(entry.name, entry.params)
     model = build(entry.name, data.schema, params).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    optimizer = make_optimizer(model, t)
+    # the compiled module shares the model's parameters; checkpoints come from `model`
+    run = torch.compile(model) if t.compile else model
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path = run_dir / "log.jsonl"
     log_path.write_text("")
@@ -165,8 +305,9 @@ def fit_one(
             if step >= steps_per_epoch:
                 break
             batch = batch.to(device)
-            logit, aux = split_output(model(batch))
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, batch.label)
+            with autocast(device, t.precision):
+                logit, aux = split_output(run(batch))
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logit.float(), batch.label)
             total = loss if aux is None else loss + aux
             optimizer.zero_grad(set_to_none=True)
             total.backward()
@@ -184,7 +325,7 @@ def fit_one(
                 f"{entry.key} seed {seed}: the training loss became NaN/inf in epoch {epoch + 1}; "
                 "lower train.lr"
             )
-        val_p = predict(model, data.val, t.eval_batch_size, device)
+        val_p = predict(run, data.val, t.eval_batch_size, device, t.precision)
         val = {"auc": auc(data.val_labels, val_p), "logloss": logloss(data.val_labels, val_p)}
         score = val[es.metric] if es.metric == "auc" else -val[es.metric]
         improved = best_score is None or score > best_score
@@ -209,7 +350,7 @@ def fit_one(
         if waited >= es.patience:
             break
     model.load_state_dict(best_state)
-    test_p = predict(model, data.test, t.eval_batch_size, device)
+    test_p = predict(run, data.test, t.eval_batch_size, device, t.precision)
     write_predictions(run_dir / "predictions.parquet", data.test_frame, test_p)
     summary = {
         "model": entry.key,
@@ -232,7 +373,9 @@ def write_predictions(path: Path, test_frame: pl.DataFrame, prob: np.ndarray) ->
 
 
 def model_dir(run_root: Path, key: str) -> Path:
-    return run_root / key
+    """A model's run folder: its label with anything but letters, digits, '.', '_', '-', '(',
+    ')' replaced (labels like "HierRec w/o mi" must not create sub-folders)."""
+    return run_root / re.sub(r"[^A-Za-z0-9_.()-]+", "_", key)
 
 
 def train_recipe(
