@@ -53,7 +53,7 @@ class TrainConfig:
     eval_batch_size: int = 8192
     eval_rows: int | None = None  # evaluate on the first N val/test rows only (used by --smoke)
     # embedding tables with row-sparse gradients and lazy Adam (only touched rows updated);
-    # auto: for tables of at least 1M rows (docs/recipes.md, "Speed options")
+    # auto: for tables of at least 100k rows (docs/recipes.md, "Speed options")
     sparse_embeddings: Literal["auto"] | bool = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast matmuls, fp32 weights
     compile: bool = False  # torch.compile the model (pays a compile time per shape)
@@ -66,11 +66,23 @@ class TrainConfig:
                 raise UserError(f"{where}.{key} must be positive, got {getattr(self, key)}")
 
 
+TABLE_METRICS = ("scenario_auc", "auc", "logloss", "gauc", "sgauc", "relaimpr")
+
+
 @dataclass
 class EvalConfig:
+    # columns of the comparison table (every metric is computed and saved regardless)
+    metrics: list[str] = field(default_factory=lambda: list(TABLE_METRICS))
     baseline: str | None = None  # model key for RelaImpr (default: the first model)
     baselines: list[str] = field(default_factory=list)  # candidates for "best baseline" tests
     significance: float = 0.05
+
+    def validate(self, where: str) -> None:
+        unknown = [m for m in self.metrics if m not in TABLE_METRICS]
+        if unknown:
+            raise UserError(
+                f"{where}.metrics: unknown metric(s) {unknown}; choose from {list(TABLE_METRICS)}"
+            )
 
 
 @dataclass

@@ -208,8 +208,3 @@ def test_table_source_then_smoke_train(tmp_path):
     b = pl.read_parquet(tmp_path / "o-smoke" / "DNN" / "seed_0" / "predictions.parquet")
     ref = delong(a["label"].to_numpy(), a["prob"].to_numpy(), b["prob"].to_numpy())
     assert test["delong_p"] == pytest.approx(ref.p_value, abs=1e-12)
-
-
-def test_not_yet_available_commands_exit_2(tmp_path):
-    result = runner.invoke(app, ["bench-inference", "x.yaml"])
-    assert result.exit_code == 2

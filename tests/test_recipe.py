@@ -45,6 +45,7 @@ def test_smoke_shrinks(tmp_path):
         (BASE + "\nfoo: 1\n", "unknown key 'r.foo'"),
         (BASE.replace("params: {hidden: [32]}", "params: {drop: [rtm]}"), "no ablation switch"),
         ("name: r\ndata: [", "not valid YAML"),
+        (BASE + "eval: {metrics: [auc, ndcg]}\n", "unknown metric"),
     ],
 )
 def test_bad_recipes_are_one_line_errors(tmp_path, text, message):

@@ -142,6 +142,7 @@ def summarize(run_dir: str | Path) -> dict:
         "test_rows": int(models[0].predictions(models[0].seeds[0]).height),
         "relaimpr_base": base.key,
         "alpha": alpha,
+        "table_metrics": recipe.eval.metrics,
         "models": rows,
     }
     if schema.has_true_prob:
@@ -209,24 +210,28 @@ def _p(test: dict | None) -> str:
 def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
     scen = result["scenarios"]
     first = result["models"][0]
-    groups = [(k, h) for k, h in (("gauc", "GAUC"), ("sgauc", "S-GAUC")) if k in first]
-    header = [*(f"AUC {s}" for s in scen), "AUC", "Logloss", *(h for _, h in groups)]
-    header += ["RelaImpr", "p vs best other", "MWU p"]
+    show = set(result.get("table_metrics") or ())
+    per_scenario = range(len(scen)) if "scenario_auc" in show else range(0)
+    groups = [
+        (k, h) for k, h in (("gauc", "GAUC"), ("sgauc", "S-GAUC")) if k in first and k in show
+    ]
+    main = [(k, h) for k, h in (("auc", "AUC"), ("logloss", "Logloss")) if k in show]
+    header = [*(f"AUC {scen[k]}" for k in per_scenario), *(h for _, h in main + groups)]
+    header += ["RelaImpr"] * ("relaimpr" in show) + ["p vs best other", "MWU p"]
     rows = []
     for r in result["models"]:
         star = "*" if r["test"] and r["test"].get("significant") else ""
-        cells = [r["model"]] + [_cell(r[f"auc_s{k}"]) for k in range(len(scen))]
-        cells += [_cell(r["auc"]) + star, _cell(r["logloss"])]
-        cells += [_cell(r[k]) for k, _ in groups]
+        cells = [r["model"]] + [_cell(r[f"auc_s{k}"]) for k in per_scenario]
+        cells += [_cell(r[k]) + (star if k == "auc" else "") for k, _ in main + groups]
         mwu = r["test"].get("mannwhitney_p") if r["test"] else None
-        cells += [f"{r['relaimpr']:+.2f}%", _p(r["test"]), "-" if mwu is None else f"{mwu:.3g}"]
+        cells += [f"{r['relaimpr']:+.2f}%"] * ("relaimpr" in show)
+        cells += [_p(r["test"]), "-" if mwu is None else f"{mwu:.3g}"]
         rows.append(cells)
     if "bayes" in result:
         b = result["bayes"]
-        cells = [BAYES] + [_fmt(b[f"auc_s{k}"]) for k in range(len(scen))]
-        cells += [_fmt(b["auc"]), _fmt(b["logloss"])]
-        cells += [_fmt(b.get(k)) for k, _ in groups]
-        rows.append(cells + ["", "", ""])
+        cells = [BAYES] + [_fmt(b[f"auc_s{k}"]) for k in per_scenario]
+        cells += [_fmt(b.get(k)) for k, _ in main + groups]
+        rows.append(cells + [""] * (len(header) + 1 - len(cells)))
     return ["Model", *header], rows
 
 
