@@ -119,7 +119,7 @@ def prepare_table(
         order=order,
         split=split,
     )
-    schema = prepare(table, out, seed=seed)
+    schema = prepare(table, out, seed=seed, materialize=True)
     print_scenario_stats(schema)
     console.print(f"[green]wrote[/] {out}")
 
@@ -217,26 +217,40 @@ def prepare_aliccp(
 
     Example: msctr prepare aliccp --raw-dir ~/data/ali-ccp --out data/aliccp
     """
+    import shutil
+    import tempfile
+
     from msctr.data.prepare import prepare
     from msctr.data.sources import aliccp
 
     if (raw_dir is None) == (processed_dir is None):
         raise UserError("give exactly one of --raw-dir (raw Ali-CCP files) or --processed-dir")
-    with console.status("reading Ali-CCP and preparing"):
-        if raw_dir is not None:
-            table = aliccp.load(
-                raw_dir,
-                seq_len=seq_len,
-                val_from=val_from,
-                val_fraction=val_fraction,
-                dense=dense,
-                seed=seed,
-            )
-        else:
-            table = aliccp.load_processed(
-                processed_dir, val_from=val_from, val_fraction=val_fraction, dense=dense, seed=seed
-            )
-        schema = prepare(table, out, seed=seed, materialize=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.raw.", dir=out.parent))
+    try:
+        with console.status("reading Ali-CCP and preparing"):
+            if raw_dir is not None:
+                table = aliccp.load(
+                    raw_dir,
+                    seq_len=seq_len,
+                    val_from=val_from,
+                    val_fraction=val_fraction,
+                    dense=dense,
+                    seed=seed,
+                    work_dir=work,
+                )
+                schema = prepare(table, out, seed=seed)
+            else:
+                table = aliccp.load_processed(
+                    processed_dir,
+                    val_from=val_from,
+                    val_fraction=val_fraction,
+                    dense=dense,
+                    seed=seed,
+                )
+                schema = prepare(table, out, seed=seed, materialize=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     print_scenario_stats(schema)
     console.print(f"[green]wrote[/] {out}")
 
@@ -309,13 +323,54 @@ def ablate(
 
 
 @app.command("bench-inference")
-def bench_inference(recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")]) -> None:
-    """Inference time and throughput per model.
+def bench_inference(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    models: Annotated[
+        str | None, typer.Option(help="Comma-separated model labels (default: all).")
+    ] = None,
+    batch_sizes: Annotated[
+        str, typer.Option(help="Comma-separated batch sizes for throughput and latency.")
+    ] = "1,256,2000,8192",
+    variants: Annotated[
+        str, typer.Option(help="Comma-separated: eager, bf16, compile, compile-bf16.")
+    ] = "eager",
+    threads: Annotated[int | None, typer.Option(help="torch intra-op threads.")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda (cuda:N).")] = "cpu",
+    rows: Annotated[int | None, typer.Option(help="Score the first N test rows only.")] = None,
+    repeats: Annotated[int, typer.Option(help="Timed runs after one warm-up run.")] = 3,
+    seed: Annotated[
+        int | None, typer.Option(help="Whose checkpoint (default: the recipe's first seed).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="bench.json path (default: <run dir>/bench.json).")
+    ] = None,
+    set_: Sets = None,
+) -> None:
+    """Inference cost per model: whole test split end to end (the papers' Table 3),
+    forward-only throughput and p50/p90/p99 latency per batch size, parameters,
+    multiply-adds per sample, peak memory; writes bench.json.
 
-    Example: msctr bench-inference recipes/synthetic/table.yaml
+    Uses each model's trained checkpoint when the recipe's run exists, else a freshly
+    initialised model (the table says which).
+
+    Example: msctr bench-inference recipes/synthetic/table.yaml --variants eager,bf16
     """
-    err_console.print("msctr bench-inference is not yet available in this version")
-    raise typer.Exit(2)
+    from msctr.bench import BenchConfig, parse_int_list, render, run_bench
+    from msctr.recipe import load_recipe
+
+    r = load_recipe(recipe, set_ or [])
+    cfg = BenchConfig(
+        models=[m.strip() for m in models.split(",") if m.strip()] if models else None,
+        batch_sizes=parse_int_list(batch_sizes, "--batch-sizes"),
+        variants=[v.strip() for v in variants.split(",") if v.strip()],
+        device=device,
+        threads=threads,
+        rows=rows,
+        repeats=repeats,
+        seed=seed,
+        out=out,
+    )
+    render(run_bench(r, cfg, console), console)
 
 
 def main() -> None:

@@ -109,35 +109,22 @@ class Vocabulary:
     def size(self) -> int:
         return len(self.values) + 1
 
-    def encode(self, expr: pl.Expr) -> pl.Expr:
-        ids = pl.Series(range(1, len(self.values) + 1), dtype=pl.Int32)
-        coded = expr.replace_strict(
-            self.values.drop_nulls(),
-            ids.filter(self.values.is_not_null()),
-            default=0,
-            return_dtype=pl.Int32,
-        )
-        null_pos = self.values.is_null().arg_true()
-        if len(null_pos):  # missing is a value of its own when it occurs in training
-            return (
-                pl.when(expr.is_null())
-                .then(pl.lit(int(null_pos[0]) + 1, pl.Int32))
-                .otherwise(coded)
-            )
-        return coded.fill_null(0)
-
     @cached_property
     def lookup(self) -> _Lookup:
         return _Lookup(self.values)
 
-    def encode_column(self, column: str) -> pl.Expr:
-        """`encode(pl.col(column))`, computed batch-wise with `_Lookup`."""
+    def encode(self, expr: pl.Expr) -> pl.Expr:
+        """Raw values -> ids (0 = unseen; a missing value seen in training has its own id).
+
+        Computed batch by batch in a UDF: a `replace_strict` with the vocabulary inside the plan
+        made Polars' streaming sinks hold memory in proportion to the split, not the batch.
+        """
         look = self.lookup
 
         def codes(s: pl.Series) -> pl.Series:
             return pl.Series(s.name, look(s), dtype=pl.Int32)
 
-        return pl.col(column).map_batches(codes, return_dtype=pl.Int32, is_elementwise=True)
+        return expr.map_batches(codes, return_dtype=pl.Int32, is_elementwise=True)
 
     def encode_sequence(self, column: str, max_len: int) -> pl.Expr:
         """A list column -> fixed-size lists of ids: the first `max_len` elements, 0-padded."""
@@ -333,13 +320,10 @@ def _prepare(
     # -- transform every split with the fitted encoders ---------------------------------------
     exprs: list[pl.Expr] = [
         pl.col(f.label).cast(pl.Int8).alias(S.LABEL),
-        pl.col(f.scenario)
-        .replace_strict(
-            scen_values, pl.Series(range(len(scen_values)), dtype=pl.Int32), return_dtype=pl.Int32
-        )
-        .alias(S.SCENARIO),
+        # scenario ids 0..S-1 in sorted order of the training values (all values are seen)
+        (Vocabulary(f.scenario, scen_values).encode(pl.col(f.scenario)) - 1).alias(S.SCENARIO),
     ]
-    exprs += [vocabs[c].encode_column(c).alias(c) for c in f.sparse]
+    exprs += [vocabs[c].encode(pl.col(c)).alias(c) for c in f.sparse]
     exprs += [
         ((pl.col(c).cast(pl.Float64) - d.mean) / d.std)
         .fill_null(0.0)
@@ -387,6 +371,7 @@ def _prepare(
 
     # -- write everything under a temporary folder, then move it into place --------------------
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a dataset folder is not
     try:
         rows, counts, clicks = {}, {}, {}
         for split in S.SPLITS:

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import polars as pl
 
+from msctr.data.download import fingerprint
+from msctr.data.prepare import gathered
 from msctr.data.sources.base import FieldMap, SequenceSpec, SourceTable
 from msctr.errors import UserError
 
@@ -49,6 +51,7 @@ SESSION = "common_feature_index"
 GIVEN = "__given"
 HASH_BUCKETS = 1_000_000
 FL = "__fl"  # the feature list with a leading separator, so every entry starts with \x01
+REQUEST = "__request"  # row number of the sample's request in the parsed common features
 
 
 def _single(field: str) -> pl.Expr:
@@ -206,8 +209,15 @@ def load(
     val_fraction: float = 0.1,
     dense: bool = False,
     seed: int = 0,
+    work_dir: str | Path | None = None,
 ) -> SourceTable:
-    """The four raw Ali-CCP files in `raw_dir` as a streamed SourceTable (see the module doc)."""
+    """The four raw Ali-CCP files in `raw_dir` as a SourceTable (see the module doc).
+
+    The common features (one row per request) stay in memory, parsed; the samples are streamed
+    and joined with the requests' scalar fields and a request index. With `work_dir` (a folder
+    the caller removes after `prepare`) that join runs once, streamed into Parquet there; the
+    history lists are gathered from the in-memory requests by index as prepare streams rows.
+    """
     _check_split_args(val_from, val_fraction)
     if seq_len < 0:
         raise UserError(f"--seq-len must be 0 (no sequences) or more, got {seq_len}")
@@ -221,20 +231,34 @@ def load(
         )
         for raw in ("train", "test")
     }
-    parts = []
+    fields = _fields(seq_len, dense, "click", SESSION)
+    hist_cols = [c for s in fields.sequences for c in s.columns]
+    commons, parts, offset = [], [], 0
     for raw, (skeleton, common_path) in paths.items():
         common = read_common(common_path, max(seq_len, 1), dense)
-        if not seq_len:
-            common = common.drop([f"hist_{f}" for f in HISTORY_FIELDS])
+        common = common.with_row_index(REQUEST, offset=offset)
+        offset += common.height
+        commons.append(common.select(REQUEST, *hist_cols))
+        scalars = common.drop(hist_cols + [f"hist_{f}" for f in HISTORY_FIELDS], strict=False)
         samples = scan_samples(skeleton, dense).join(
-            common.lazy(), on=SESSION, how="left", maintain_order="left"
+            scalars.lazy(), on=SESSION, how="left", maintain_order="left"
         )
         parts.append(samples.with_columns(_given(raw, val_from, val_fraction, seed).alias(GIVEN)))
-    fields = _fields(seq_len, dense, "click", SESSION)
     keep = ["click", SCENARIO, SESSION, GIVEN, *fields.sparse, *fields.dense]
-    keep += [c for s in fields.sequences for c in s.columns]
+    frame = pl.concat([p.select(keep + [REQUEST]) for p in parts])
+    if work_dir is not None:  # parse and join once; prepare's passes then read columns
+        path = Path(work_dir) / "aliccp_samples.parquet"
+        try:
+            frame.sink_parquet(path, statistics=False, compression="lz4", row_group_size=100_000)
+        except pl.exceptions.PolarsError as e:
+            first = str(e).strip().splitlines()[0]
+            raise UserError(f"cannot parse the Ali-CCP samples ({first})") from None
+        frame = pl.scan_parquet(path)
+    if hist_cols:  # requests' histories, gathered by request index while prepare streams
+        requests = pl.concat(commons)
+        frame = frame.with_columns(gathered(REQUEST, requests, hist_cols))
     return SourceTable(
-        frame=pl.concat([p.select(keep) for p in parts]),
+        frame=frame.select(keep + hist_cols),
         fields=fields,
         name="aliccp",
         split="given",
@@ -243,7 +267,8 @@ def load(
             "dataset": "Ali-CCP",
             "format": "raw",
             "files": [p.name for pair in paths.values() for p in pair],
-            "file_bytes": {p.name: p.stat().st_size for pair in paths.values() for p in pair},
+            "raw_fingerprint": fingerprint([p for pair in paths.values() for p in pair]),
+            "requests": offset,
             "val_from": val_from,
             "val_fraction": val_fraction if val_from == "train" else 0.5,
             "seq_len": seq_len,
@@ -312,6 +337,6 @@ def load_processed(
             "dataset": "Ali-CCP",
             "format": "processed (33 columns)",
             "files": [p.name for p in files.values() if p is not None],
-            "file_bytes": {p.name: p.stat().st_size for p in files.values() if p is not None},
+            "raw_fingerprint": fingerprint([p for p in files.values() if p is not None]),
         },
     )

@@ -24,10 +24,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from msctr.data.download import Archive, fingerprint
-from msctr.data.prepare import gathered
 from msctr.data.sources.base import FieldMap, SequenceSpec, SourceTable
 from msctr.errors import UserError
 
@@ -234,25 +235,25 @@ def session_keys(rows: pl.DataFrame, gap_minutes: int) -> pl.Series:
     return rows.select("pos").join(ordered, on="pos", how="left", maintain_order="left")["session"]
 
 
-def click_windows(
-    rows: pl.DataFrame, clicks: pl.DataFrame, attrs: list[str], max_len: int
-) -> tuple[pl.Series, pl.DataFrame]:
-    """Each row's user's last `max_len` clicks strictly before its time_ms, in two parts.
+HI, LO = "__hist_hi", "__hist_lo"  # a row's window in the click table: [lo, hi], hi latest
 
-    ``clicks`` holds every click of the logs with the attribute columns `attrs`. Each click gets
-    the window of its user's last `max_len` clicks up to itself (a rolling window over the click
-    index: the ``windows`` frame, one row per click, lists most recent first), and each row the
-    index ``ci`` of the latest click strictly before it (an as-of join with exact matches
-    excluded, so no row sees its own click or one at the same millisecond; null if none).
-    Joining the two on ``ci`` gives the row's sequences; that join is left to the streamed
-    write, so the per-row lists never all sit in memory.
+
+def click_windows(rows: pl.DataFrame, clicks: pl.DataFrame, max_len: int) -> pl.DataFrame:
+    """Where each row's history lies in the click table: ``clicks`` sorted, plus [lo, hi] per row.
+
+    ``clicks`` (every click of the logs) is sorted by (user, time, log position) and numbered:
+    each user's clicks form one run. A row's history is the run's part strictly before its
+    time_ms: hi is the latest click strictly before it (an as-of join by user that excludes
+    exact matches, so no row sees its own click or one at the same millisecond; null if none)
+    and lo = max(hi - max_len + 1, the user's first click) (a window minimum over the user).
+    The lists themselves are cut from the click table batch by batch (`history_lists`), so
+    neither per-row nor per-click lists are ever all in memory.
+    Returns ``clicks`` sorted and ``rows`` with HI and LO (both in ``rows``' order).
     """
     clicks = clicks.sort("user_id", "time_ms", "pos").with_row_index("ci")
-    windows = clicks.rolling(
-        index_column=pl.col("ci").cast(pl.Int64), period=f"{max_len}i", group_by="user_id"
-    ).agg([pl.col(a).reverse().alias(f"hist_{a}") for a in attrs])
-    windows = windows.select(pl.col("ci").cast(pl.UInt32), *[f"hist_{a}" for a in attrs])
-    # stable sort by time: among clicks at the same millisecond the largest ci comes last
+    first = clicks.group_by("user_id").agg(pl.col("ci").min().alias("first"))
+    # a stable sort by time keeps (user, time, pos) order among equal times: the as-of join
+    # then takes the largest ci among several clicks at the same millisecond
     last = (
         rows.select("pos", "user_id", "time_ms")
         .sort("time_ms")
@@ -264,10 +265,43 @@ def click_windows(
             allow_exact_matches=False,
             check_sortedness=False,
         )
-        .select("pos", "ci")
+        .join(first, on="user_id", how="left")
+        .select(
+            "pos",
+            pl.col("ci").alias(HI),
+            pl.max_horizontal(pl.col("ci").cast(pl.Int64) - (max_len - 1), "first")
+            .cast(pl.UInt32)
+            .alias(LO),
+        )
     )
-    ci = rows.select("pos").join(last, on="pos", how="left", maintain_order="left")["ci"]
-    return ci, windows
+    return clicks, rows.join(last, on="pos", how="left", maintain_order="left")
+
+
+def history_lists(clicks: pl.DataFrame, attrs: list[str]) -> list[pl.Expr]:
+    """Expressions: the rows' behavior lists hist_<attr>, clicks hi, hi - 1, ..., lo of the
+    click table, most recent first, built per batch of rows from the [lo, hi] columns."""
+    exprs = []
+    for a in attrs:
+        values = clicks.get_column(a).rechunk()
+
+        def cut(bounds: pl.Series, values: pl.Series = values) -> pl.Series:
+            hi = bounds.struct.field(HI)
+            lens = (hi.cast(pl.Int64) - bounds.struct.field(LO) + 1).fill_null(0).to_numpy()
+            top = hi.fill_null(0).cast(pl.Int64).to_numpy()
+            offsets = np.zeros(len(lens) + 1, np.int64)
+            np.cumsum(lens, out=offsets[1:])
+            # the k-th element of row r is click hi[r] - k
+            idx = np.repeat(top + offsets[:-1], lens) - np.arange(offsets[-1])
+            flat = values.gather(pl.Series(idx, dtype=pl.UInt32)).to_arrow()
+            arr = pa.LargeListArray.from_arrays(pa.array(offsets), flat)
+            return pl.Series(f"hist_{values.name}", arr).cast(pl.List(values.dtype))
+
+        exprs.append(
+            pl.struct(HI, LO)
+            .map_batches(cut, return_dtype=pl.List(values.dtype), is_elementwise=True)
+            .alias(f"hist_{a}")
+        )
+    return exprs
 
 
 def integer_codes(videos: pl.DataFrame, columns: list[str]) -> tuple[pl.DataFrame, dict]:
@@ -351,15 +385,14 @@ def load(
         if len(seq_fields) > 1:
             attrs = videos.select("video_id", *seq_fields[1:])
             clicks = clicks.join(attrs, on="video_id", how="left", maintain_order="left")
-        ci, windows = click_windows(rows, clicks, list(seq_fields), seq_len)
-        del clicks
-        rows = rows.with_columns(ci)
+        clicks, rows = click_windows(rows, clicks, seq_len)
+        clicks = clicks.select(list(seq_fields))
         sequences = [SequenceSpec("hist", {f"hist_{a}": a for a in seq_fields}, max_len=seq_len)]
     del log
     selected_rows = rows.height
     sparse = ["user_id", "video_id", *(c for c in USER_COLUMNS if c not in S.dense)]
     sparse += video_fields
-    scalars = ["is_click", "tab", "session", *sparse, *S.dense] + (["ci"] if sequences else [])
+    scalars = ["is_click", "tab", "session", *sparse, *S.dense] + ([HI, LO] if sequences else [])
     frame = (
         rows.lazy()
         .join(users.lazy(), on="user_id", how="inner", maintain_order="left")
@@ -371,8 +404,8 @@ def load(
         frame.sink_parquet(path, statistics=False, compression="lz4", row_group_size=100_000)
         frame = pl.scan_parquet(path)
     del rows, users, videos
-    if sequences:  # the rows' behavior lists: windows gathered by ci while prepare streams
-        frame = frame.with_columns(gathered("ci", windows, list(sequences[0].columns)))
+    if sequences:  # the rows' behavior lists, cut from the click table as prepare streams
+        frame = frame.with_columns(history_lists(clicks, list(seq_fields)))
     fields = FieldMap(
         label="is_click",
         scenario="tab",

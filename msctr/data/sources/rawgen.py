@@ -347,7 +347,7 @@ def write_aliccp(
     first = np.flatnonzero(change)
     Q = len(first)
     cfi = pl.Series(
-        np.char.mod("%016x", req[first].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+        np.char.mod("%016x", (req[first] + 1).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
     )
 
     # histories: distinct attribute values of the request's earlier clicks, most recent first
