@@ -338,6 +338,9 @@ def bench_inference(
     device: Annotated[str, typer.Option(help="cpu or cuda (cuda:N).")] = "cpu",
     rows: Annotated[int | None, typer.Option(help="Score the first N test rows only.")] = None,
     repeats: Annotated[int, typer.Option(help="Timed runs after one warm-up run.")] = 3,
+    min_time: Annotated[
+        float, typer.Option(help="Seconds of timed calls per batch size and repeat, at least.")
+    ] = 0.3,
     seed: Annotated[
         int | None, typer.Option(help="Whose checkpoint (default: the recipe's first seed).")
     ] = None,
@@ -367,6 +370,7 @@ def bench_inference(
         threads=threads,
         rows=rows,
         repeats=repeats,
+        min_seconds=min_time,
         seed=seed,
         out=out,
     )

@@ -61,8 +61,9 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 # `sparse_embeddings: auto` switches a table to row-sparse updates from this many rows: below,
 # a dense step over the whole table costs less than finding the touched rows (a sort of the
-# batch's ids); above, the dense step's O(rows) work dominates (docs/recipes.md).
-SPARSE_AUTO_ROWS = 1_000_000
+# batch's ids); above, the dense step's O(rows) work dominates. Measured crossover for a DNN
+# step at batch 2000, d 16 on one CPU core: about 100k rows (docs/recipes.md, docs/bench.md).
+SPARSE_AUTO_ROWS = 100_000
 
 
 class LazyAdam(torch.optim.Optimizer):
@@ -92,10 +93,12 @@ class LazyAdam(torch.optim.Optimizer):
         ids, values = grad._indices()[0], grad._values()
         if grad.is_coalesced():
             return ids, values
-        # torch's coalesce() is several times slower on CPU than unique + index_add
-        rows, inverse = torch.unique(ids, return_inverse=True)
+        # torch's coalesce() is several times slower on CPU than unique + index_add, and
+        # int32 ids sort about twice as fast as int64
+        small = grad.shape[0] < 2**31
+        rows, inverse = torch.unique(ids.int() if small else ids, return_inverse=True)
         summed = values.new_zeros(rows.shape[0], values.shape[1]).index_add_(0, inverse, values)
-        return rows, summed
+        return rows.long(), summed
 
     @torch.no_grad()
     def step(self, closure=None):

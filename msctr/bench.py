@@ -1,0 +1,579 @@
+"""`msctr bench-inference RECIPE`: what each model costs to run, measured the same way for all.
+
+Per model (its trained checkpoint when the run exists, else a freshly initialised model, and
+the table says which) and per variant (eager fp32, bf16 autocast, torch.compile, both):
+
+- the whole test split scored end to end: read the Parquet file, cut batches, forward,
+  probabilities back on the host. After one warm-up run, `repeats` runs: mean, std, min, max.
+  This is the papers' inference-time figure (HierRec Table 3).
+- forward-only throughput and latency per batch size: batches are built beforehand on the
+  device and every call is timed alone (synchronised on CUDA), so p50/p90/p99 are latencies
+  and samples/s is rows over the summed call times; warm-up calls are excluded.
+- parameters, multiply-adds per sample (counted by `msctr.flops` from the ops a forward
+  really runs) and peak memory of a forward per batch size.
+- the test AUC of every variant, checked against eager fp32 to 1e-3.
+
+Results go to `bench.json` (in the run folder by default) and to two tables.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from msctr import flops
+from msctr.data.batch import Batch
+from msctr.data.loader import Columns, load_columns
+from msctr.data.schema import Schema
+from msctr.errors import UserError
+from msctr.evaluate.metrics import auc
+from msctr.io import write_json
+from msctr.models.registry import build, parse_params, split_output
+from msctr.recipe import ModelEntry, Recipe
+
+# name -> (precision, compiled)
+VARIANTS: dict[str, tuple[str, bool]] = {
+    "eager": ("fp32", False),
+    "bf16": ("bf16", False),
+    "compile": ("fp32", True),
+    "compile-bf16": ("bf16", True),
+}
+AUC_TOLERANCE = 1e-3
+
+
+@dataclass
+class BenchConfig:
+    models: list[str] | None = None  # model keys (labels) or names; None = all
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 256, 2000, 8192])
+    variants: list[str] = field(default_factory=lambda: ["eager"])
+    device: str = "cpu"
+    threads: int | None = None
+    rows: int | None = None  # score the first N test rows only
+    repeats: int = 3  # timed runs of the whole test split (after one warm-up run)
+    min_seconds: float = 0.3  # per batch size and repeat, at least this much timed calls
+    min_calls: int = 3
+    seed: int | None = None  # which seed's checkpoint (default: the recipe's first seed)
+    out: Path | None = None  # bench.json (default: <run dir>/bench.json)
+
+
+def parse_int_list(text: str, what: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(
+            f"{what} must be comma-separated integers, e.g. 1,256,2000; got {text!r}"
+        ) from None
+    if not values or min(values) < 1:
+        raise UserError(f"{what} must be positive integers, e.g. 1,256,2000; got {text!r}")
+    return values
+
+
+def check_config(cfg: BenchConfig) -> None:
+    bad = [v for v in cfg.variants if v not in VARIANTS]
+    if bad or not cfg.variants:
+        raise UserError(
+            f"unknown variant(s) {bad or cfg.variants}; choose from {', '.join(VARIANTS)}"
+        )
+    if cfg.min_seconds < 0:
+        raise UserError(f"--min-time must not be negative, got {cfg.min_seconds}")
+    if cfg.repeats < 1:
+        raise UserError(f"--repeats must be at least 1, got {cfg.repeats}")
+    if cfg.rows is not None and cfg.rows < 1:
+        raise UserError(f"--rows must be positive, got {cfg.rows}")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise UserError(f"--threads must be positive, got {cfg.threads}")
+
+
+def bench_device(name: str) -> torch.device:
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise UserError(f"--device must be cpu or cuda (or cuda:N), got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    return torch.device(name)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def select_models(recipe: Recipe, wanted: list[str] | None) -> list[ModelEntry]:
+    if not wanted:
+        return list(recipe.models)
+    by_key = {m.key: m for m in recipe.models}
+    by_name = {m.name: m for m in recipe.models}
+    out = []
+    for w in wanted:
+        m = by_key.get(w) or by_name.get(w)
+        if m is None:
+            raise UserError(
+                f"--models: '{w}' is not in the recipe; its models are {', '.join(by_key)}"
+            )
+        out.append(m)
+    return out
+
+
+# -- memory ------------------------------------------------------------------------------------
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """Peak bytes of tensor storage created inside the block and still alive, on any device.
+
+    Every op's outputs are registered by storage; storages are dropped once freed (checked
+    with weak references after each op). Inputs and weights made outside are not counted.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: dict[int, tuple[StorageWeakRef, int]] = {}
+        self.live = 0
+        self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for key, (ref, nbytes) in list(self.refs.items()):
+            if ref.expired():
+                del self.refs[key]
+                self.live -= nbytes
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                storage = t.untyped_storage()
+                ref = StorageWeakRef(storage)
+                if ref.cdata not in self.refs:
+                    self.refs[ref.cdata] = (ref, storage.nbytes())
+                    self.live += storage.nbytes()
+        self.peak = max(self.peak, self.live)
+        return out
+
+
+def tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def batch_bytes(batch: Batch) -> int:
+    return tensor_bytes(
+        [batch.scenario, batch.sparse, batch.dense, batch.label, batch.partition]
+        + list(batch.seq_ids)
+        + list(batch.seq_mask)
+    )
+
+
+def peak_forward_bytes(run: Callable[[Batch], torch.Tensor], batch: Batch, device) -> int:
+    """Extra memory of one forward beyond the weights and the input batch."""
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        run(batch)
+        sync(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    with LiveTensorBytes() as mode:
+        run(batch)
+    return mode.peak
+
+
+# -- timing ------------------------------------------------------------------------------------
+
+
+def runner(
+    model: torch.nn.Module, variant: str, device: torch.device, inference_mode: bool = True
+) -> Callable[[Batch], torch.Tensor]:
+    """Probabilities of a batch as the variant computes them. `inference_mode=False` uses
+    no_grad instead, for the memory tracker: under inference mode composite ops such as
+    einsum reach a Python dispatch mode undecomposed and skip autocast's casts."""
+    precision, compiled = VARIANTS[variant]
+    net = torch.compile(model) if compiled else model
+    grad_off = torch.inference_mode if inference_mode else torch.no_grad
+
+    def run(batch: Batch) -> torch.Tensor:
+        ctx = (
+            torch.autocast(device.type, dtype=torch.bfloat16)
+            if precision == "bf16"
+            else contextlib.nullcontext()
+        )
+        with grad_off(), ctx:
+            logit, _ = split_output(net(batch))
+            return torch.sigmoid(logit.float())
+
+    return run
+
+
+def score_test_split(
+    run: Callable[[Batch], torch.Tensor],
+    folder: Path,
+    schema: Schema,
+    rows: int | None,
+    batch_size: int,
+    device: torch.device,
+) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """(seconds end to end, seconds of which reading, probabilities, labels)."""
+    sync(device)
+    t0 = time.perf_counter()
+    cols = load_columns(folder, "test", schema, limit=rows)
+    t1 = time.perf_counter()
+    probs = [run(b.to(device)).cpu() for b in cols.batches(batch_size)]
+    sync(device)
+    t2 = time.perf_counter()
+    return t2 - t0, t1 - t0, torch.cat(probs).double().numpy(), cols.label.numpy()
+
+
+def fixed_batch(cols: Columns, size: int, device: torch.device) -> Batch:
+    """`size` test rows (cycling when the split is smaller), already on the device."""
+    index = torch.arange(size) % len(cols)
+    return cols.batch(index).to(device)
+
+
+def time_calls(
+    run: Callable[[Batch], torch.Tensor], batch: Batch, cfg: BenchConfig, device
+) -> dict:
+    for _ in range(2):  # warm-up: allocator, caches, compiled graphs for this shape
+        run(batch)
+    sync(device)
+    t0 = time.perf_counter()
+    run(batch)
+    sync(device)
+    estimate = max(time.perf_counter() - t0, 1e-6)
+    calls = min(1000, max(cfg.min_calls, math.ceil(cfg.min_seconds / estimate)))
+    lat: list[float] = []
+    rates: list[float] = []
+    for _ in range(cfg.repeats):
+        window = []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            run(batch)
+            sync(device)
+            window.append(time.perf_counter() - t0)
+        lat += window
+        rates.append(len(batch) * calls / sum(window))
+    q = np.quantile(np.array(lat) * 1000, [0.5, 0.9, 0.99])
+    return {
+        "batch_size": len(batch),
+        "calls": len(lat),
+        "samples_per_s": statistics.median(rates),
+        "samples_per_s_min_max": [min(rates), max(rates)],
+        "latency_ms": {"p50": float(q[0]), "p90": float(q[1]), "p99": float(q[2])},
+    }
+
+
+def summary(values: list[float]) -> dict:
+    return {
+        "mean": statistics.mean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+        "runs": values,
+    }
+
+
+# -- one model ---------------------------------------------------------------------------------
+
+
+def load_model(
+    recipe: Recipe, entry: ModelEntry, schema: Schema, seed: int
+) -> tuple[torch.nn.Module, str]:
+    model = build(entry.name, schema, parse_params(entry.name, entry.params))
+    ckpt = recipe.run_dir / entry.key / f"seed_{seed}" / "best.pt"
+    if not ckpt.is_file():
+        return model, f"freshly initialised (no checkpoint at {ckpt})"
+    try:
+        model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise UserError(
+            f"{ckpt} does not fit model '{entry.key}' as the recipe defines it ({first}); "
+            "retrain the recipe or remove the stale run folder"
+        ) from None
+    return model, f"trained checkpoint {ckpt}"
+
+
+def bench_model(
+    recipe: Recipe,
+    entry: ModelEntry,
+    schema: Schema,
+    cols: Columns,
+    cfg: BenchConfig,
+    device: torch.device,
+    seed: int,
+    log: Callable[[str], None],
+) -> dict:
+    model, source = load_model(recipe, entry, schema, seed)
+    model = model.to(device).eval()
+    folder = Path(recipe.data)
+    e2e_bs = recipe.train.eval_batch_size
+    res: dict = {
+        "model": entry.key,
+        "name": entry.name,
+        "weights": source,
+        "trained": source.startswith("trained"),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "weight_bytes": tensor_bytes(list(model.parameters()) + list(model.buffers())),
+        "macs_per_sample": {},
+        "variants": {},
+    }
+    batches = {bs: fixed_batch(cols, bs, device) for bs in cfg.batch_sizes}
+    for bs, b in batches.items():
+        res["macs_per_sample"][str(bs)] = flops.forward_flops(model, b).macs_per_sample
+    e2e_batch = fixed_batch(cols, min(e2e_bs, len(cols)), device)
+    res["macs_per_sample_e2e"] = flops.forward_flops(model, e2e_batch).macs_per_sample
+
+    for variant in cfg.variants:
+        log(f"{entry.key}: {variant}")
+        v: dict = {}
+        try:
+            run = runner(model, variant, device)
+            score_test_split(run, folder, schema, cfg.rows, e2e_bs, device)  # warm-up
+        except Exception as e:  # a compiler missing or failing must not end the benchmark
+            if not VARIANTS[variant][1]:
+                raise
+            res["variants"][variant] = {"error": f"{type(e).__name__}: {e}".splitlines()[0]}
+            continue
+        total, reading = [], []
+        for _ in range(cfg.repeats):
+            seconds, read, prob, label = score_test_split(
+                run, folder, schema, cfg.rows, e2e_bs, device
+            )
+            total.append(seconds)
+            reading.append(read)
+        v["test_seconds"] = summary(total)
+        v["read_seconds"] = summary(reading)
+        v["test_rows"] = int(len(label))
+        v["e2e_batch_size"] = e2e_bs
+        has_both = 0 < label.sum() < len(label)
+        v["auc"] = auc(label.astype(np.int64), prob) if has_both else float("nan")
+        v["by_batch_size"] = []
+        for b in batches.values():
+            row = time_calls(run, b, cfg, device)
+            if not VARIANTS[variant][1]:  # the tracker would trace through compiled graphs
+                extra = peak_forward_bytes(runner(model, variant, device, False), b, device)
+                row["peak_bytes"] = res["weight_bytes"] + batch_bytes(b) + extra
+            v["by_batch_size"].append(row)
+        res["variants"][variant] = v
+    base = res["variants"].get("eager", {}).get("auc")
+    for name, v in res["variants"].items():
+        if "auc" in v and base is not None and name != "eager":
+            v["auc_diff_vs_eager"] = v["auc"] - base
+            v["auc_ok"] = bool(abs(v["auc"] - base) <= AUC_TOLERANCE)
+    return res
+
+
+# -- the whole recipe --------------------------------------------------------------------------
+
+
+def machine(device: torch.device) -> dict:
+    cpu = platform.processor() or "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    info = {
+        "cpu": cpu,
+        "logical_cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if hasattr(os, "getloadavg"):
+        info["loadavg"] = list(os.getloadavg())
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def run_bench(recipe: Recipe, cfg: BenchConfig, console: Console | None = None) -> dict:
+    console = console or Console()
+    check_config(cfg)
+    device = bench_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    folder = Path(recipe.data)
+    schema = Schema.load(folder)  # one-line error when the data is missing
+    entries = select_models(recipe, cfg.models)
+    seed = cfg.seed if cfg.seed is not None else recipe.train.seeds[0]
+    cols = load_columns(folder, "test", schema, limit=cfg.rows)
+    if len(cols) == 0:
+        raise UserError(f"the test split of '{folder}' has no rows; re-run `msctr prepare`")
+    result = {
+        "recipe": recipe.name,
+        "data": str(folder),
+        "test_rows": len(cols),
+        "seed": seed,
+        "machine": machine(device),
+        "config": {
+            "batch_sizes": cfg.batch_sizes,
+            "variants": cfg.variants,
+            "repeats": cfg.repeats,
+            "e2e_batch_size": recipe.train.eval_batch_size,
+        },
+        "models": [],
+    }
+    with console.status("benchmarking") as status:
+        for entry in entries:
+            result["models"].append(
+                bench_model(
+                    recipe,
+                    entry,
+                    schema,
+                    cols,
+                    cfg,
+                    device,
+                    seed,
+                    lambda msg: status.update(f"benchmarking {msg}"),
+                )
+            )
+    add_increase(result, recipe)
+    if hasattr(os, "getloadavg"):
+        result["machine"]["loadavg_end"] = list(os.getloadavg())
+    out = cfg.out or recipe.run_dir / "bench.json"
+    write_json(out, result)
+    result["path"] = str(out)
+    return result
+
+
+def add_increase(result: dict, recipe: Recipe) -> None:
+    """Each model's test-split time relative to the fastest baseline, per variant.
+
+    Baselines are the recipe's `eval.baselines` when given, else every model (so the
+    reference is the fastest model). HierRec's Table 3 instead divides by the slowest
+    baseline; both are stored.
+    """
+    names = set(recipe.eval.baselines)
+    for variant in result["config"]["variants"]:
+        times = {
+            m["model"]: m["variants"][variant]["test_seconds"]["mean"]
+            for m in result["models"]
+            if "test_seconds" in m["variants"].get(variant, {})
+        }
+        base = {k: t for k, t in times.items() if not names or k in names} or times
+        if not base:
+            continue
+        fastest = min(base, key=base.get)
+        slowest = max(base, key=base.get)
+        for m in result["models"]:
+            v = m["variants"].get(variant, {})
+            if "test_seconds" in v:
+                t = v["test_seconds"]["mean"]
+                for key, ref in (("fastest", fastest), ("slowest", slowest)):
+                    v[f"increase_vs_{key}"] = {"reference": ref, "pct": 100 * (t / base[ref] - 1)}
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+
+def _mb(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:,.1f}"
+
+
+def _macs(n: float) -> str:
+    return f"{n / 1e6:,.2f}M" if n >= 1e5 else f"{n / 1e3:,.1f}k"
+
+
+def render(result: dict, console: Console) -> None:
+    variants = result["config"]["variants"]
+    m0 = result["machine"]
+    title = (
+        f"{result['recipe']}: inference time on the whole test split "
+        f"({result['test_rows']:,} rows, read + batch + forward; seconds)"
+    )
+    t = Table(title=title, header_style="bold")
+    t.add_column("Model")
+    t.add_column("params", justify="right")
+    t.add_column("MACs/sample", justify="right")
+    t.add_column("AUC", justify="right")
+    for v in variants:
+        t.add_column(f"{v} s", justify="right")
+        t.add_column("vs fastest", justify="right")
+    checked = [v for v in variants if v != "eager"] if "eager" in variants else []
+    if checked:
+        t.add_column("max |AUC diff|", justify="right")
+    notes = []
+    for m in result["models"]:
+        runs = m["variants"]
+        auc0 = next((r["auc"] for r in runs.values() if "auc" in r), float("nan"))
+        cells = [m["model"], f"{m['parameters']:,}", _macs(m["macs_per_sample_e2e"])]
+        cells.append(f"{runs.get('eager', {}).get('auc', auc0):.4f}")
+        for v in variants:
+            r = runs.get(v, {})
+            if "error" in r:
+                cells += ["failed", "-"]
+                notes.append(f"{m['model']} {v}: {r['error']}")
+                continue
+            ts = r["test_seconds"]
+            cells.append(f"{ts['mean']:.3f} ±{ts['std']:.3f}")
+            cells.append(f"{r['increase_vs_fastest']['pct']:+.1f}%")
+        if checked:
+            diffs = [
+                runs[v]["auc_diff_vs_eager"] for v in checked if "auc_diff_vs_eager" in runs[v]
+            ]
+            worst = max(map(abs, diffs), default=float("nan"))
+            cells.append(f"{worst:.4f}" + ("" if worst <= AUC_TOLERANCE else " !"))
+        t.add_row(*cells)
+        if not m["trained"]:
+            notes.append(f"{m['model']}: {m['weights']}; its AUC is that of an untrained model")
+    console.print(t)
+    refs = {
+        v: r["increase_vs_fastest"]["reference"]
+        for m in result["models"]
+        for v, r in m["variants"].items()
+        if "increase_vs_fastest" in r
+    }
+    ref = ", ".join(f"{k} for {v}" for v, k in refs.items())
+    console.print(
+        f"mean ±std over {result['config']['repeats']} runs after a warm-up run, "
+        f"batch {result['config']['e2e_batch_size']}; 'vs fastest' relative to the fastest "
+        f"baseline: {ref}; "
+        f"AUC: eager fp32 on the test split; max |AUC diff|: largest difference of the other "
+        f"variants from it ('!' above {AUC_TOLERANCE}). "
+        f"{m0['cpu']}, {m0['threads']} threads, device {m0['device']}, torch {m0['torch']}, "
+        f"{m0['date']}" + (f", load {m0['loadavg'][0]:.2f}" if "loadavg" in m0 else "")
+    )
+    for n in notes:
+        console.print(f"note: {n}")
+
+    t2 = Table(title="forward only, per batch size", header_style="bold")
+    for h in (
+        "Model",
+        "variant",
+        "batch",
+        "samples/s",
+        "min-max",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "peak MB",
+    ):
+        t2.add_column(h, justify="left" if h in ("Model", "variant") else "right")
+    for m in result["models"]:
+        for v in variants:
+            for r in m["variants"].get(v, {}).get("by_batch_size", []):
+                lo, hi = r["samples_per_s_min_max"]
+                lat = r["latency_ms"]
+                t2.add_row(
+                    m["model"],
+                    v,
+                    f"{r['batch_size']:,}",
+                    f"{r['samples_per_s']:,.0f}",
+                    f"{lo:,.0f}-{hi:,.0f}",
+                    f"{lat['p50']:.3f}",
+                    f"{lat['p90']:.3f}",
+                    f"{lat['p99']:.3f}",
+                    _mb(r.get("peak_bytes")),
+                )
+    console.print(t2)
+    console.print(f"wrote {result['path']}")
