@@ -73,7 +73,8 @@ class HierRecParams(ModelParams):
 class FieldSelfAttention(nn.Module):
     """Single-head self-attention across the fields of each row (reference's embed_atten).
 
-    x [N, I, d] -> [N, I, d]; with N = B*G every head of every sample is one batch row.
+    x [..., I, d] -> [..., I, d]; called with [B, G, I, d], every head of every sample attends
+    on its own.
     """
 
     def __init__(self, dim: int, dropout: float):
@@ -255,7 +256,7 @@ class HierRec(nn.Module):
             w = self._head_weights(e_s)  # [B, G, I]
             ie = w.unsqueeze(-1) * e_c.unsqueeze(1)  # IE [B, G, I, d] (Eq. 7)
             if self.field_attention is not None:
-                ie = self.field_attention(ie.view(B * G, I, d)).view(B, G, I, d)
+                ie = self.field_attention(ie)  # [B, G, I, d]: 4-D keeps the fused CPU kernel
             # SC_implicit[g] = FC_shared(IE[g]) and O_implicit[g] = SOM(h; SC_implicit[g])
             h = self.implicit_som(h, ie.reshape(B, G, I * d)).reshape(B, -1)  # [B, G*64]
         return self.output(h).squeeze(-1)  # [B]
