@@ -25,7 +25,6 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from msctr.data import schema as S
 from msctr.data.batch import Batch
 from msctr.data.loader import Columns, load_columns, load_eval_columns, stream_batches
 from msctr.data.schema import Schema
@@ -413,4 +412,3 @@ def train_recipe(
     return root
 
 
-__all__ = ["train_recipe", "fit_one", "predict", "SplitData", "S"]
