@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -32,6 +35,22 @@ Sets = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a recipe key, e.g. --set train.lr=0.002 (repeatable)."),
 ]
+
+
+def report_prepared(schema, out: Path) -> None:
+    print_scenario_stats(schema)
+    console.print(f"[green]wrote[/] {out}")
+
+
+@contextlib.contextmanager
+def scratch_dir(out: Path):
+    """A work folder beside the output (same disk, so big intermediates fit), always removed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.raw.", dir=out.parent))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def print_scenario_stats(schema) -> None:
@@ -80,8 +99,7 @@ def prepare_synthetic(
         raise UserError(f"--scenarios must be at least 1 (got {scenarios})")
     with console.status("generating and preparing synthetic data"):
         schema = prepare(generate(rows=rows, scenarios=scenarios, seed=seed), out, seed=seed)
-    print_scenario_stats(schema)
-    console.print(f"[green]wrote[/] {out}")
+    report_prepared(schema, out)
 
 
 @prepare_app.command("table")
@@ -120,8 +138,7 @@ def prepare_table(
         split=split,
     )
     schema = prepare(table, out, seed=seed, materialize=True)
-    print_scenario_stats(schema)
-    console.print(f"[green]wrote[/] {out}")
+    report_prepared(schema, out)
 
 
 @prepare_app.command("kuairand")
@@ -152,8 +169,6 @@ def prepare_kuairand(
 
     Example: msctr prepare kuairand --variant 1k --setup hierrec --out data/kuairand-1k
     """
-    import shutil
-    import tempfile
 
     from msctr.data.download import fetch
     from msctr.data.prepare import prepare
@@ -174,9 +189,7 @@ def prepare_kuairand(
         archive_md5 = archive.md5
     out = out or Path(f"data/kuairand-{variant}-{setup}")
     fields = tuple(c.strip() for c in seq_fields.split(",") if c.strip())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.raw.", dir=out.parent))
-    try:
+    with scratch_dir(out) as work:
         with console.status(f"reading KuaiRand-{variant} and preparing ({setup})"):
             table = kuairand.load(
                 raw_dir,
@@ -190,10 +203,7 @@ def prepare_kuairand(
                 work_dir=work,
             )
             schema = prepare(table, out, seed=seed)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    print_scenario_stats(schema)
-    console.print(f"[green]wrote[/] {out}")
+    report_prepared(schema, out)
 
 
 @prepare_app.command("aliccp")
@@ -217,17 +227,13 @@ def prepare_aliccp(
 
     Example: msctr prepare aliccp --raw-dir ~/data/ali-ccp --out data/aliccp
     """
-    import shutil
-    import tempfile
 
     from msctr.data.prepare import prepare
     from msctr.data.sources import aliccp
 
     if (raw_dir is None) == (processed_dir is None):
         raise UserError("give exactly one of --raw-dir (raw Ali-CCP files) or --processed-dir")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.raw.", dir=out.parent))
-    try:
+    with scratch_dir(out) as work:
         with console.status("reading Ali-CCP and preparing"):
             if raw_dir is not None:
                 table = aliccp.load(
@@ -249,10 +255,7 @@ def prepare_aliccp(
                     seed=seed,
                 )
                 schema = prepare(table, out, seed=seed, materialize=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    print_scenario_stats(schema)
-    console.print(f"[green]wrote[/] {out}")
+    report_prepared(schema, out)
 
 
 @app.command()
