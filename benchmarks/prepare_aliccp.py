@@ -18,25 +18,12 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-
-def timed(cmd: list[str], threads: int) -> dict:
-    env = {**os.environ, "POLARS_MAX_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
-    t0 = time.perf_counter()
-    done = subprocess.run(
-        ["/usr/bin/time", "-v", *cmd], env=env, capture_output=True, text=True, check=False
-    )
-    wall = time.perf_counter() - t0
-    if done.returncode:
-        sys.exit(f"failed: {' '.join(cmd)}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))
-    return {"seconds": wall, "peak_gib": rss / 2**20, "stdout": done.stdout}
+from timing import timed  # benchmarks/timing.py (scripts run from benchmarks/ or repo root)
 
 
 def main() -> None:

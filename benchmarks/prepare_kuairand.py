@@ -20,12 +20,12 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from timing import timed  # benchmarks/timing.py, beside this script
 
 FLOOR = """
 import sys, polars as pl
@@ -37,20 +37,6 @@ for name in ("log_standard_4_08_to_4_21_1k", "log_standard_4_22_to_5_08_1k",
     n += pl.read_csv(d / f"{name}.csv").height
 print(n)
 """
-
-
-def timed(cmd: list[str], threads: int) -> dict:
-    """Run `cmd` under /usr/bin/time -v; wall seconds, peak RSS (GiB), output."""
-    env = {**os.environ, "POLARS_MAX_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
-    t0 = time.perf_counter()
-    done = subprocess.run(
-        ["/usr/bin/time", "-v", *cmd], env=env, capture_output=True, text=True, check=False
-    )
-    wall = time.perf_counter() - t0
-    if done.returncode:
-        sys.exit(f"failed: {' '.join(cmd)}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))
-    return {"seconds": wall, "peak_gib": rss / 2**20, "stdout": done.stdout}
 
 
 def main() -> None:

@@ -137,17 +137,22 @@ def test_missing_data_folder(tmp_path):
     assert_clean_error(msctr("train", str(recipe)), "does not exist")
 
 
-def test_label_of_2_in_a_table(tmp_path):
+def click_table(n: int = 3000) -> pl.DataFrame:
+    """A user's own table: random clicks over 3 tabs, 50 users, 90 items and a price."""
     rng = np.random.default_rng(0)
-    n = 3000
-    frame = pl.DataFrame(
+    return pl.DataFrame(
         {
             "click": rng.integers(0, 2, n),
             "tab": rng.integers(0, 3, n),
             "user": rng.integers(0, 50, n),
             "item": rng.integers(0, 90, n),
+            "price": rng.normal(size=n),
         }
     )
+
+
+def test_label_of_2_in_a_table(tmp_path):
+    frame = click_table()
     frame[11, "click"] = 2
     frame.write_parquet(tmp_path / "t.parquet")
     proc = msctr(
@@ -168,18 +173,7 @@ def test_label_of_2_in_a_table(tmp_path):
 
 
 def test_table_source_then_smoke_train(tmp_path):
-    rng = np.random.default_rng(0)
-    n = 3000
-    frame = pl.DataFrame(
-        {
-            "click": rng.integers(0, 2, n),
-            "tab": rng.integers(0, 3, n),
-            "user": rng.integers(0, 50, n),
-            "item": rng.integers(0, 90, n),
-            "price": rng.normal(size=n),
-        }
-    )
-    frame.write_csv(tmp_path / "t.csv")
+    click_table().write_csv(tmp_path / "t.csv")
     invoke(
         "prepare",
         "table",
