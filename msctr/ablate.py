@@ -4,6 +4,7 @@ seeds and compared with the full model (the papers' ablation tables and figures)
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 from rich.console import Console
@@ -62,7 +63,8 @@ def ablation_recipe(recipe: Recipe, entry: ModelEntry, drops: list[str]) -> Reci
         params["drop"] = base_drop + [g for g in group if g not in base_drop]
         models.append(ModelEntry(entry.name, f"{entry.key} {suffix}", params))
     r = copy.deepcopy(recipe)
-    r.name = f"{recipe.name}-ablate-{entry.key}"
+    # the name must stay a valid recipe name: labels may hold "(", " ", "/"
+    r.name = f"{recipe.name}-ablate-{re.sub(r'[^A-Za-z0-9_.-]+', '_', entry.key).strip('_')}"
     r.out = str(recipe.run_dir.parent / r.name) if recipe.out is None else f"{recipe.out}-ablate"
     r.models = models
     r.eval.baseline = full.key

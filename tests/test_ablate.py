@@ -65,3 +65,15 @@ def test_drop_all_expands_to_every_switch():
     from msctr.recipe import ModelEntry
 
     assert [g for _, g in variants(ModelEntry("hierrec"), ["all"])] == [["mi"], ["i"], ["e"]]
+
+
+def test_ablation_of_a_label_with_parentheses_is_a_valid_recipe():
+    from msctr.ablate import ablation_recipe
+
+    r = recipe_from_dict(
+        {"name": "x", "data": "d", "models": [{"name": "hmdn", "label": "HMDN(MMoE)"}]}
+    )
+    ablated = ablation_recipe(r, r.models[0], ["rq"])
+    assert ablated.name == "x-ablate-HMDN_MMoE"
+    again = recipe_from_dict(ablated.to_dict())  # what `msctr eval` reads back
+    assert [m.key for m in again.models] == ["HMDN(MMoE)", "HMDN(MMoE) w/o rq"]
