@@ -251,7 +251,7 @@ def render_table(result: dict, console: Console) -> None:
 
 def _legend(result: dict) -> str:
     n = {len(r["seeds"]) for r in result["models"]}
-    test = "two-sided Welch t-test over seeds" if max(n) > 1 else "DeLong's test (single run)"
+    test = "two-sided Welch t-test over seeds" if max(n) > 1 else "DeLong's test, single run"
     return (
         f"mean ± std over seeds; * = AUC differs from the best other model at p < {result['alpha']}"
         f" ({test}); RelaImpr relative to {result['relaimpr_base']}."
