@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
+import polars as pl
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from msctr.cli import app
 from msctr.data.batch import Batch
 from msctr.data.schema import DenseField, Schema, Sequence, SequenceField, SparseField
 
@@ -120,3 +124,24 @@ def train_and_auc(
     with torch.inference_mode():
         logit, _ = split_output(model(test))
     return float(roc_auc_score(test.label.numpy(), logit.numpy()))
+
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    """Run `msctr ARGS` in-process and insist that it succeeded."""
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+def vocab(out, field: str) -> dict:
+    """A prepared dataset's vocabulary of `field`: raw value (as text) -> id."""
+    enc = pl.read_parquet(out / "encoders.parquet").filter(pl.col("field") == field)
+    return dict(zip(enc["value"].to_list(), enc["id"].to_list(), strict=True))
+
+
+def codes(values, table: dict) -> np.ndarray:
+    """Raw values -> the prepared ids (0 for a value the training rows never had)."""
+    return np.array([table.get(None if v is None else str(v), 0) for v in values])

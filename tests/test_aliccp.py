@@ -7,7 +7,7 @@ features, history lists); the prepared splits are checked against them row by ro
 import numpy as np
 import polars as pl
 import pytest
-from typer.testing import CliRunner
+from conftest import codes, invoke, runner, vocab
 
 from msctr.cli import app
 from msctr.data.schema import Schema
@@ -21,15 +21,8 @@ from msctr.data.sources.rawgen import (
 )
 from msctr.errors import UserError
 
-runner = CliRunner()
 L = 6
 SINGLE = [*ALICCP_USER_FIELDS, *ALICCP_ITEM_FIELDS, *ALICCP_CROSS_FIELDS, *ALICCP_HISTORY_FIELDS]
-
-
-def invoke(*args: str):
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -44,15 +37,6 @@ def prepared(raw, tmp_path_factory):
         "prepare", "aliccp", "--raw-dir", str(raw.folder), "--out", str(out), "--seq-len", str(L)
     )
     return out, result.output
-
-
-def vocab(out, field: str) -> dict:
-    enc = pl.read_parquet(out / "encoders.parquet").filter(pl.col("field") == field)
-    return dict(zip(enc["value"].to_list(), enc["id"].to_list(), strict=True))
-
-
-def codes(values, table: dict) -> np.ndarray:
-    return np.array([table.get(None if v is None else str(v), 0) for v in values])
 
 
 def held_out(sample_id: pl.Expr, share: float, seed: int = 0) -> pl.Expr:

@@ -8,20 +8,15 @@ import sys
 import polars as pl
 import pytest
 import torch
-from conftest import make_batch, make_schema, planted_batch
+from conftest import invoke, make_batch, make_schema, planted_batch
 from sklearn.metrics import roc_auc_score
-from typer.testing import CliRunner
 
 from msctr import flops
 from msctr.bench import LiveTensorBytes
-from msctr.cli import app
 from msctr.models.layers import FeatureEmbedding
 from msctr.models.registry import build, split_output
 from msctr.recipe import TrainConfig
 from msctr.train.engine import SPARSE_AUTO_ROWS, LazyAdam, autocast, make_optimizer
-
-runner = CliRunner()
-
 
 # -- lazy Adam against dense Adam ------------------------------------------------------------
 
@@ -224,12 +219,6 @@ models:
   - {{name: ple, label: PLE, params: {{expert_hidden: [16], tower_hidden: [8]}}}}
 train: {{batch_size: 256, epochs: 2, seeds: [0], lr: 0.003, eval_batch_size: 700}}
 """
-
-
-def invoke(*args: str):
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return result
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,11 @@ import sys
 import numpy as np
 import polars as pl
 import pytest
+from conftest import invoke
 from scipy import stats as sps
 from sklearn.metrics import log_loss, roc_auc_score
-from typer.testing import CliRunner
 
-from msctr.cli import app
 from msctr.evaluate.stats import delong
-
-runner = CliRunner()
 
 RECIPE = """
 name: e2e
@@ -26,12 +23,6 @@ models:
 train: {{batch_size: 512, epochs: 3, seeds: [0, 1, 2], lr: 0.003}}
 eval: {{baseline: DNN}}
 """
-
-
-def invoke(*args: str):
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return result
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import polars as pl
 import pytest
-from typer.testing import CliRunner
+from conftest import codes, invoke, runner, vocab
 
 from msctr.cli import app
 from msctr.data.download import Archive
@@ -18,15 +18,8 @@ from msctr.data.sources import kuairand
 from msctr.data.sources.rawgen import write_kuairand
 from msctr.errors import UserError
 
-runner = CliRunner()
 L = 12  # sequence length used throughout
 HIERREC_TABS = [0, 1, 2, 3, 6]
-
-
-def invoke(*args: str):
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +36,6 @@ def hierrec(raw, tmp_path_factory):
         "--seq-len", str(L),
     )  # fmt: skip
     return out, result.output
-
-
-def vocab(out, field: str) -> dict:
-    enc = pl.read_parquet(out / "encoders.parquet").filter(pl.col("field") == field)
-    return dict(zip(enc["value"].to_list(), enc["id"].to_list(), strict=True))
-
-
-def codes(values, table: dict) -> np.ndarray:
-    """Raw values -> the prepared ids (0 for a value the training rows never had)."""
-    return np.array([table.get(None if v is None else str(v), 0) for v in values])
 
 
 def expected_hierrec(raw) -> pl.DataFrame:

@@ -91,8 +91,7 @@ def test_bad_inputs_raise_user_error():
     with pytest.raises(UserError, match="NaN"):
         auc(np.array([0, 1]), np.array([0.1, np.nan]))
     with pytest.raises(UserError, match="user id per row"):
-        compute_all(np.array([0, 1]), np.array([0.1, 0.2]), np.array([0, 0]), 1,
-                    user=np.array([1]))
+        compute_all(np.array([0, 1]), np.array([0.1, 0.2]), np.array([0, 0]), 1, user=np.array([1]))
 
 
 # --- Logloss -----------------------------------------------------------------------------------

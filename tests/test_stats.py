@@ -169,8 +169,9 @@ def test_delong_symmetry_and_identical_scorers():
 def test_delong_degenerate():
     one_class = delong(np.ones(5), np.arange(5.0), np.arange(5.0))
     assert all(np.isnan(v) for v in (one_class.auc1, one_class.z, one_class.p_value))
-    single_click = delong(np.array([1, 0, 0, 0]), np.array([0.9, 0.1, 0.2, 0.3]),
-                          np.array([0.1, 0.2, 0.3, 0.4]))
+    single_click = delong(
+        np.array([1, 0, 0, 0]), np.array([0.9, 0.1, 0.2, 0.3]), np.array([0.1, 0.2, 0.3, 0.4])
+    )
     assert single_click.auc1 == 1.0 and single_click.auc2 == 0.0
     assert np.isnan(single_click.p_value)
 
