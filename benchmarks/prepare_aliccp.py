@@ -7,7 +7,8 @@ with Polars limited to 2 threads. It prints rows/s and peak RSS per size: with t
 streamed, peak memory should stay flat as the sample count grows (it grows with the number of
 requests held in memory, not with samples).
 
-Usage (about 0.9 GB of raw CSV per million samples; removed afterwards unless --keep):
+Usage (about 0.25 GiB of raw CSV per million samples; removed afterwards unless --keep;
+above 4 M samples the files are written in chunks of independent worlds, see write_aliccp):
 
     python benchmarks/prepare_aliccp.py --sizes 2500000 10000000 --root /tmp/aliccp-bench
 """
@@ -44,7 +45,7 @@ def main() -> None:
             from msctr.data.sources.rawgen import write_aliccp
 
             t0 = time.perf_counter()
-            write_aliccp(raw, rows=size, seed=0, history=args.history)
+            write_aliccp(raw, rows=size, seed=0, history=args.history, truth=False)
             print(f"generated {size:,} samples in {time.perf_counter() - t0:.0f} s", flush=True)
         raw_gib = sum(p.stat().st_size for p in raw.glob("*.csv")) / 2**30
         shutil.rmtree(out, ignore_errors=True)

@@ -25,9 +25,11 @@ L = 6
 SINGLE = [*ALICCP_USER_FIELDS, *ALICCP_ITEM_FIELDS, *ALICCP_CROSS_FIELDS, *ALICCP_HISTORY_FIELDS]
 
 
-@pytest.fixture(scope="module")
-def raw(tmp_path_factory):
-    return write_aliccp(tmp_path_factory.mktemp("aliccp") / "raw", rows=20_000, seed=2, history=8)
+@pytest.fixture(scope="module", params=[20_000, 7_000], ids=["one-world", "three-chunks"])
+def raw(request, tmp_path_factory):
+    """The same checks on files written in one go and in chunks (how the full size is made)."""
+    folder = tmp_path_factory.mktemp("aliccp") / "raw"
+    return write_aliccp(folder, rows=20_000, seed=2, history=8, chunk_rows=request.param)
 
 
 @pytest.fixture(scope="module")

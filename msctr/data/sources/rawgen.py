@@ -28,6 +28,7 @@ the adapter must drop).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -321,7 +322,13 @@ def _entry(field: str, fid: pl.Expr, value: pl.Expr | None = None) -> pl.Expr:
 
 
 def write_aliccp(
-    root: str | Path, rows: int = 20_000, seed: int = 0, history: int = 30, bought: float = 0.002
+    root: str | Path,
+    rows: int = 20_000,
+    seed: int = 0,
+    history: int = 30,
+    bought: float = 0.002,
+    chunk_rows: int = 4_000_000,
+    truth: bool = True,
 ) -> AliCCPFiles:
     """Write ``root/sample_skeleton_{train,test}.csv`` and ``common_features_{train,test}.csv``.
 
@@ -331,17 +338,72 @@ def write_aliccp(
     and buy 1), one column per single-valued field with the global id the adapter must read
     (null where absent; a history field's single value is its list's last entry, as in the
     widely shared processed files), and hist_<field> lists of global ids, most recent first.
+
+    Memory is bounded by `chunk_rows`: more rows than that are simulated as consecutive
+    independent worlds (chunk k with seed ``seed + k``; users, items and authors offset so
+    the chunks share no id) appended to the same files, so the full Ali-CCP size (85 M
+    samples) can be written on a small machine. ``truth=False`` skips the truth frame, which
+    at that size would not fit in memory.
     """
-    sim = syn.simulate(rows, 3, seed)
-    U, it = sim.world.users, sim.world.items
     folder = Path(root)
     folder.mkdir(parents=True, exist_ok=True)
+    n_chunks = max(1, math.ceil(rows / chunk_rows))
+    sizes = [rows // n_chunks + (k < rows % n_chunks) for k in range(n_chunks)]
+    names = ("sample_skeleton", "common_features")
+    handles = {(n, f): open(folder / f"{n}_{f}.csv", "wb") for n in names for f in FILES}
+    offset = {"user": 0, "item": 0, "author": 0, **{f: 0 for f in FILES}}
+    truths = []
+    try:
+        for k, n in enumerate(sizes):
+            chunk = _aliccp_chunk(syn.simulate(n, 3, seed + k), seed + k, history, bought, offset)
+            samples, common, chunk_truth = chunk
+            for f in FILES:
+                part = samples.filter(pl.col("file") == f)
+                part.select(
+                    "sample_id", "click", "buy", "cfi", "feature_num", "feature_list"
+                ).write_csv(
+                    handles["sample_skeleton", f], include_header=False, quote_style="never"
+                )
+                common.filter(pl.col("file") == f).select(
+                    "cfi", "feature_num", "feature_list"
+                ).write_csv(
+                    handles["common_features", f], include_header=False, quote_style="never"
+                )
+                offset[f] += part.height
+            if truth:
+                truths.append(chunk_truth())
+    finally:
+        for h in handles.values():
+            h.close()
+    return AliCCPFiles(folder, pl.concat(truths) if truth else pl.DataFrame())
+
+
+FILES = ("train", "test")
+
+
+def _aliccp_chunk(
+    sim: syn.Simulation, seed: int, history: int, bought: float, offset: dict[str, int]
+) -> tuple[pl.DataFrame, pl.DataFrame, Callable[[], pl.DataFrame]]:
+    """One world's skeleton and common-feature rows (ids shifted by `offset`, which is then
+    advanced past them) and a function that builds its truth frame."""
+    U, it = sim.world.users, sim.world.items
+    user = sim.user.astype(np.int64) + offset["user"]
+    item = sim.item + offset["item"]
+    author_base = offset["author"]
+    offset["user"] += len(U["gender"])
+    offset["item"] += len(it["item_cat"])
+    offset["author"] += int(it["author_id"].max()) + 1
     rng = np.random.default_rng([seed, 201])
     brand = it["item_cat"] * syn.CARD["music_type"] + it["music_type"]  # finer than category
-    attr = {"206": it["item_cat"], "207": it["author_id"], "216": brand, "210": it["upload_type"]}
+    attr = {
+        "206": it["item_cat"],
+        "207": it["author_id"] + author_base,
+        "216": brand,
+        "210": it["upload_type"],
+    }
 
     # requests: one per (user, day); rows are in (user, time) order, so each is a contiguous run
-    req = sim.user.astype(np.int64) * syn.DAYS + sim.context["day"]
+    req = user * syn.DAYS + sim.context["day"]
     change = np.r_[True, req[1:] != req[:-1]]
     q_of_row = np.cumsum(change) - 1
     first = np.flatnonzero(change)
@@ -391,7 +453,7 @@ def write_aliccp(
     hist_text = H.group_by("q", maintain_order=True).agg(pl.col("entry").str.join("\x01"))
     uq = sim.user[first]
     profile = {
-        "101": uq,
+        "101": user[first],
         "121": U["age_group"][uq] * 4 + U["device_tier"][uq],
         "122": U["register_days_range"][uq],
         "124": U["gender"][uq] + 1,
@@ -421,19 +483,19 @@ def write_aliccp(
     ).with_columns(feature_num=pl.col("feature_list").str.count_matches("\x02"))
 
     # samples: item, cross and position fields; crosses pair an item attribute with the history
-    n = rows
     click = sim.label.astype(np.int64)
+    n = len(click)
     buy = ((click == 1) & (rng.random(n) < 0.1)) | ((click == 0) & (rng.random(n) < bought))
     samples = pl.DataFrame(
         {
             "q": q_of_row,
-            "user": sim.user,
+            "user": user,
             "time_ms": sim.time_ms,
             "click": click,
             "buy": buy.astype(np.int64),
             "true_prob": sim.true_prob,
             "scenario": sim.scenario,
-            "205": sim.item + FIELD_BASE["205"],
+            "205": item + FIELD_BASE["205"],
             **{a: attr[a][sim.item] for a in attr},
             "301": sim.scenario + 1 + FIELD_BASE["301"],
         }
@@ -459,7 +521,8 @@ def write_aliccp(
     ).with_columns(feature_num=pl.col("feature_list").str.count_matches("\x02"))
     samples = samples.join(common.select("q", "cfi"), on="q", how="left", maintain_order="left")
 
-    # files: first half of the days is raw train, second half raw test; log order inside
+    # files: first half of the days is raw train, second half raw test; log order inside (a
+    # chunk's rows follow the previous chunk's, so a multi-chunk file is in log order per chunk)
     is_test = pl.Series(sim.context["day"] >= syn.DAYS // 2)
     samples = samples.with_columns(
         file=pl.when(is_test).then(pl.lit("test")).otherwise(pl.lit("train"))
@@ -468,36 +531,31 @@ def write_aliccp(
         file=pl.when(pl.col("file")).then(pl.lit("test")).otherwise(pl.lit("train"))
     )
     samples = samples.sort("file", "time_ms", "user", descending=[True, False, False])
-    samples = samples.with_columns(sample_id=pl.int_range(1, pl.len() + 1).over("file"))
-    for name in ("train", "test"):
-        part = samples.filter(pl.col("file") == name)
-        part.select("sample_id", "click", "buy", "cfi", "feature_num", "feature_list").write_csv(
-            folder / f"sample_skeleton_{name}.csv", include_header=False, quote_style="never"
-        )
-        common.filter(pl.col("file") == name).select(
-            "cfi", "feature_num", "feature_list"
-        ).write_csv(
-            folder / f"common_features_{name}.csv", include_header=False, quote_style="never"
-        )
-
-    # truth: what the adapter must read for each skeleton line
-    lists = [
-        H.filter(pl.col("field") == hf)
-        .group_by("q", maintain_order=True)
-        .agg(pl.col("fid").alias(f"hist_{hf}"))
-        for hf in ALICCP_HISTORY_FIELDS
-    ]
-    truth = samples.select(
-        "file", "sample_id", "click", "buy", "cfi", "true_prob", "scenario", "q",
-        *ALICCP_ITEM_FIELDS, *ALICCP_CROSS_FIELDS, "301",
-    )  # fmt: skip
-    truth = truth.join(
-        common.select("q", *ALICCP_USER_FIELDS), on="q", how="left", maintain_order="left"
+    samples = samples.with_columns(
+        sample_id=pl.int_range(1, pl.len() + 1).over("file")
+        + pl.col("file").replace_strict(offset, return_dtype=pl.Int64)
     )
-    for lst in lists:
-        truth = truth.join(lst, on="q", how="left", maintain_order="left")
-    truth = truth.with_columns(
-        [pl.col(f"hist_{hf}").list.last().alias(hf) for hf in ALICCP_HISTORY_FIELDS],
-        kept=~((pl.col("click") == 0) & (pl.col("buy") == 1)),
-    ).drop("q")
-    return AliCCPFiles(folder, truth)
+
+    def build_truth() -> pl.DataFrame:  # what the adapter must read for each skeleton line
+        lists = [
+            H.filter(pl.col("field") == hf)
+            .group_by("q", maintain_order=True)
+            .agg(pl.col("fid").alias(f"hist_{hf}"))
+            for hf in ALICCP_HISTORY_FIELDS
+        ]
+        truth = samples.select(
+            "file", "sample_id", "click", "buy", "cfi", "true_prob", "scenario", "q",
+            *ALICCP_ITEM_FIELDS, *ALICCP_CROSS_FIELDS, "301",
+        )  # fmt: skip
+        truth = truth.join(
+            common.select("q", *ALICCP_USER_FIELDS), on="q", how="left", maintain_order="left"
+        )
+        for lst in lists:
+            truth = truth.join(lst, on="q", how="left", maintain_order="left")
+        truth = truth.with_columns(
+            [pl.col(f"hist_{hf}").list.last().alias(hf) for hf in ALICCP_HISTORY_FIELDS],
+            kept=~((pl.col("click") == 0) & (pl.col("buy") == 1)),
+        ).drop("q")
+        return truth
+
+    return samples, common, build_truth
