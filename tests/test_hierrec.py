@@ -3,7 +3,8 @@ import torch
 from conftest import make_schema, train_and_auc
 
 from msctr.errors import UserError
-from msctr.models.hierrec import ScenarioOrientedModule
+from msctr.models.hierrec import FieldSelfAttention, ScenarioOrientedModule
+from msctr.models.layers import keep_mask
 from msctr.models.registry import build
 
 
@@ -136,3 +137,16 @@ def test_hierrec_learns_planted_signal():
     schema = make_schema(with_sequence=False)
     model = _build(schema)
     assert train_and_auc(model, schema) > 0.82
+
+
+def test_field_attention_dropout_acts_on_the_attention_weights():
+    att = FieldSelfAttention(8, 0.2)
+    x = torch.randn(5, 3, 7, 8)
+    q, k, v = att.qkv(x).chunk(3, dim=-1)
+    a = torch.softmax(q @ k.transpose(-1, -2) / 8**0.5, dim=-1)  # [5, 3, 7, 7]
+    torch.manual_seed(3)
+    mask = keep_mask(a, 0.2)
+    torch.manual_seed(3)
+    torch.testing.assert_close(att(x), att.out((a * mask / 0.8) @ v))
+    att.eval()
+    torch.testing.assert_close(att(x), att.out(a @ v))

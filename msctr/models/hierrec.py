@@ -27,7 +27,7 @@ from torch import nn
 from msctr.data.batch import Batch
 from msctr.data.schema import Schema
 from msctr.errors import UserError
-from msctr.models.layers import MLP, FeatureEmbedding
+from msctr.models.layers import MLP, Dropout, FeatureEmbedding
 from msctr.models.registry import ModelParams, register
 
 
@@ -81,12 +81,17 @@ class FieldSelfAttention(nn.Module):
         super().__init__()
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
-        self.dropout = dropout
+        self.dropout = Dropout(dropout)  # on the attention weights, as in SDPA's dropout_p
+        self.scale = dim**-0.5
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.qkv(x).chunk(3, dim=-1)  # [N, I, d] each
-        p = self.dropout if self.training else 0.0
-        return self.out(F.scaled_dot_product_attention(q, k, v, dropout_p=p))
+        q, k, v = self.qkv(x).chunk(3, dim=-1)  # [..., I, d] each
+        if not self.training or self.dropout.p == 0.0:
+            return self.out(F.scaled_dot_product_attention(q, k, v))
+        # spelled out in training: SDPA's own dropout draws a Bernoulli per attention weight
+        # on the CPU, which cost more than the rest of the attention (see layers.Dropout)
+        a = torch.softmax((q * self.scale) @ k.transpose(-1, -2), dim=-1)  # [..., I, I]
+        return self.out(self.dropout(a) @ v)
 
 
 class ScenarioOrientedModule(nn.Module):
@@ -128,10 +133,12 @@ class ScenarioOrientedModule(nn.Module):
             # W1[b,h] = A1 cond[b,h] + c1 with A1 [J, K, C], so
             # x W1 = sum_c cond[b,h,c] * (x A1)[b,k,c] + x c1: contract x with A1 once per
             # sample (J*K*C MACs) instead of once per head, and never build W1.
-            a1 = self.generator.weight[:n1].view(J, K * C)  # rows ordered (j, k)
+            # A1 reordered to [J, C*K] (a weight-sized copy) so that x A1 comes out as
+            # [B, C, K], the layout bmm reads without copying the [B, K, C] activations
+            a1 = self.generator.weight[:n1].view(J, K, C).transpose(1, 2).reshape(J, C * K)
             c1 = self.generator.bias[:n1].view(J, K)
-            xa = (x @ a1).view(B, K, C)  # [B, K, C]
-            h1 = torch.bmm(cond, xa.transpose(1, 2)) + (x @ c1).unsqueeze(1)  # [B, H, K]
+            xa = (x @ a1).view(B, C, K)  # [B, C, K]
+            h1 = torch.bmm(cond, xa) + (x @ c1).unsqueeze(1)  # [B, H, K]
             rest = F.linear(cond, self.generator.weight[n1:], self.generator.bias[n1:])
             b1, w2, b2 = rest.split(self.sizes[1:], dim=-1)
             w2 = w2.view(B, H, K, self.O)
