@@ -69,8 +69,7 @@ def _probs(p: np.ndarray, n: int) -> np.ndarray:
     p = np.asarray(p, dtype=np.float64)
     if p.ndim != 1 or p.shape[0] != n:
         raise UserError(
-            f"predictions have shape {p.shape} but there are {n} labels; "
-            "pass one score per row"
+            f"predictions have shape {p.shape} but there are {n} labels; pass one score per row"
         )
     if not np.isfinite(p).all():
         raise UserError(
@@ -82,8 +81,10 @@ def _probs(p: np.ndarray, n: int) -> np.ndarray:
 def _keys(keys: np.ndarray, n: int, what: str) -> np.ndarray:
     keys = np.asarray(keys)
     if keys.ndim != 1 or keys.shape[0] != n:
-        raise UserError(f"{what} keys have shape {keys.shape} but there are {n} rows; "
-                        f"pass one {what} id per row")
+        raise UserError(
+            f"{what} keys have shape {keys.shape} but there are {n} rows; "
+            f"pass one {what} id per row"
+        )
     return keys
 
 
@@ -164,8 +165,9 @@ def _score_order(p: np.ndarray) -> np.ndarray:
     return np.argsort(p)
 
 
-def _group_auc_sorted(y: np.ndarray, p: np.ndarray, keys: np.ndarray,
-                      order: np.ndarray) -> GroupAUC:
+def _group_auc_sorted(
+    y: np.ndarray, p: np.ndarray, keys: np.ndarray, order: np.ndarray
+) -> GroupAUC:
     o = _group_order(order, keys)
     g = _grouped_auc(y[o], p[o], keys[o])
     used = ~np.isnan(g.auc)
@@ -174,12 +176,15 @@ def _group_auc_sorted(y: np.ndarray, p: np.ndarray, keys: np.ndarray,
     return GroupAUC(value, int(used.sum()), int((~used).sum()), rows_used)
 
 
-def _scenario_auc_sorted(y: np.ndarray, p: np.ndarray, scenario: np.ndarray,
-                         num_scenarios: int, order: np.ndarray) -> np.ndarray:
+def _scenario_auc_sorted(
+    y: np.ndarray, p: np.ndarray, scenario: np.ndarray, num_scenarios: int, order: np.ndarray
+) -> np.ndarray:
     scenario = np.asarray(scenario)
     if not np.issubdtype(scenario.dtype, np.integer):
-        raise UserError(f"scenario ids must be integers, got dtype {scenario.dtype}; "
-                        "use the scenario column of the prepared data")
+        raise UserError(
+            f"scenario ids must be integers, got dtype {scenario.dtype}; "
+            "use the scenario column of the prepared data"
+        )
     if scenario.size and (scenario.min() < 0 or scenario.max() >= num_scenarios):
         raise UserError(
             f"scenario ids must lie in [0, {num_scenarios}), found "
@@ -231,8 +236,9 @@ def group_auc(y: np.ndarray, p: np.ndarray, groups: np.ndarray) -> GroupAUC:
     return _group_auc_sorted(y, p, keys, _score_order(p))
 
 
-def per_scenario_auc(y: np.ndarray, p: np.ndarray, scenario: np.ndarray,
-                     num_scenarios: int) -> np.ndarray:
+def per_scenario_auc(
+    y: np.ndarray, p: np.ndarray, scenario: np.ndarray, num_scenarios: int
+) -> np.ndarray:
     """AUC of each scenario 0..num_scenarios-1 as a [num_scenarios] array.
 
     nan where a scenario has no rows or only one class.

@@ -239,8 +239,8 @@ def delong(y: np.ndarray, p1: np.ndarray, p2: np.ndarray) -> DeLongResult:
         # The difference has no estimated noise (identical scorers, or both separating
         # perfectly): equal AUCs -> no evidence of a gap; unequal AUCs (rare) -> nan rather
         # than a p-value of 0 that would claim certainty from no noise estimate.
-        return DeLongResult(auc1, auc2, 0.0 if diff == 0 else nan,
-                            1.0 if diff == 0 else nan, max(var, 0.0))
+        return DeLongResult(
+            auc1, auc2, 0.0 if diff == 0 else nan, 1.0 if diff == 0 else nan, max(var, 0.0)
+        )
     z = diff / np.sqrt(var)
     return DeLongResult(auc1, auc2, float(z), float(2.0 * sps.norm.sf(abs(z))), var)
-
