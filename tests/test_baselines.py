@@ -7,7 +7,7 @@ import torch
 from conftest import make_batch, make_schema, train_and_auc
 
 from msctr.errors import UserError
-from msctr.models.layers import ScenarioGroups
+from msctr.models.layers import DENSE_SELECT, ScenarioGroups
 from msctr.models.registry import build
 
 # small but complete configurations (2 PLE levels, 2 star hidden layers)
@@ -102,13 +102,20 @@ def test_scenario_groups_match_per_sample_weights(sizes):
     scenario = torch.cat([torch.full((n,), i) for i, n in enumerate(sizes)])
     scenario = scenario[torch.randperm(len(scenario), generator=torch.Generator().manual_seed(0))]
     B = len(scenario)
-    groups = ScenarioGroups(scenario, S)
-    x, w, b = torch.randn(B, 12), torch.randn(S, 12, 8), torch.randn(S, 8)
-    ref = torch.bmm(x.unsqueeze(1), w[scenario]).squeeze(1) + b[scenario]
-    torch.testing.assert_close(groups.linear(x, w, b), ref)
-    x3, w4, b3 = torch.randn(B, 3, 12), torch.randn(S, 3, 12, 8), torch.randn(S, 3, 8)
-    ref = torch.einsum("bei,beio->beo", x3, w4[scenario]) + b3[scenario]
-    torch.testing.assert_close(groups.linear(x3, w4, b3), ref)
+    torch.manual_seed(0)
+    # grouped_mm (CPU default) and the chunked batched matmul (other devices, or a chunk size)
+    for groups in (ScenarioGroups(scenario, S), ScenarioGroups(scenario, S, chunk=8)):
+        # narrow outputs take the compute-all-and-pick path; 13 columns need padding
+        for a, out in ((12, 8), (13, DENSE_SELECT // S + 1), (16, DENSE_SELECT // S + 3)):
+            x, w, b = torch.randn(B, a), torch.randn(S, a, out), torch.randn(S, out)
+            ref = torch.bmm(x.unsqueeze(1), w[scenario]).squeeze(1) + b[scenario]
+            torch.testing.assert_close(groups.linear(x, w, b), ref)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                low = groups.linear(x, w, b)
+            torch.testing.assert_close(low.float(), ref, rtol=0.05, atol=0.2)
+        x3, w4, b3 = torch.randn(B, 3, 12), torch.randn(S, 3, 12, 8), torch.randn(S, 3, 8)
+        ref = torch.einsum("bei,beio->beo", x3, w4[scenario]) + b3[scenario]
+        torch.testing.assert_close(groups.linear(x3, w4, b3), ref)
 
 
 def test_star_partitioned_norm_keeps_per_scenario_statistics():

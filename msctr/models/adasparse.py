@@ -35,7 +35,7 @@ from torch import nn
 from msctr.data.batch import Batch
 from msctr.data.schema import Schema
 from msctr.errors import UserError
-from msctr.models.layers import MLP, FeatureEmbedding
+from msctr.models.layers import MLP, Dropout, FeatureEmbedding
 from msctr.models.registry import ModelOutput, ModelParams, register
 
 
@@ -90,7 +90,7 @@ class AdaSparse(nn.Module):
             MLP(a, [b], 0.0, p.batch_norm) for a, b in zip(dims[:-1], dims[1:])
         )
         self.pruners = nn.ModuleList(nn.Linear(domain_dim + h, h) for h in p.hidden)
-        self.dropout = nn.Dropout(p.dropout)
+        self.dropout = Dropout(p.dropout)
         self.out = nn.Linear(dims[-1], 1)
 
     def factor(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -252,7 +252,7 @@ class HMDN(nn.Module):
             s, aux = x_b, x.new_zeros(())
         if self.p.backbone == "mmoe":
             g = torch.softmax(self.gate(s if self.quantizer is not None else x), dim=-1)  # [B, E]
-            mixed = torch.einsum("be,ebh->bh", g, self.experts(x))  # [B, h]
+            mixed = torch.bmm(g.unsqueeze(1), self.experts(x)).squeeze(1)  # [B, h]
             logit = self.head(mixed).squeeze(-1)
         else:
             o_ep, _ = self.epnet(emb, s)  # [B, n, d]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,7 +32,7 @@ class _WeightedBag(torch.autograd.Function):
     def backward(ctx, grad):  # grad [B, d]
         ids, w = ctx.saved_tensors
         d = grad.shape[-1]
-        rows = (w.unsqueeze(-1).to(grad.dtype) * grad.unsqueeze(1)).reshape(-1, d)  # [B*n, d]
+        rows = torch.bmm(w.unsqueeze(-1).to(grad.dtype), grad.unsqueeze(1)).view(-1, d)  # [B*n, d]
         return rows.new_zeros(ctx.rows, d).index_add_(0, ids.reshape(-1), rows), None, None
 
 
@@ -180,6 +181,54 @@ class FeatureEmbedding(nn.Module):
         return torch.cat(parts, dim=1)
 
 
+def keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
+    """0/1 in x's dtype and shape, 1 with probability 1 - p (p quantized to 1/65536), CPU.
+
+    Each 64-bit output of a PCG64 generator gives four 16-bit draws, compared in NumPy. The
+    generator is seeded from torch's global generator, so dropout stays reproducible under
+    `torch.manual_seed`.
+    """
+    n = x.numel()
+    seed = int(torch.randint(0, 2**63 - 1, (1,)))
+    raw = np.random.PCG64(seed).random_raw((n + 3) // 4).view(np.int16)[:n]
+    keep = torch.from_numpy(raw >= round(p * 65536) - 32768).view(torch.uint8)
+    return keep.to(x.dtype).view(x.shape)
+
+
+class Dropout(nn.Module):
+    """Inverted dropout, as nn.Dropout, with a cheaper mask on the CPU.
+
+    nn.Dropout draws one Bernoulli variate per element from torch's CPU generator and fills
+    with a bool mask, which in the expert models cost more than all their bf16 matmuls
+    together. Here the mask comes from `keep_mask` and is applied by a multiply (the scale
+    is a separate scalar multiply, so a bf16 mask does not round 1 / (1 - p)); on other
+    devices this is nn.functional.dropout.
+    """
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type != "cpu":
+            return nn.functional.dropout(x, self.p, training=True)
+        return (x * keep_mask(x, self.p)).mul_(1.0 / (1.0 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def autocast_input(x: torch.Tensor) -> torch.Tensor:
+    """x in the autocast dtype when autocast is on: an input that feeds several matmuls
+    (experts and gates) is then cast once instead of once per matmul, forward and backward."""
+    dev = x.device.type
+    return x.to(torch.get_autocast_dtype(dev)) if torch.is_autocast_enabled(dev) else x
+
+
 class MLP(nn.Sequential):
     """Linear -> [BatchNorm] -> activation -> Dropout, per hidden size; optional final linear."""
 
@@ -199,7 +248,7 @@ class MLP(nn.Sequential):
                 layers.append(nn.BatchNorm1d(h))
             layers.append(activation())
             if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+                layers.append(Dropout(dropout))
             in_dim = h
         if out_dim is not None:
             layers.append(nn.Linear(in_dim, out_dim))
@@ -242,10 +291,12 @@ class StackedLinear(nn.Module):
 
 
 class StackedMLP(nn.Module):
-    """n MLPs of equal shape (e.g. experts) in batched matmuls: [B, in] -> [n, B, out].
+    """n MLPs of equal shape (e.g. experts) on one shared input: [B, in] -> [B, n, out].
 
-    With batch_norm, one BatchNorm1d spans all n MLPs' units of a layer, so each MLP keeps
-    its own statistics while the normalisation stays a single op.
+    Activations stay in a [B, n * h] layout: the first layer is one [in, n * h] matmul (the
+    input is shared), one BatchNorm1d spans all n MLPs' units of a layer (each MLP keeps its
+    own statistics) and needs no transpose, and later layers are one batched matmul over the
+    n MLPs.
     """
 
     def __init__(
@@ -262,41 +313,62 @@ class StackedMLP(nn.Module):
         self.norms = nn.ModuleList(
             nn.BatchNorm1d(n * h) if batch_norm else nn.Identity() for h in hidden
         )
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
+        self.n = n
         self.out_dim = dims[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer, norm in zip(self.layers, self.norms):
-            h = layer(x)  # [n, B, h]
-            if not isinstance(norm, nn.Identity):
-                n, b, u = h.shape
-                h = norm(h.transpose(0, 1).reshape(b, n * u)).view(b, n, u).transpose(0, 1)
-            x = self.dropout(torch.relu(h))
+        B, n = x.shape[0], self.n
+        first = self.layers[0]
+        w = first.weight.permute(1, 0, 2).reshape(x.shape[1], -1)  # [in, n*h]: all MLPs at once
+        h = torch.addmm(first.bias.reshape(1, -1), x, w)  # [B, n*h]
+        for i, norm in enumerate(self.norms):
+            x = self.dropout(torch.relu(norm(h))).view(B, n, -1)  # [B, n, h]
+            if i + 1 < len(self.layers):
+                layer = self.layers[i + 1]
+                # [n, B, h] copy first: bmm's weight gradient on a strided view copies slower
+                x_n = x.transpose(0, 1).contiguous()
+                h = torch.baddbmm(layer.bias, x_n, layer.weight).transpose(0, 1).reshape(B, -1)
         return x
+
+
+DENSE_SELECT = 512  # S * out at or below which ScenarioGroups.linear computes all scenarios
 
 
 class ScenarioGroups:
     """A batch's rows grouped by scenario, for layers whose weights differ per scenario.
 
-    Gathering one weight matrix per sample (as `ScenarioLinear` does) copies B x in x out
-    floats, which for expert-sized layers costs far more than the matmul. Here the rows are
-    sorted by scenario and cut into chunks of `chunk` rows that hold one scenario each; one
-    weight matrix is gathered per chunk and all chunks go through one batched matmul. Padding
-    is at most chunk - 1 rows per scenario, so the cost stays close to that of one tower.
-    The chunk count uses a static upper bound, so building the groups never syncs a GPU.
+    Gathering one weight matrix per sample (as a naive per-row linear would) copies
+    B x in x out floats, which for expert-sized layers costs far more than the matmul. Here
+    the rows are sorted by scenario once per batch and every layer runs one grouped matmul:
+    on the CPU `grouped_mm` over the sorted rows with each scenario's weight used in place;
+    elsewhere the sorted rows are cut into chunks of `chunk` rows that hold one scenario
+    each, one weight matrix is gathered per chunk and all chunks go through one batched
+    matmul (padding at most chunk - 1 rows per scenario; the chunk count uses a static upper
+    bound, so building the groups never syncs a GPU). Layers with narrow outputs (gates,
+    tower tops) instead compute every scenario's output for every row and pick the row's
+    own, which is cheaper than moving the rows (see `DENSE_SELECT`).
     """
 
     def __init__(self, scenario: torch.Tensor, num_scenarios: int, chunk: int | None = None):
         B = scenario.shape[0]
         S = num_scenarios
         dev = scenario.device
-        # padding <= S * chunk (about B / 4 once B >= 32 S); >= 8 rows keep the gathers few
-        self.chunk = chunk or max(8, math.ceil(B / (4 * S)))
+        self.scenario = scenario
+        self.grouped = dev.type == "cpu" and chunk is None
         sorted_s, order = torch.sort(scenario, stable=True)
         # [S]; not bincount, whose data-dependent output size breaks torch.compile graphs
         counts = torch.zeros(S, dtype=scenario.dtype, device=dev).index_add_(
             0, scenario, torch.ones_like(scenario)
         )
+        if self.grouped:
+            self.order, self.sorted_scenario = order, sorted_s
+            self.inverse = torch.empty_like(order)
+            self.inverse[order] = torch.arange(B, device=dev)  # sorted position of each row
+            self.offsets = torch.cumsum(counts, 0).to(torch.int32)  # end row of each scenario
+            return
+        # padding <= S * chunk (about B / 4 once B >= 32 S); >= 8 rows keep the gathers few
+        self.chunk = chunk or max(8, math.ceil(B / (4 * S)))
         n_chunks = (counts + self.chunk - 1) // self.chunk  # [S]
         first_chunk = torch.cumsum(n_chunks, 0) - n_chunks
         first_row = torch.cumsum(counts, 0) - counts
@@ -314,27 +386,56 @@ class ScenarioGroups:
             torch.cumsum(n_chunks, 0), chunk_ids, right=True
         ).clamp_max(S - 1)  # [n]
 
-    def pack(self, x: torch.Tensor) -> torch.Tensor:  # [B, *rest] -> [n, chunk, *rest]
-        out = x.new_zeros(self.num_chunks, self.chunk, *x.shape[1:])
-        return out.index_put((self.row_chunk, self.row_slot), x)
-
-    def unpack(self, y: torch.Tensor) -> torch.Tensor:  # [n, chunk, *rest] -> [B, *rest]
-        return y[self.row_chunk, self.row_slot]
-
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """Each row through its scenario's linear.
 
         x [B, in], weight [S, in, out], bias [S, out] -> [B, out];
         x [B, E, in], weight [S, E, in, out], bias [S, E, out] -> [B, E, out].
         """
+        if weight.dim() == 3 and weight.shape[0] * weight.shape[2] <= DENSE_SELECT:
+            S, a, b = weight.shape
+            y = (x @ weight.permute(1, 0, 2).reshape(a, S * b)).view(-1, S, b)
+            rows = torch.arange(x.shape[0], device=x.device)
+            return y[rows, self.scenario] + bias[self.scenario]
+        if self.grouped:
+            return self._grouped_linear(x, weight, bias)
         w = weight[self.chunk_scenario]  # [n, (E,) in, out]
         b = bias[self.chunk_scenario]  # [n, (E,) out]
-        p = self.pack(x)  # [n, c, (E,) in]
+        out = x.new_zeros(self.num_chunks, self.chunk, *x.shape[1:])
+        p = out.index_put((self.row_chunk, self.row_slot), x)  # [n, c, (E,) in]
         if weight.dim() == 3:
             y = torch.baddbmm(b.unsqueeze(1), p, w)  # [n, c, out]
         else:
             y = (torch.matmul(p.transpose(1, 2), w) + b.unsqueeze(2)).transpose(1, 2)  # [n,c,E,out]
-        return self.unpack(y)
+        return y[self.row_chunk, self.row_slot]
+
+    def _grouped_linear(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+    ) -> torch.Tensor:
+        # grouped_mm is not autocast-aware, and wants rows of a multiple of 16 bytes
+        dev = x.device.type
+        dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        a, b = weight.shape[-2:]
+        pad_a, pad_b = -a % 8, -b % 8
+        xs = x[self.order].to(dt)  # rows sorted by scenario
+        weight = weight.to(dt)
+        if pad_a or pad_b:
+            xs = nn.functional.pad(xs, (0, pad_a))
+            weight = nn.functional.pad(weight, (0, pad_b, 0, pad_a))
+        bias = bias.to(dt)
+        a, b = a + pad_a, b + pad_b
+        if weight.dim() == 3:
+            y = nn.functional.grouped_mm(xs, weight, offs=self.offsets)  # [B, out]
+        else:  # E experts per scenario: E x S groups, expert-major
+            B, E, S = xs.shape[0], xs.shape[1], weight.shape[0]
+            starts = torch.arange(E, device=x.device, dtype=torch.int32).unsqueeze(1) * B
+            y = nn.functional.grouped_mm(
+                xs.transpose(0, 1).reshape(E * B, a),
+                weight.transpose(0, 1).reshape(E * S, a, b),
+                offs=(starts + self.offsets).flatten(),
+            )
+            y = y.view(E, B, b).transpose(0, 1)  # [B, E, out]
+        return (y[..., : b - pad_b] + bias[self.sorted_scenario])[self.inverse]
 
 
 class ScenarioLinear(nn.Module):
@@ -377,7 +478,7 @@ class ScenarioMLP(nn.Module):
             ScenarioLinear(num_scenarios, a, b) for a, b in zip(dims[:-1], dims[1:])
         )
         self.out = ScenarioLinear(num_scenarios, dims[-1], out_dim) if out_dim else None
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.out_dim = out_dim or dims[-1]
         self.num_scenarios = num_scenarios
 

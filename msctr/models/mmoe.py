@@ -15,7 +15,13 @@ from torch import nn
 from msctr.data.batch import Batch
 from msctr.data.schema import Schema
 from msctr.errors import UserError
-from msctr.models.layers import FeatureEmbedding, ScenarioLinear, ScenarioMLP, StackedMLP
+from msctr.models.layers import (
+    FeatureEmbedding,
+    ScenarioLinear,
+    ScenarioMLP,
+    StackedMLP,
+    autocast_input,
+)
 from msctr.models.registry import ModelParams, register
 
 
@@ -54,8 +60,8 @@ class MMoE(nn.Module):
         self.towers = ScenarioMLP(S, self.experts.out_dim, p.tower_hidden, 1, p.dropout)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        x = self.embedding.fields(batch).flatten(1)  # [B, n*d]
-        experts = self.experts(x)  # [E, B, h]: all experts in one batched matmul
+        x = autocast_input(self.embedding.fields(batch).flatten(1))  # [B, n*d]
+        experts = self.experts(x)  # [B, E, h]: all experts at once
         gate = torch.softmax(self.gates(x, batch.scenario), dim=-1)  # [B, E]
-        mixed = torch.einsum("be,ebh->bh", gate, experts)  # [B, h]
+        mixed = torch.bmm(gate.unsqueeze(1), experts).squeeze(1)  # [B, h]
         return self.towers(mixed, batch.scenario).squeeze(-1)  # [B]

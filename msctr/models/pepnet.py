@@ -32,7 +32,7 @@ from torch import nn
 from msctr.data.batch import Batch
 from msctr.data.schema import Schema
 from msctr.errors import UserError
-from msctr.models.layers import MLP, FeatureEmbedding, GateNU
+from msctr.models.layers import MLP, Dropout, FeatureEmbedding, GateNU
 from msctr.models.registry import ModelParams, register
 
 
@@ -111,7 +111,7 @@ class PPNet(nn.Module):
             if gated
             else None
         )
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.out = nn.Linear(dims[-1], 1)
 
     def forward(

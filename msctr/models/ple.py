@@ -25,11 +25,13 @@ from msctr.data.batch import Batch
 from msctr.data.schema import Schema
 from msctr.errors import UserError
 from msctr.models.layers import (
+    Dropout,
     FeatureEmbedding,
     ScenarioGroups,
     ScenarioLinear,
     ScenarioMLP,
     StackedMLP,
+    autocast_input,
 )
 from msctr.models.registry import ModelParams, register
 
@@ -50,7 +52,7 @@ class ScenarioExperts(nn.Module):
             bound = 1 / math.sqrt(a)  # nn.Linear's default range
             self.weights.append(nn.Parameter(torch.empty(S, E, a, b).uniform_(-bound, bound)))
             self.biases.append(nn.Parameter(torch.empty(S, E, b).uniform_(-bound, bound)))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.num_experts = E
         self.out_dim = dims[-1]
 
@@ -93,7 +95,7 @@ class CGC(nn.Module):
         scenario: torch.Tensor,
         groups: ScenarioGroups,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        shared = self.shared(h_shared).transpose(0, 1)  # [B, E_sh, h]
+        shared = self.shared(h_shared)  # [B, E_sh, h]
         own = self.specific(h_own, groups)  # [B, E_sp, h]
         experts = torch.cat([own, shared], dim=1)  # [B, E_sp + E_sh, h]
         g = torch.softmax(self.scenario_gate(h_own, scenario), dim=-1)  # [B, E_sp + E_sh]
@@ -143,7 +145,7 @@ class PLE(nn.Module):
     def forward(self, batch: Batch) -> torch.Tensor:
         s = batch.scenario
         groups = ScenarioGroups(s, self.num_scenarios)
-        x = self.embedding.fields(batch).flatten(1)  # [B, n*d]
+        x = autocast_input(self.embedding.fields(batch).flatten(1))  # [B, n*d]
         h_own, h_shared = x, x
         for level in self.levels:
             h_own, h_shared = level(h_own, h_shared, s, groups)

@@ -20,7 +20,7 @@ from torch import nn
 from msctr.data.batch import Batch
 from msctr.data.schema import Schema
 from msctr.errors import UserError
-from msctr.models.layers import MLP, FeatureEmbedding
+from msctr.models.layers import MLP, Dropout, FeatureEmbedding
 from msctr.models.registry import ModelParams, register
 
 
@@ -271,7 +271,7 @@ class SFPNet(nn.Module):
                 for a, b in zip(sizes[:-1], sizes[1:])
             )
             self.mlp = None
-        self.dropout = nn.Dropout(p.dropout)
+        self.dropout = Dropout(p.dropout)
         self.out = nn.Linear(p.hidden[-1] if p.hidden else h0, 1)
 
         # paper: Xavier initialization; embeddings keep the shared FeatureEmbedding init

@@ -21,7 +21,7 @@ from torch import nn
 from msctr.data.batch import Batch
 from msctr.data.schema import Schema
 from msctr.errors import UserError
-from msctr.models.layers import MLP, FeatureEmbedding, ScenarioGroups
+from msctr.models.layers import MLP, Dropout, FeatureEmbedding, ScenarioGroups
 from msctr.models.registry import ModelParams, register
 
 
@@ -132,7 +132,7 @@ class STAR(nn.Module):
             else None
         )
         self.out = StarLinear(S, dims[-1], 1)
-        self.dropout = nn.Dropout(p.dropout)
+        self.dropout = Dropout(p.dropout)
         self.aux = MLP(p.embed_dim, p.aux_hidden, out_dim=1)
 
     def forward(self, batch: Batch) -> torch.Tensor:
