@@ -35,7 +35,14 @@ from msctr.data.schema import Schema
 from msctr.models.layers import FeatureEmbedding
 from msctr.models.registry import build, parse_params, split_output
 from msctr.recipe import ModelEntry, Recipe, TrainConfig
-from msctr.train.engine import SplitData, autocast, fit_one, make_optimizer, seed_everything
+from msctr.train.engine import (
+    SplitData,
+    autocast,
+    fit_one,
+    keep_freed_memory,
+    make_optimizer,
+    seed_everything,
+)
 
 LIGHT = ("dnn", "shared_bottom", "mmoe", "ple", "star")
 DEFAULT_MODELS = (*LIGHT, "hierrec")
@@ -275,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    keep_freed_memory()
     folder = args.data or prepare_data(args.rows)
     info = machine()
     recipe = Recipe(

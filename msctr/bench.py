@@ -45,6 +45,7 @@ from msctr.evaluate.metrics import auc
 from msctr.io import write_json
 from msctr.models.registry import build, parse_params, split_output
 from msctr.recipe import ModelEntry, Recipe
+from msctr.train.engine import keep_freed_memory
 
 # name -> (precision, compiled)
 VARIANTS: dict[str, tuple[str, bool]] = {
@@ -402,6 +403,7 @@ def run_bench(recipe: Recipe, cfg: BenchConfig, console: Console | None = None) 
     device = bench_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    keep_freed_memory()
     folder = Path(recipe.data)
     schema = Schema.load(folder)  # one-line error when the data is missing
     entries = select_models(recipe, cfg.models)

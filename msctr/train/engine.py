@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import json
 import math
 import random
 import re
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +42,25 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def keep_freed_memory() -> None:
+    """Ask glibc's malloc to keep freed memory for reuse instead of returning it to the OS.
+
+    Every training step allocates and frees the same large activation tensors. By default
+    glibc serves those with fresh mmap pages, and touching fresh pages costs a page fault
+    per 4 KiB: up to 7x the cost of a ReLU over the tensor, about 10 % of an MMoE bf16 step.
+    Process-wide and idempotent; does nothing where malloc is not glibc's.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 1 << 30)  # serve big blocks from the heap ...
+    libc.mallopt(m_trim_threshold, (1 << 31) - 1)  # ... and keep them once freed
 
 
 def resolve_device(name: str) -> torch.device:
@@ -387,6 +408,7 @@ def train_recipe(
     console = console or Console()
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
+    keep_freed_memory()
     data = SplitData.load(recipe)
     for entry in recipe.models:  # fail on a bad model before any training starts
         build(entry.name, data.schema, parse_params(entry.name, entry.params))
@@ -410,5 +432,3 @@ def train_recipe(
         if progress is not None:
             progress.stop()
     return root
-
-
