@@ -184,3 +184,12 @@ def test_star_options_hidden_pn_and_scenario_in_main():
     out = model(batch)
     torch.nn.functional.binary_cross_entropy_with_logits(out, batch.label).backward()
     assert all(p.grad is not None and p.grad.any() for p in model.parameters())
+
+
+def test_compiled_star_matches_eager():
+    # under torch.compile ScenarioGroups takes the chunked path (grouped_mm traces bf16 only)
+    schema = make_schema(num_scenarios=4)
+    batch = all_scenarios_batch(schema, 96, seed=3)
+    model = build("star", schema, SMALL["star"]).eval()
+    with torch.inference_mode():
+        torch.testing.assert_close(torch.compile(model)(batch), model(batch))

@@ -341,7 +341,7 @@ class ScenarioGroups:
     Gathering one weight matrix per sample (as a naive per-row linear would) copies
     B x in x out floats, which for expert-sized layers costs far more than the matmul. Here
     the rows are sorted by scenario once per batch and every layer runs one grouped matmul:
-    on the CPU `grouped_mm` over the sorted rows with each scenario's weight used in place;
+    on the CPU (eager) `grouped_mm` over the sorted rows with each scenario's weight used in place;
     elsewhere the sorted rows are cut into chunks of `chunk` rows that hold one scenario
     each, one weight matrix is gathered per chunk and all chunks go through one batched
     matmul (padding at most chunk - 1 rows per scenario; the chunk count uses a static upper
@@ -355,7 +355,8 @@ class ScenarioGroups:
         S = num_scenarios
         dev = scenario.device
         self.scenario = scenario
-        self.grouped = dev.type == "cpu" and chunk is None
+        # grouped_mm: CPU eager only (compiled graphs accept it for bf16 inputs only)
+        self.grouped = dev.type == "cpu" and chunk is None and not torch.compiler.is_compiling()
         sorted_s, order = torch.sort(scenario, stable=True)
         # [S]; not bincount, whose data-dependent output size breaks torch.compile graphs
         counts = torch.zeros(S, dtype=scenario.dtype, device=dev).index_add_(
