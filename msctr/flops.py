@@ -3,7 +3,8 @@
 `torch.utils.flop_counter.FlopCounterMode` sees every matmul-like ATen op (mm, addmm, bmm,
 baddbmm, convolutions, attention kernels) that a forward or backward actually dispatches, so
 the count follows whatever the model really computes: einsum and matmul decompose into these
-ops, and per-scenario padding (`ScenarioGroups`) is counted as the work it is. Elementwise
+ops, and per-scenario layers (`ScenarioGroups`: grouped matmuls, chunk padding, or every
+scenario's output for narrow layers) are counted as the work they do. Elementwise
 ops, look-ups, softmax and normalisation are not counted; for these models they are a small
 share of the arithmetic but not of the time, which is why the benchmarks report both.
 
@@ -12,6 +13,7 @@ One multiply-add = 2 FLOPs (the counter's convention).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -39,14 +41,25 @@ def _sdpa_cpu_backward(
     )
 
 
-# PyTorch's counter knows the CUDA attention kernels but not the CPU flash kernel
+def _grouped_mm(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    """Rows of a split into groups, each times its group's matrix: out x contraction MACs.
+    With a and b both 2-D (the weight gradient) the groups split the contraction instead."""
+    macs = math.prod(out_shape) * a_shape[-1]
+    if len(a_shape) == 2 and len(b_shape) == 2:
+        macs //= out_shape[0]
+    return 2 * macs
+
+
+# PyTorch's counter knows the CUDA attention kernels but not the CPU flash kernel, nor the
+# grouped matmul of the per-scenario layers
 _EXTRA: dict = {}
 for _name, _fn in (
     ("_scaled_dot_product_flash_attention_for_cpu", _sdpa_cpu),
     ("_scaled_dot_product_flash_attention_for_cpu_backward", _sdpa_cpu_backward),
+    ("_grouped_mm", _grouped_mm),
 ):
     if hasattr(torch.ops.aten, _name):
-        _EXTRA[getattr(torch.ops.aten, _name).default] = _fn
+        _EXTRA[getattr(torch.ops.aten, _name)] = _fn  # the counter looks up op packets
 
 
 def counter() -> fc.FlopCounterMode:

@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 from msctr import flops
 from msctr.bench import LiveTensorBytes
-from msctr.models.layers import FeatureEmbedding
+from msctr.models.layers import FeatureEmbedding, ScenarioGroups
 from msctr.models.registry import build, split_output
 from msctr.recipe import TrainConfig
 from msctr.train.engine import SPARSE_AUTO_ROWS, LazyAdam, autocast, make_optimizer
@@ -324,3 +324,15 @@ def test_model_output_through_autocast_is_finite():
     with autocast(torch.device("cpu"), "bf16"):
         logit, _ = split_output(model(b))
     assert torch.isfinite(logit.float()).all()
+
+
+def test_flop_counter_sees_the_grouped_per_scenario_matmul():
+    S, B = 3, 90
+    groups = ScenarioGroups(torch.arange(B) % S, S)
+    assert groups.grouped  # CPU, eager: one grouped_mm
+    x = torch.randn(B, 16, requires_grad=True)
+    w = torch.randn(S, 16, 200, requires_grad=True)
+    b = torch.zeros(S, 200, requires_grad=True)
+    assert flops.count(lambda: groups.linear(x, w, b), B).macs_per_sample == 16 * 200
+    train = flops.count(lambda: groups.linear(x, w, b).sum().backward(), B)
+    assert train.macs_per_sample == 3 * 16 * 200  # input and weight gradients

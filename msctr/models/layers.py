@@ -395,9 +395,9 @@ class ScenarioGroups:
         """
         if weight.dim() == 3 and weight.shape[0] * weight.shape[2] <= DENSE_SELECT:
             S, a, b = weight.shape
-            y = (x @ weight.permute(1, 0, 2).reshape(a, S * b)).view(-1, S, b)
-            rows = torch.arange(x.shape[0], device=x.device)
-            return y[rows, self.scenario] + bias[self.scenario]
+            y = (x @ weight.permute(1, 0, 2).reshape(a, S * b)).view(-1, b)  # [B*S, out]
+            own = torch.arange(x.shape[0], device=x.device) * S + self.scenario
+            return y.index_select(0, own) + bias.index_select(0, self.scenario)
         if self.grouped:
             return self._grouped_linear(x, weight, bias)
         w = weight[self.chunk_scenario]  # [n, (E,) in, out]
@@ -418,7 +418,7 @@ class ScenarioGroups:
         dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
         a, b = weight.shape[-2:]
         pad_a, pad_b = -a % 8, -b % 8
-        xs = x[self.order].to(dt)  # rows sorted by scenario
+        xs = x.index_select(0, self.order).to(dt)  # rows sorted by scenario
         weight = weight.to(dt)
         if pad_a or pad_b:
             xs = nn.functional.pad(xs, (0, pad_a))
@@ -436,7 +436,8 @@ class ScenarioGroups:
                 offs=(starts + self.offsets).flatten(),
             )
             y = y.view(E, B, b).transpose(0, 1)  # [B, E, out]
-        return (y[..., : b - pad_b] + bias[self.sorted_scenario])[self.inverse]
+        y = y[..., : b - pad_b] + bias.index_select(0, self.sorted_scenario)
+        return y.index_select(0, self.inverse)  # index_select: 3-4x faster than y[...] on CPU
 
 
 class ScenarioLinear(nn.Module):
