@@ -22,7 +22,7 @@ from msctr.models.layers import (
     StackedMLP,
     autocast_input,
 )
-from msctr.models.registry import ModelParams, register
+from msctr.models.registry import ModelParams, check_mlp_params, register
 
 
 @dataclass
@@ -38,12 +38,14 @@ class MMoEParams(ModelParams):
     def validate(self, where: str) -> None:
         if self.num_experts < 1:
             raise UserError(f"{where}.num_experts must be at least 1, got {self.num_experts}")
-        if not self.expert_hidden:
-            raise UserError(f"{where}.expert_hidden needs at least one layer size, e.g. [256, 128]")
-        if any(h < 1 for h in [*self.expert_hidden, *self.tower_hidden]):
-            raise UserError(f"{where}: layer sizes must be positive integers")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"{where}.dropout must be in [0, 1), got {self.dropout}")
+        check_mlp_params(
+            where,
+            "expert_hidden",
+            self.expert_hidden,
+            self.tower_hidden,
+            self.dropout,
+            "[256, 128]",
+        )
 
 
 @register("mmoe", MMoEParams, paper="MMoE (Ma et al., KDD 2018)")

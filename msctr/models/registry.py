@@ -46,6 +46,19 @@ class ModelParams:
     drop: list[str] = field(default_factory=list)  # ablation switches turned off
 
 
+def check_mlp_params(
+    where: str, key: str, layers: list[int], other_layers: list[int], dropout: float, example: str
+) -> None:
+    """The checks the MLP-shaped models share: `key` lists at least one layer, every layer
+    size (`layers` and `other_layers`) is positive, dropout is in [0, 1)."""
+    if not layers:
+        raise UserError(f"{where}.{key} needs at least one layer size, e.g. {example}")
+    if any(h < 1 for h in [*layers, *other_layers]):
+        raise UserError(f"{where}: layer sizes must be positive integers")
+    if not 0.0 <= dropout < 1.0:
+        raise UserError(f"{where}.dropout must be in [0, 1), got {dropout}")
+
+
 @dataclass
 class ModelSpec:
     name: str

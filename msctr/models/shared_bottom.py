@@ -13,9 +13,8 @@ from torch import nn
 
 from msctr.data.batch import Batch
 from msctr.data.schema import Schema
-from msctr.errors import UserError
 from msctr.models.layers import MLP, FeatureEmbedding, ScenarioMLP
-from msctr.models.registry import ModelParams, register
+from msctr.models.registry import ModelParams, check_mlp_params, register
 
 
 @dataclass
@@ -26,12 +25,14 @@ class SharedBottomParams(ModelParams):
     batch_norm: bool = True  # in the shared bottom only; the towers see one scenario each
 
     def validate(self, where: str) -> None:
-        if not self.bottom_hidden:
-            raise UserError(f"{where}.bottom_hidden needs at least one layer size, e.g. [256, 128]")
-        if any(h < 1 for h in [*self.bottom_hidden, *self.tower_hidden]):
-            raise UserError(f"{where}: layer sizes must be positive integers")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"{where}.dropout must be in [0, 1), got {self.dropout}")
+        check_mlp_params(
+            where,
+            "bottom_hidden",
+            self.bottom_hidden,
+            self.tower_hidden,
+            self.dropout,
+            "[256, 128]",
+        )
 
 
 @register(

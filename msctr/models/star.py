@@ -22,7 +22,7 @@ from msctr.data.batch import Batch
 from msctr.data.schema import Schema
 from msctr.errors import UserError
 from msctr.models.layers import MLP, Dropout, FeatureEmbedding, ScenarioGroups
-from msctr.models.registry import ModelParams, register
+from msctr.models.registry import ModelParams, check_mlp_params, register
 
 
 class _ScenarioBatchNorm(torch.autograd.Function):
@@ -140,12 +140,9 @@ class STARParams(ModelParams):
     scenario_in_main: bool = False  # paper: the scenario feeds the auxiliary network only
 
     def validate(self, where: str) -> None:
-        if not self.hidden:
-            raise UserError(f"{where}.hidden needs at least one layer size, e.g. [256, 128, 64]")
-        if any(h < 1 for h in [*self.hidden, *self.aux_hidden]):
-            raise UserError(f"{where}: layer sizes must be positive integers")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"{where}.dropout must be in [0, 1), got {self.dropout}")
+        check_mlp_params(
+            where, "hidden", self.hidden, self.aux_hidden, self.dropout, "[256, 128, 64]"
+        )
         if not 0.0 < self.pn_momentum <= 1.0:
             raise UserError(f"{where}.pn_momentum must be in (0, 1], got {self.pn_momentum}")
         if self.pn_eps <= 0:
