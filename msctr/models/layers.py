@@ -32,7 +32,8 @@ class _WeightedBag(torch.autograd.Function):
     def backward(ctx, grad):  # grad [B, d]
         ids, w = ctx.saved_tensors
         d = grad.shape[-1]
-        rows = torch.bmm(w.unsqueeze(-1).to(grad.dtype), grad.unsqueeze(1)).view(-1, d)  # [B*n, d]
+        B, n = w.shape
+        rows = (grad.unsqueeze(1).expand(B, n, d) * w.unsqueeze(-1).to(grad.dtype)).view(-1, d)
         return rows.new_zeros(ctx.rows, d).index_add_(0, ids.reshape(-1), rows), None, None
 
 
