@@ -223,11 +223,16 @@ class Dropout(nn.Module):
         return f"p={self.p}"
 
 
+def matmul_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a matmul on x runs in: autocast's when autocast is on, else x's."""
+    dev = x.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+
+
 def autocast_input(x: torch.Tensor) -> torch.Tensor:
     """x in the autocast dtype when autocast is on: an input that feeds several matmuls
     (experts and gates) is then cast once instead of once per matmul, forward and backward."""
-    dev = x.device.type
-    return x.to(torch.get_autocast_dtype(dev)) if torch.is_autocast_enabled(dev) else x
+    return x.to(matmul_dtype(x))
 
 
 class MLP(nn.Sequential):
@@ -342,13 +347,14 @@ class ScenarioGroups:
     Gathering one weight matrix per sample (as a naive per-row linear would) copies
     B x in x out floats, which for expert-sized layers costs far more than the matmul. Here
     the rows are sorted by scenario once per batch and every layer runs one grouped matmul:
-    on the CPU (eager) `grouped_mm` over the sorted rows with each scenario's weight used in place;
-    elsewhere the sorted rows are cut into chunks of `chunk` rows that hold one scenario
-    each, one weight matrix is gathered per chunk and all chunks go through one batched
-    matmul (padding at most chunk - 1 rows per scenario; the chunk count uses a static upper
-    bound, so building the groups never syncs a GPU). Layers with narrow outputs (gates,
-    tower tops) instead compute every scenario's output for every row and pick the row's
-    own, which is cheaper than moving the rows (see `DENSE_SELECT`).
+    on the CPU (eager) `grouped_mm` over the sorted rows with each scenario's weight used in
+    place (in bf16 each scenario's block padded to a multiple of 32 rows, see
+    `_grouped_linear`); elsewhere the sorted rows are cut into chunks of `chunk` rows that
+    hold one scenario each, one weight matrix is gathered per chunk and all chunks go through
+    one batched matmul (padding at most chunk - 1 rows per scenario; the chunk count uses a
+    static upper bound, so building the groups never syncs a GPU). Layers with narrow
+    outputs (gates, tower tops) instead compute every scenario's output for every row and
+    pick the row's own, which is cheaper than moving the rows (see `DENSE_SELECT`).
     """
 
     def __init__(self, scenario: torch.Tensor, num_scenarios: int, chunk: int | None = None):
@@ -426,9 +432,7 @@ class ScenarioGroups:
     def _grouped_linear(
         self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     ) -> torch.Tensor:
-        # grouped_mm is not autocast-aware, and wants rows of a multiple of 16 bytes
-        dev = x.device.type
-        dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        dt = matmul_dtype(x)  # grouped_mm is not autocast-aware
         # bf16 runs each group through oneDNN, which builds a kernel for every new row count:
         # with the counts varying batch to batch that cost 70-80 ms per STAR step against
         # 40-45 ms once built. Blocks padded to multiples of 32 rows repeat a few shapes.
@@ -439,7 +443,7 @@ class ScenarioGroups:
         else:
             xs = x.new_zeros(slots, *x.shape[1:]).index_copy(0, slot, x)
         a, b = weight.shape[-2:]
-        pad_a, pad_b = -a % 8, -b % 8
+        pad_a, pad_b = -a % 8, -b % 8  # grouped_mm wants rows of a multiple of 16 bytes
         xs, weight = xs.to(dt), weight.to(dt)
         if pad_a or pad_b:
             xs = nn.functional.pad(xs, (0, pad_a))
