@@ -277,10 +277,8 @@ class GateNU(nn.Module):
 
 
 class StackedLinear(nn.Module):
-    """n independent linears applied to the same or to n different inputs in one batched matmul.
-
-    x: [B, in] (shared) or [n, B, in] -> [n, B, out]. Used for experts that every sample uses.
-    """
+    """n independent linears in one matmul, outputs side by side: x [B, in] (shared by all
+    n) or [B, n, in] (one input each) -> [B, n * out]. Used for experts every sample uses."""
 
     def __init__(self, n: int, in_dim: int, out_dim: int):
         super().__init__()
@@ -291,9 +289,13 @@ class StackedLinear(nn.Module):
         nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2:
-            return torch.matmul(x, self.weight) + self.bias  # broadcast over n
-        return torch.baddbmm(self.bias, x, self.weight)
+        n, a, b = self.weight.shape
+        if x.dim() == 2:  # shared input: one [in, n * out] matmul
+            w = self.weight.permute(1, 0, 2).reshape(a, n * b)
+            return torch.addmm(self.bias.reshape(1, -1), x, w)
+        # [n, B, in] copy first: bmm's weight gradient on a strided view copies slower
+        y = torch.baddbmm(self.bias, x.transpose(0, 1).contiguous(), self.weight)  # [n, B, out]
+        return y.transpose(0, 1).reshape(x.shape[0], n * b)
 
 
 class StackedMLP(nn.Module):
@@ -324,18 +326,9 @@ class StackedMLP(nn.Module):
         self.out_dim = dims[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, n = x.shape[0], self.n
-        first = self.layers[0]
-        w = first.weight.permute(1, 0, 2).reshape(x.shape[1], -1)  # [in, n*h]: all MLPs at once
-        h = torch.addmm(first.bias.reshape(1, -1), x, w)  # [B, n*h]
-        for i, norm in enumerate(self.norms):
-            x = self.dropout(torch.relu(norm(h))).view(B, n, -1)  # [B, n, h]
-            if i + 1 < len(self.layers):
-                layer = self.layers[i + 1]
-                # [n, B, h] copy first: bmm's weight gradient on a strided view copies slower
-                x_n = x.transpose(0, 1).contiguous()
-                h = torch.baddbmm(layer.bias, x_n, layer.weight).transpose(0, 1).reshape(B, -1)
-        return x
+        for layer, norm in zip(self.layers, self.norms):
+            x = self.dropout(torch.relu(norm(layer(x)))).view(x.shape[0], self.n, -1)
+        return x  # [B, n, out]
 
 
 DENSE_SELECT = 512  # S * out at or below which ScenarioGroups.linear computes all scenarios
@@ -369,19 +362,16 @@ class ScenarioGroups:
         counts = torch.zeros(S, dtype=scenario.dtype, device=dev).index_add_(
             0, scenario, torch.ones_like(scenario)
         )
+        first_row = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(B, device=dev) - first_row[sorted_s]  # position within its scenario
         if self.grouped:
-            self.order, self.counts = order, counts
-            # position of each sorted row within its scenario
-            self.rank = torch.arange(B, device=dev) - (torch.cumsum(counts, 0) - counts)[sorted_s]
-            self.sorted_scenario = sorted_s
+            self.order, self.counts, self.rank, self.sorted_scenario = order, counts, rank, sorted_s
             self._layouts: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
             return
         # padding <= S * chunk (about B / 4 once B >= 32 S); >= 8 rows keep the gathers few
         self.chunk = chunk or max(8, math.ceil(B / (4 * S)))
         n_chunks = (counts + self.chunk - 1) // self.chunk  # [S]
         first_chunk = torch.cumsum(n_chunks, 0) - n_chunks
-        first_row = torch.cumsum(counts, 0) - counts
-        rank = torch.arange(B, device=dev) - first_row[sorted_s]  # position within its scenario
         self.row_chunk = torch.empty_like(order)  # [B] chunk of each row (original row order)
         self.row_slot = torch.empty_like(order)  # [B] slot of each row inside its chunk
         self.row_chunk[order] = first_chunk[sorted_s] + torch.div(
