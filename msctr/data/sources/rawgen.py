@@ -309,6 +309,9 @@ HISTORY_OF = {"109_14": "206", "110_14": "207", "127_14": "216", "150_14": "210"
 CROSS_OF = {"508": "109_14", "509": "110_14", "702": "127_14", "853": "150_14"}
 
 
+FILES = ("train", "test")  # raw Ali-CCP comes as a train and a test file of each kind
+
+
 @dataclass
 class AliCCPFiles:
     folder: Path
@@ -376,9 +379,6 @@ def write_aliccp(
         for h in handles.values():
             h.close()
     return AliCCPFiles(folder, pl.concat(truths) if truth else pl.DataFrame())
-
-
-FILES = ("train", "test")
 
 
 def _aliccp_chunk(
