@@ -4,6 +4,7 @@ row-sparse embedding tables, bf16 autocast, fused sequence pooling)."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -332,3 +333,25 @@ def test_flop_counter_sees_the_grouped_per_scenario_matmul():
     assert flops.count(lambda: groups.linear(x, w, b), B).macs_per_sample == 16 * 200
     train = flops.count(lambda: groups.linear(x, w, b).sum().backward(), B)
     assert train.macs_per_sample == 3 * 16 * 200  # input and weight gradients
+
+
+def test_step_ops_benchmark_times_the_ops_of_a_step(recipe_path, capsys):
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    threads = torch.get_num_threads()
+    try:
+        import step_ops
+
+        data = str(recipe_path.parent / "data")
+        args = ["dnn", "--data", data, "--steps", "2", "--warmup", "1", "--batch-size", "256"]
+        assert step_ops.main([*args, "--threads", "1", "--set", "hidden=[32, 16]"]) == 0
+        out = capsys.readouterr().out
+        with pytest.raises(SystemExit):
+            step_ops.main([*args, "--set", "hiden=[32]"])
+    finally:
+        torch.set_num_threads(threads)
+        sys.path.pop(0)
+    header, _, *ops = out.splitlines()
+    assert "hidden=[32, 16]" in header and " fwd " in header and " bwd " in header
+    # the first layer [528 inputs -> 32] forward, as an op line with its input shapes
+    assert any(" fwd aten.addmm (32,) (256, " in line for line in ops)
+    assert "unknown key 'model.params.hiden'" in capsys.readouterr().err
