@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from msctr.models.layers import Dropout, StackedMLP
+from msctr.models.layers import MLP, Dropout, StackedMLP
 
 
 def test_dropout_drops_at_rate_p_scales_the_rest_and_is_seeded():
@@ -32,6 +32,22 @@ def test_dropout_keeps_the_dtype_and_odd_sizes():
     y = Dropout(0.5)(torch.ones(3, 7, dtype=torch.bfloat16))
     assert y.dtype == torch.bfloat16 and y.shape == (3, 7)
     assert set(y.unique().tolist()) <= {0.0, 2.0}
+
+
+def test_relu_dropout_in_one_op_equals_relu_then_dropout():
+    x = torch.randn(300, 40, dtype=torch.float64, requires_grad=True)
+    drop = Dropout(0.25)
+    torch.manual_seed(2)
+    want = drop(torch.relu(x))
+    torch.manual_seed(2)
+    got = drop(x, relu=True)
+    assert torch.equal(got, want) and (got == 0).float().mean() > 0.55  # relu + dropout zeros
+    g = torch.randn_like(want)
+    assert torch.equal(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0])
+    drop.eval()
+    assert torch.equal(drop(x, relu=True), torch.relu(x))
+    assert [type(m).__name__ for m in MLP(4, [8], dropout=0.1)] == ["Linear", "ReLUDropout"]
+    assert [type(m).__name__ for m in MLP(4, [8])] == ["Linear", "ReLU"]
 
 
 def test_stacked_mlp_equals_separate_mlps():

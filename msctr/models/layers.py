@@ -183,7 +183,7 @@ class FeatureEmbedding(nn.Module):
 
 
 def keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
-    """0/1 in x's dtype and shape, 1 with probability 1 - p (p quantized to 1/65536), CPU.
+    """uint8 0/1 in x's shape, 1 with probability 1 - p (p quantized to 1/65536), CPU.
 
     Each 64-bit output of a PCG64 generator gives four 16-bit draws, compared in NumPy. The
     generator is seeded from torch's global generator, so dropout stays reproducible under
@@ -192,8 +192,35 @@ def keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
     n = x.numel()
     seed = int(torch.randint(0, 2**63 - 1, (1,)))
     raw = np.random.PCG64(seed).random_raw((n + 3) // 4).view(np.int16)[:n]
-    keep = torch.from_numpy(raw >= round(p * 65536) - 32768).view(torch.uint8)
-    return keep.to(x.dtype).view(x.shape)
+    return torch.from_numpy(raw >= round(p * 65536) - 32768).view(torch.uint8).view(x.shape)
+
+
+class _MaskScale(torch.autograd.Function):
+    """x * keep * scale, or relu(x) * keep * scale, with keep a uint8 0/1 mask.
+
+    Multiplying by the uint8 mask converts it on the fly (no float copy of the mask), and
+    the backward is two passes: g * keep * scale, or, after a ReLU, g where the output is
+    positive (output > 0 exactly where x > 0 and keep = 1) times scale; the ReLU + dropout
+    pair then saves one tensor instead of two."""
+
+    @staticmethod
+    def forward(ctx, x, keep, scale, relu):
+        y = torch.mul(x, keep)
+        if relu:
+            y.relu_()
+        y.mul_(scale)  # a separate scalar multiply: a bf16 mask would round 1 / (1 - p)
+        ctx.scale, ctx.relu = scale, relu
+        ctx.save_for_backward(y if relu else keep)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (saved,) = ctx.saved_tensors
+        if ctx.relu:
+            grad = torch.ops.aten.threshold_backward(grad, saved, 0)
+        else:
+            grad = grad * saved
+        return grad.mul_(ctx.scale), None, None, None
 
 
 class Dropout(nn.Module):
@@ -201,9 +228,9 @@ class Dropout(nn.Module):
 
     nn.Dropout draws one Bernoulli variate per element from torch's CPU generator and fills
     with a bool mask, which in the expert models cost more than all their bf16 matmuls
-    together. Here the mask comes from `keep_mask` and is applied by a multiply (the scale
-    is a separate scalar multiply, so a bf16 mask does not round 1 / (1 - p)); on other
-    devices this is nn.functional.dropout.
+    together. Here the mask comes from `keep_mask` and is applied by `_MaskScale`; with
+    `relu=True` the ReLU before the dropout runs in the same op. On other devices this is
+    nn.functional.relu / dropout.
     """
 
     def __init__(self, p: float = 0.0):
@@ -212,15 +239,22 @@ class Dropout(nn.Module):
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         self.p = p
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
         if not self.training or self.p == 0.0:
-            return x
+            return torch.relu(x) if relu else x
         if x.device.type != "cpu":
-            return nn.functional.dropout(x, self.p, training=True)
-        return (x * keep_mask(x, self.p)).mul_(1.0 / (1.0 - self.p))
+            return nn.functional.dropout(torch.relu(x) if relu else x, self.p, training=True)
+        return _MaskScale.apply(x, keep_mask(x, self.p), 1.0 / (1.0 - self.p), relu)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+class ReLUDropout(Dropout):
+    """relu then Dropout(p), as one module (for nn.Sequential)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x, relu=True)
 
 
 def matmul_dtype(x: torch.Tensor) -> torch.dtype:
@@ -236,7 +270,10 @@ def autocast_input(x: torch.Tensor) -> torch.Tensor:
 
 
 class MLP(nn.Sequential):
-    """Linear -> [BatchNorm] -> activation -> Dropout, per hidden size; optional final linear."""
+    """Linear -> [BatchNorm] -> activation -> Dropout, per hidden size; optional final linear.
+
+    ReLU followed by Dropout is one `ReLUDropout` module.
+    """
 
     def __init__(
         self,
@@ -252,9 +289,12 @@ class MLP(nn.Sequential):
             layers.append(nn.Linear(in_dim, h))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(h))
-            layers.append(activation())
-            if dropout > 0:
-                layers.append(Dropout(dropout))
+            if activation is nn.ReLU and dropout > 0:
+                layers.append(ReLUDropout(dropout))  # the pair in one op on the CPU
+            else:
+                layers.append(activation())
+                if dropout > 0:
+                    layers.append(Dropout(dropout))
             in_dim = h
         if out_dim is not None:
             layers.append(nn.Linear(in_dim, out_dim))
@@ -327,7 +367,7 @@ class StackedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer, norm in zip(self.layers, self.norms):
-            x = self.dropout(torch.relu(norm(layer(x)))).view(x.shape[0], self.n, -1)
+            x = self.dropout(norm(layer(x)), relu=True).view(x.shape[0], self.n, -1)
         return x  # [B, n, out]
 
 
@@ -503,5 +543,5 @@ class ScenarioMLP(nn.Module):
         if not isinstance(scenario, ScenarioGroups):
             scenario = ScenarioGroups(scenario, self.num_scenarios)
         for layer in self.hidden:
-            x = self.dropout(torch.relu(layer(x, scenario)))
+            x = self.dropout(layer(x, scenario), relu=True)
         return self.out(x, scenario) if self.out is not None else x

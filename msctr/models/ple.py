@@ -63,9 +63,9 @@ class ScenarioExperts(nn.Module):
         # the first layer's input is shared by the E experts: one [in, E*h1] matmul per chunk
         w0 = w0.permute(0, 2, 1, 3).reshape(S, in_dim, E * h1)
         h = groups.linear(x, w0, b0.reshape(S, E * h1)).view(B, E, h1)  # [B, E, h1]
-        h = self.dropout(torch.relu(h))
+        h = self.dropout(h, relu=True)
         for w, b in zip(self.weights[1:], self.biases[1:]):
-            h = self.dropout(torch.relu(groups.linear(h, w, b)))  # [B, E, h]
+            h = self.dropout(groups.linear(h, w, b), relu=True)  # [B, E, h]
         return h
 
 

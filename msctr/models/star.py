@@ -178,7 +178,7 @@ class STAR(nn.Module):
             h = layer(h, groups)  # [B, h_i]
             if self.hidden_pn is not None:
                 h = self.hidden_pn[i](h, s)
-            h = self.dropout(torch.relu(h))
+            h = self.dropout(h, relu=True)
         main = self.out(h, groups).squeeze(-1)  # [B]
         aux = self.aux(self.embedding.scenario(batch)).squeeze(-1)  # [B]
         return main + aux
