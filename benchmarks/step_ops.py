@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import time
 from pathlib import Path
 
@@ -141,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         by_phase[phase] += t
     print(
         f"{args.model} {args.precision}, {args.threads} threads, batch {args.batch_size}"
-        f"{', ' + ' '.join(args.set) if args.set else ''}: step {plain:.1f} ms plain, "
+        f"{', ' + ' '.join(args.set) if args.set else ''}, load {os.getloadavg()[0]:.2f}: "
+        f"step {plain:.1f} ms plain, "
         f"{logged:.1f} ms with timing; ops {summed:.1f} ms = "
         + " + ".join(f"{p} {by_phase[p]:.1f}" for p in ("fwd", "bwd", "opt"))
     )
