@@ -352,6 +352,6 @@ def test_step_ops_benchmark_times_the_ops_of_a_step(recipe_path, capsys):
         sys.path.pop(0)
     header, _, *ops = out.splitlines()
     assert "hidden=[32, 16]" in header and " fwd " in header and " bwd " in header
-    # the first layer [528 inputs -> 32] forward, as an op line with its input shapes
+    # the first layer's forward (32 units, batch 256), as an op line with its input shapes
     assert any(" fwd aten.addmm (32,) (256, " in line for line in ops)
     assert "unknown key 'model.params.hiden'" in capsys.readouterr().err

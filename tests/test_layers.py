@@ -46,8 +46,18 @@ def test_relu_dropout_in_one_op_equals_relu_then_dropout():
     assert torch.equal(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0])
     drop.eval()
     assert torch.equal(drop(x, relu=True), torch.relu(x))
-    assert [type(m).__name__ for m in MLP(4, [8], dropout=0.1)] == ["Linear", "ReLUDropout"]
-    assert [type(m).__name__ for m in MLP(4, [8])] == ["Linear", "ReLU"]
+    # MLP fuses the pair but keeps both modules, so checkpoint keys do not move
+    mlp = MLP(6, [8, 5], dropout=0.25, batch_norm=True, out_dim=1).double()
+    kinds = [type(m).__name__ for m in mlp]
+    assert kinds == [*["Linear", "BatchNorm1d", "ReLU", "Dropout"] * 2, "Linear"]
+    z = torch.randn(50, 6, dtype=torch.float64)
+    torch.manual_seed(5)
+    fused = mlp(z)
+    torch.manual_seed(5)
+    plain = z
+    for m in mlp:
+        plain = m(plain)
+    assert torch.equal(fused, plain)
 
 
 def test_stacked_mlp_equals_separate_mlps():

@@ -250,13 +250,6 @@ class Dropout(nn.Module):
         return f"p={self.p}"
 
 
-class ReLUDropout(Dropout):
-    """relu then Dropout(p), as one module (for nn.Sequential)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x, relu=True)
-
-
 def matmul_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype a matmul on x runs in: autocast's when autocast is on, else x's."""
     dev = x.device.type
@@ -272,7 +265,8 @@ def autocast_input(x: torch.Tensor) -> torch.Tensor:
 class MLP(nn.Sequential):
     """Linear -> [BatchNorm] -> activation -> Dropout, per hidden size; optional final linear.
 
-    ReLU followed by Dropout is one `ReLUDropout` module.
+    A ReLU followed by Dropout runs as one op (`Dropout(x, relu=True)`); the modules stay
+    separate, so the layer indices in checkpoints are those of the plain sequence.
     """
 
     def __init__(
@@ -289,18 +283,26 @@ class MLP(nn.Sequential):
             layers.append(nn.Linear(in_dim, h))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(h))
-            if activation is nn.ReLU and dropout > 0:
-                layers.append(ReLUDropout(dropout))  # the pair in one op on the CPU
-            else:
-                layers.append(activation())
-                if dropout > 0:
-                    layers.append(Dropout(dropout))
+            layers.append(activation())
+            if dropout > 0:
+                layers.append(Dropout(dropout))
             in_dim = h
         if out_dim is not None:
             layers.append(nn.Linear(in_dim, out_dim))
             in_dim = out_dim
         super().__init__(*layers)
         self.out_dim = in_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fuse = False
+        for layer, following in zip(self, [*self][1:] + [None]):
+            if fuse:  # this Dropout already ran with the ReLU before it
+                fuse = False
+            elif isinstance(layer, nn.ReLU) and isinstance(following, Dropout):
+                x, fuse = following(x, relu=True), True
+            else:
+                x = layer(x)
+        return x
 
 
 class GateNU(nn.Module):
