@@ -30,7 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from train_throughput import endless_batches, prepare_data
 
 from msctr.errors import UserError
-from msctr.models.registry import build, parse_params, split_output
+from msctr.models.registry import build, parse_params, training_loss
 from msctr.recipe import ModelEntry, Recipe, TrainConfig
 from msctr.train.engine import (
     SplitData,
@@ -115,10 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         batch = next(batches)
         ops.phase = "fwd"
         with autocast(device, args.precision):
-            logit, aux = split_output(model(batch))
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logit.float(), batch.label)
-        if aux is not None:
-            loss = loss + aux
+            out = model(batch)
+        _, loss = training_loss(out, batch.label)
         optimizer.zero_grad(set_to_none=True)
         ops.phase = "bwd"
         loss.backward()

@@ -33,7 +33,7 @@ import torch
 from msctr import flops
 from msctr.data.schema import Schema
 from msctr.models.layers import FeatureEmbedding
-from msctr.models.registry import build, parse_params, split_output
+from msctr.models.registry import build, parse_params, training_loss
 from msctr.recipe import ModelEntry, Recipe, TrainConfig
 from msctr.train.engine import (
     SplitData,
@@ -124,10 +124,8 @@ def measure(
         batch = next(batches).to(device)
         t1 = time.perf_counter()
         with autocast(device, precision):
-            logit, aux = split_output(model(batch))
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logit.float(), batch.label)
-        if aux is not None:
-            loss = loss + aux
+            out = model(batch)
+        _, loss = training_loss(out, batch.label)
         t2 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

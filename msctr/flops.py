@@ -21,7 +21,7 @@ import torch
 from torch.utils import flop_counter as fc
 
 from msctr.data.batch import Batch
-from msctr.models.registry import split_output
+from msctr.models.registry import training_loss
 
 
 def _as_4d(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -114,11 +114,7 @@ def train_step_flops(model: torch.nn.Module, batch: Batch) -> FlopCount:
     model.train()
 
     def step() -> None:
-        logit, aux = split_output(model(batch))
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logit.float(), batch.label)
-        if aux is not None:
-            loss = loss + aux
-        loss.backward()
+        training_loss(model(batch), batch.label)[1].backward()
 
     try:
         return count(step, len(batch))

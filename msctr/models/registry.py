@@ -138,3 +138,13 @@ def split_output(out: torch.Tensor | ModelOutput) -> tuple[torch.Tensor, torch.T
     if isinstance(out, ModelOutput):
         return out.logit, out.aux_loss
     return out, None
+
+
+def training_loss(
+    out: torch.Tensor | ModelOutput, label: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training objective of a model output: (BCE of the logit in fp32, that BCE plus the
+    model's auxiliary loss, if it has one). The second is what training minimizes."""
+    logit, aux = split_output(out)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logit.float(), label)
+    return loss, loss if aux is None else loss + aux

@@ -34,7 +34,7 @@ from msctr.errors import UserError
 from msctr.evaluate.metrics import auc, logloss
 from msctr.io import atomic_path, write_text
 from msctr.models.layers import FeatureEmbedding
-from msctr.models.registry import build, parse_params, split_output
+from msctr.models.registry import build, parse_params, split_output, training_loss
 from msctr.recipe import ModelEntry, Recipe, TrainConfig
 
 
@@ -329,9 +329,8 @@ def fit_one(
                 break
             batch = batch.to(device)
             with autocast(device, t.precision):
-                logit, aux = split_output(run(batch))
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logit.float(), batch.label)
-            total = loss if aux is None else loss + aux
+                out = run(batch)
+            loss, total = training_loss(out, batch.label)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
