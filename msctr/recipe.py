@@ -7,6 +7,7 @@ model's `params` are checked against that model's hyperparameter dataclass.
 from __future__ import annotations
 
 import copy
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -61,9 +62,31 @@ class TrainConfig:
     def validate(self, where: str) -> None:
         if not self.seeds:
             raise UserError(f"{where}.seeds is empty; give at least one seed, e.g. [0]")
-        for key in ("lr", "batch_size", "epochs", "eval_batch_size"):
-            if getattr(self, key) <= 0:
-                raise UserError(f"{where}.{key} must be positive, got {getattr(self, key)}")
+        twice = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
+        if twice:
+            raise UserError(
+                f"{where}.seeds lists {twice} more than once; the same seed twice is the same "
+                "run, not two samples — give distinct seeds"
+            )
+        if any(not 0 <= s < 2**32 for s in self.seeds):
+            raise UserError(f"{where}.seeds must be integers in [0, 2**32), got {self.seeds}")
+        for key in ("lr", "batch_size", "epochs", "eval_batch_size", "shuffle_buffer"):
+            value = getattr(self, key)
+            if not value > 0 or not math.isfinite(value):
+                raise UserError(f"{where}.{key} must be a positive number, got {value}")
+        for key in ("threads", "eval_rows", "max_steps_per_epoch"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise UserError(f"{where}.{key} must be at least 1 (or left out), got {value}")
+        if not 0.0 <= self.weight_decay < math.inf:
+            raise UserError(f"{where}.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.early_stopping.patience < 1:
+            raise UserError(
+                f"{where}.early_stopping.patience must be at least 1 (epochs without "
+                f"improvement before stopping), got {self.early_stopping.patience}"
+            )
+        if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", self.device):
+            raise UserError(f"{where}.device must be cpu, cuda, cuda:N or mps, got {self.device!r}")
 
 
 TABLE_METRICS = ("scenario_auc", "auc", "logloss", "gauc", "sgauc", "relaimpr")
@@ -163,9 +186,10 @@ def load_recipe(
             set_path(raw, key.strip(), _parse_value(value))
         except (IndexError, ValueError, TypeError, AttributeError):
             raise UserError(f"--set {key}: no such place in the recipe") from None
-    if smoke:
-        raw = smoke_dict(raw)
-    return recipe_from_dict(raw, where=path.stem)
+    recipe = recipe_from_dict(raw, where=path.stem)
+    # a smoke run checks the recipe as written, then shrinks it: a value the real run would
+    # refuse must fail a user's CI too
+    return recipe_from_dict(smoke_dict(raw), where=path.stem) if smoke else recipe
 
 
 def smoke_dict(raw: dict) -> dict:

@@ -36,7 +36,7 @@ from msctr.data.batch import Batch
 from msctr.data.schema import Schema
 from msctr.errors import UserError
 from msctr.models.layers import MLP, Dropout, FeatureEmbedding
-from msctr.models.registry import ModelOutput, ModelParams, register
+from msctr.models.registry import ModelOutput, ModelParams, need_layers, register
 
 
 @dataclass
@@ -55,9 +55,8 @@ class AdaSparseParams(ModelParams):
     sparsity_tolerance: float = 0.0  # no penalty while |rho - target| <= tolerance
     sparsity_weight: float = 0.1  # weight of the regularizer in the total loss
 
-    def validate(self, where: str) -> None:
-        if not self.hidden or any(h <= 0 for h in self.hidden):
-            raise UserError(f"{where}.hidden must be a non-empty list of positive sizes")
+    def check(self, where: str) -> None:
+        need_layers(where, "hidden", self.hidden, "[256, 128, 64]")
         if not 0.0 < self.epsilon < self.beta:
             raise UserError(f"{where}: need 0 < epsilon < beta, got {self.epsilon}, {self.beta}")
         if not 0.0 <= self.sparsity_target < 1.0:

@@ -50,7 +50,7 @@ class HierRecParams(ModelParams):
     # contract O_explicit with the generator first (same result, G times fewer MACs there)
     som_apply: Literal["materialize", "factored"] = "factored"
 
-    def validate(self, where: str) -> None:
+    def check(self, where: str) -> None:
         for name in ("explicit_dims", "implicit_dims"):
             dims = getattr(self, name)
             if len(dims) != 2 or min(dims) < 1:
@@ -59,8 +59,6 @@ class HierRecParams(ModelParams):
                 )
         if not self.global_dims or not self.output_dims:
             raise UserError(f"{where}.global_dims and output_dims need at least one layer each")
-        if self.heads < 1:
-            raise UserError(f"{where}.heads must be at least 1, got {self.heads}")
         heads = 1 if "mi" in self.drop else self.heads
         if self.head_weights_from == "chunks" and self.embed_dim % heads:
             raise UserError(
@@ -167,7 +165,6 @@ SWITCHES = {
 class HierRec(nn.Module):
     def __init__(self, schema: Schema, p: HierRecParams):
         super().__init__()
-        p.validate("model.params")
         d = p.embed_dim
         self.use_explicit = "e" not in p.drop
         self.use_implicit = "i" not in p.drop

@@ -47,7 +47,7 @@ from msctr.data.schema import Schema
 from msctr.errors import UserError
 from msctr.models.layers import FeatureEmbedding, StackedMLP
 from msctr.models.pepnet import EPNet, PPNet
-from msctr.models.registry import ModelOutput, ModelParams, register
+from msctr.models.registry import ModelOutput, ModelParams, need_layers, register
 
 
 @dataclass
@@ -71,11 +71,8 @@ class HMDNParams(ModelParams):
     gate_hidden: int = 64  # pepnet backbone: GateNU width
     gamma: float = 2.0  # pepnet backbone: gate range (0, gamma)
 
-    def validate(self, where: str) -> None:
-        if self.depth < 1 or self.codebook_size < 1 or self.num_experts < 1:
-            raise UserError(f"{where}: depth, codebook_size and num_experts must be >= 1")
-        if not self.hidden or any(h <= 0 for h in self.hidden):
-            raise UserError(f"{where}.hidden must be a non-empty list of positive sizes")
+    def check(self, where: str) -> None:
+        need_layers(where, "hidden", self.hidden, "[128, 64, 32]")
         if self.alpha < 0 or self.beta < 0:
             raise UserError(f"{where}: alpha and beta must be >= 0")
 

@@ -14,7 +14,6 @@ from torch import nn
 
 from msctr.data.batch import Batch
 from msctr.data.schema import Schema
-from msctr.errors import UserError
 from msctr.models.layers import (
     FeatureEmbedding,
     ScenarioLinear,
@@ -22,7 +21,7 @@ from msctr.models.layers import (
     StackedMLP,
     autocast_input,
 )
-from msctr.models.registry import ModelParams, check_mlp_params, register
+from msctr.models.registry import ModelParams, need_layers, register
 
 
 @dataclass
@@ -35,24 +34,14 @@ class MMoEParams(ModelParams):
     # initial embeddings, expert MLPs without it learn little beyond additive effects
     batch_norm: bool = True
 
-    def validate(self, where: str) -> None:
-        if self.num_experts < 1:
-            raise UserError(f"{where}.num_experts must be at least 1, got {self.num_experts}")
-        check_mlp_params(
-            where,
-            "expert_hidden",
-            self.expert_hidden,
-            self.tower_hidden,
-            self.dropout,
-            "[256, 128]",
-        )
+    def check(self, where: str) -> None:
+        need_layers(where, "expert_hidden", self.expert_hidden, "[256, 128]")
 
 
 @register("mmoe", MMoEParams, paper="MMoE (Ma et al., KDD 2018)")
 class MMoE(nn.Module):
     def __init__(self, schema: Schema, p: MMoEParams):
         super().__init__()
-        p.validate("model.params")
         S = schema.num_scenarios
         self.embedding = FeatureEmbedding(schema, p.embed_dim)
         in_dim = self.embedding.num_fields * p.embed_dim

@@ -33,7 +33,7 @@ from msctr.data.batch import Batch
 from msctr.data.schema import Schema
 from msctr.errors import UserError
 from msctr.models.layers import MLP, Dropout, FeatureEmbedding, GateNU
-from msctr.models.registry import ModelParams, register
+from msctr.models.registry import ModelParams, need_layers, register
 
 
 @dataclass
@@ -50,13 +50,10 @@ class PEPNetParams(ModelParams):
     prior_fields: list[str] | None = None
     epnet_scale: Literal["field", "element"] = "field"  # one gate value per field or per unit
 
-    def validate(self, where: str) -> None:
-        if not self.hidden or any(h <= 0 for h in self.hidden):
-            raise UserError(f"{where}.hidden must be a non-empty list of positive sizes")
+    def check(self, where: str) -> None:
+        need_layers(where, "hidden", self.hidden, "[256, 128, 64]")
         if self.gamma <= 0:
             raise UserError(f"{where}.gamma must be > 0, got {self.gamma}")
-        if self.gate_hidden <= 0:
-            raise UserError(f"{where}.gate_hidden must be > 0, got {self.gate_hidden}")
 
 
 class EPNet(nn.Module):

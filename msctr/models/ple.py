@@ -23,7 +23,6 @@ from torch import nn
 
 from msctr.data.batch import Batch
 from msctr.data.schema import Schema
-from msctr.errors import UserError
 from msctr.models.layers import (
     Dropout,
     FeatureEmbedding,
@@ -33,7 +32,7 @@ from msctr.models.layers import (
     StackedMLP,
     autocast_input,
 )
-from msctr.models.registry import ModelParams, check_mlp_params, register
+from msctr.models.registry import ModelParams, need_layers, register
 
 
 class ScenarioExperts(nn.Module):
@@ -115,25 +114,14 @@ class PLEParams(ModelParams):
     tower_hidden: list[int] = field(default_factory=lambda: [64])
     dropout: float = 0.1
 
-    def validate(self, where: str) -> None:
-        for key in ("num_levels", "shared_experts", "specific_experts"):
-            if getattr(self, key) < 1:
-                raise UserError(f"{where}.{key} must be at least 1, got {getattr(self, key)}")
-        check_mlp_params(
-            where,
-            "expert_hidden",
-            self.expert_hidden,
-            self.tower_hidden,
-            self.dropout,
-            "[256, 128]",
-        )
+    def check(self, where: str) -> None:
+        need_layers(where, "expert_hidden", self.expert_hidden, "[256, 128]")
 
 
 @register("ple", PLEParams, paper="PLE (Tang et al., RecSys 2020)")
 class PLE(nn.Module):
     def __init__(self, schema: Schema, p: PLEParams):
         super().__init__()
-        p.validate("model.params")
         S = schema.num_scenarios
         self.num_scenarios = S
         self.embedding = FeatureEmbedding(schema, p.embed_dim)

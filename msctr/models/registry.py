@@ -7,6 +7,7 @@ Every model module registers itself with `@register(...)`; `build` validates a r
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -45,18 +46,34 @@ class ModelParams:
     embed_dim: int = 16
     drop: list[str] = field(default_factory=list)  # ablation switches turned off
 
+    def validate(self, where: str) -> None:
+        """The rules every model's params share, then the model's own `check`.
 
-def check_mlp_params(
-    where: str, key: str, layers: list[int], other_layers: list[int], dropout: float, example: str
-) -> None:
-    """The checks the MLP-shaped models share: `key` lists at least one layer, every layer
-    size (`layers` and `other_layers`) is positive, dropout is in [0, 1)."""
+        Every integer (or list of integers) param is a size or a count, so at least 1; every
+        param named `*dropout` is a rate in [0, 1). Run once, where the params are parsed.
+        """
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name.endswith("dropout") and isinstance(v, float) and not 0.0 <= v < 1.0:
+                raise UserError(f"{where}.{f.name} must be in [0, 1), got {v}")
+            if _is_int(v) and v < 1:
+                raise UserError(f"{where}.{f.name} must be at least 1, got {v}")
+            if isinstance(v, list) and any(_is_int(x) and x < 1 for x in v):
+                raise UserError(f"{where}.{f.name}: sizes must be positive integers, got {v}")
+        self.check(where)
+
+    def check(self, where: str) -> None:
+        """A model's own rules beyond the shared ones (e.g. two values that must agree)."""
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def need_layers(where: str, key: str, layers: list[int], example: str) -> None:
+    """`key` must list at least one layer size."""
     if not layers:
         raise UserError(f"{where}.{key} needs at least one layer size, e.g. {example}")
-    if any(h < 1 for h in [*layers, *other_layers]):
-        raise UserError(f"{where}: layer sizes must be positive integers")
-    if not 0.0 <= dropout < 1.0:
-        raise UserError(f"{where}.dropout must be in [0, 1), got {dropout}")
 
 
 @dataclass
@@ -125,7 +142,12 @@ def check_switches(spec: ModelSpec, drop: list[str]) -> None:
 
 def build(name: str, schema: Schema, params: dict | ModelParams | None = None) -> nn.Module:
     spec = get_spec(name)
-    p = params if isinstance(params, ModelParams) else parse_params(name, params)
+    if isinstance(params, ModelParams):
+        params.validate("model.params")
+        check_switches(spec, params.drop)
+        p = params
+    else:
+        p = parse_params(name, params)
     if spec.needs_sequences and not schema.sequences:
         raise UserError(
             f"model '{name}' needs behavior sequences, but dataset '{schema.source}' has none; "

@@ -21,7 +21,7 @@ from msctr.data.batch import Batch
 from msctr.data.schema import Schema
 from msctr.errors import UserError
 from msctr.models.layers import MLP, Dropout, FeatureEmbedding
-from msctr.models.registry import ModelParams, register
+from msctr.models.registry import ModelParams, need_layers, register
 
 
 @dataclass
@@ -39,6 +39,11 @@ class SFPNetParams(ModelParams):
     prior_fields: list[str] = field(default_factory=list)  # sparse fields joining s_m
     scenario_in_fields: bool = False  # also feed the scenario embedding as an ordinary x_i
     sequences: list[str] = field(default_factory=list)  # behavior sequences to use; [] = all
+
+    def check(self, where: str) -> None:
+        need_layers(where, "hidden", self.hidden, "[256, 128, 64]")
+        if self.dap_eps <= 0:  # the std's square root needs it above 0 where a variance is 0
+            raise UserError(f"{where}.dap_eps must be positive, got {self.dap_eps}")
 
 
 def distribution_aware_pooling(

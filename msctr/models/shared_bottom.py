@@ -14,7 +14,7 @@ from torch import nn
 from msctr.data.batch import Batch
 from msctr.data.schema import Schema
 from msctr.models.layers import MLP, FeatureEmbedding, ScenarioMLP
-from msctr.models.registry import ModelParams, check_mlp_params, register
+from msctr.models.registry import ModelParams, need_layers, register
 
 
 @dataclass
@@ -24,15 +24,8 @@ class SharedBottomParams(ModelParams):
     dropout: float = 0.1
     batch_norm: bool = True  # in the shared bottom only; the towers see one scenario each
 
-    def validate(self, where: str) -> None:
-        check_mlp_params(
-            where,
-            "bottom_hidden",
-            self.bottom_hidden,
-            self.tower_hidden,
-            self.dropout,
-            "[256, 128]",
-        )
+    def check(self, where: str) -> None:
+        need_layers(where, "bottom_hidden", self.bottom_hidden, "[256, 128]")
 
 
 @register(
@@ -41,7 +34,6 @@ class SharedBottomParams(ModelParams):
 class SharedBottom(nn.Module):
     def __init__(self, schema: Schema, p: SharedBottomParams):
         super().__init__()
-        p.validate("model.params")
         self.embedding = FeatureEmbedding(schema, p.embed_dim)
         in_dim = self.embedding.num_fields * p.embed_dim
         self.bottom = MLP(in_dim, p.bottom_hidden, p.dropout, p.batch_norm)

@@ -22,7 +22,7 @@ from msctr.data.batch import Batch
 from msctr.data.schema import Schema
 from msctr.errors import UserError
 from msctr.models.layers import MLP, Dropout, FeatureEmbedding, ScenarioGroups
-from msctr.models.registry import ModelParams, check_mlp_params, register
+from msctr.models.registry import ModelParams, need_layers, register
 
 
 class _ScenarioBatchNorm(torch.autograd.Function):
@@ -139,10 +139,8 @@ class STARParams(ModelParams):
     pn_hidden: bool = False  # also a PN after each star FC layer (BN's usual place)
     scenario_in_main: bool = False  # paper: the scenario feeds the auxiliary network only
 
-    def validate(self, where: str) -> None:
-        check_mlp_params(
-            where, "hidden", self.hidden, self.aux_hidden, self.dropout, "[256, 128, 64]"
-        )
+    def check(self, where: str) -> None:
+        need_layers(where, "hidden", self.hidden, "[256, 128, 64]")
         if not 0.0 < self.pn_momentum <= 1.0:
             raise UserError(f"{where}.pn_momentum must be in (0, 1], got {self.pn_momentum}")
         if self.pn_eps <= 0:
@@ -153,7 +151,6 @@ class STARParams(ModelParams):
 class STAR(nn.Module):
     def __init__(self, schema: Schema, p: STARParams):
         super().__init__()
-        p.validate("model.params")
         S = schema.num_scenarios
         self.num_scenarios = S
         self.embedding = FeatureEmbedding(schema, p.embed_dim, include_scenario=p.scenario_in_main)
