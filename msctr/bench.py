@@ -45,7 +45,7 @@ from msctr.evaluate.metrics import auc
 from msctr.io import write_json
 from msctr.models.registry import build, parse_params, split_output
 from msctr.recipe import ModelEntry, Recipe
-from msctr.train.engine import keep_freed_memory
+from msctr.train.engine import keep_freed_memory, model_dir
 
 # name -> (precision, compiled)
 VARIANTS: dict[str, tuple[str, bool]] = {
@@ -288,11 +288,18 @@ def load_model(
     recipe: Recipe, entry: ModelEntry, schema: Schema, seed: int
 ) -> tuple[torch.nn.Module, str]:
     model = build(entry.name, schema, parse_params(entry.name, entry.params))
-    ckpt = recipe.run_dir / entry.key / f"seed_{seed}" / "best.pt"
+    ckpt = model_dir(recipe.run_dir, entry.key) / f"seed_{seed}" / "best.pt"
     if not ckpt.is_file():
         return model, f"freshly initialised (no checkpoint at {ckpt})"
     try:
-        model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or not a checkpoint: torch raises several types
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(
+            f"{ckpt} is not a readable checkpoint ({first[:160]}); retrain the recipe"
+        ) from None
+    try:
+        model.load_state_dict(state)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise UserError(

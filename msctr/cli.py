@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import shutil
+import signal
 import sys
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from msctr.errors import UserError
+from msctr.errors import Interrupted, UserError
 
 # outside a terminal (logs, CI) rich would wrap tables at 80 columns; keep them readable
 console = Console() if sys.stdout.isatty() else Console(width=200)
@@ -37,20 +35,18 @@ Sets = Annotated[
 ]
 
 
+Overwrite = Annotated[
+    bool,
+    typer.Option(
+        help="Replace --out even when it is not a dataset msctr prepared (never '.', home, "
+        "the input, or a folder holding one of them)."
+    ),
+]
+
+
 def report_prepared(schema, out: Path) -> None:
     print_scenario_stats(schema)
     console.print(f"[green]wrote[/] {out}")
-
-
-@contextlib.contextmanager
-def scratch_dir(out: Path):
-    """A work folder beside the output (same disk, so big intermediates fit), always removed."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.raw.", dir=out.parent))
-    try:
-        yield work
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def print_scenario_stats(schema) -> None:
@@ -85,20 +81,23 @@ def prepare_synthetic(
     rows: Annotated[int, typer.Option(help="Number of impressions to generate.")] = 200_000,
     scenarios: Annotated[int, typer.Option(help="Number of explicit scenarios.")] = 5,
     seed: Annotated[int, typer.Option(help="Random seed of the generator.")] = 0,
+    overwrite: Overwrite = False,
 ) -> None:
     """Generate planted-signal data (known click probabilities) and prepare it.
 
     Example: msctr prepare synthetic --out data/synthetic --rows 200000 --scenarios 5 --seed 0
     """
-    from msctr.data.prepare import prepare
+    from msctr.data.prepare import check_out, prepare
     from msctr.data.sources.synthetic import generate
 
     if rows < 1000:
         raise UserError(f"--rows must be at least 1000 (got {rows}) so every split has rows")
     if scenarios < 1:
         raise UserError(f"--scenarios must be at least 1 (got {scenarios})")
+    check_out(out, overwrite)  # before the generator's minutes, not after
     with console.status("generating and preparing synthetic data"):
-        schema = prepare(generate(rows=rows, scenarios=scenarios, seed=seed), out, seed=seed)
+        table = generate(rows=rows, scenarios=scenarios, seed=seed)
+        schema = prepare(table, out, seed=seed, overwrite=overwrite)
     report_prepared(schema, out)
 
 
@@ -117,15 +116,17 @@ def prepare_table(
     order: Annotated[str | None, typer.Option(help="Column giving log order.")] = None,
     split: Annotated[str, typer.Option(help="sequential | random")] = "sequential",
     seed: Annotated[int, typer.Option(help="Seed for a random split.")] = 0,
+    overwrite: Overwrite = False,
 ) -> None:
     """Prepare any table given a field map.
 
     Example: msctr prepare table clicks.csv --label click --scenario tab --sparse user,item,cat
     --dense price --user user --order ts --out data/mine
     """
-    from msctr.data.prepare import prepare
+    from msctr.data.prepare import check_out, prepare
     from msctr.data.sources.table import read_table
 
+    check_out(out, overwrite, inputs=(path,))
     table = read_table(
         path,
         label=label,
@@ -137,7 +138,7 @@ def prepare_table(
         order=order,
         split=split,
     )
-    schema = prepare(table, out, seed=seed, materialize=True)
+    schema = prepare(table, out, seed=seed, materialize=True, overwrite=overwrite)
     report_prepared(schema, out)
 
 
@@ -164,18 +165,23 @@ def prepare_kuairand(
     cache_dir: Annotated[
         Path | None, typer.Option(help="Download cache (default $MSCTR_CACHE or ~/.cache/msctr).")
     ] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """KuaiRand from the files its owners publish, in the HierRec or Scenario-Wise Rec setup.
 
     Example: msctr prepare kuairand --variant 1k --setup hierrec --out data/kuairand-1k
     """
 
-    from msctr.data.download import fetch
-    from msctr.data.prepare import prepare
+    from msctr.data.download import cache_root, fetch
+    from msctr.data.prepare import check_out, prepare
     from msctr.data.sources import kuairand
+    from msctr.io import os_errors, scratch_dir
 
     if variant not in kuairand.VARIANTS:
         raise UserError(f"--variant must be one of {', '.join(kuairand.VARIANTS)}, got {variant!r}")
+    out = out or Path(f"data/kuairand-{variant}-{setup}")
+    # before a download, not after
+    check_out(out, overwrite, inputs=(raw_dir, cache_root(cache_dir)))
     archive_md5 = None
     if raw_dir is None:
         archive = kuairand.archive(variant)
@@ -187,9 +193,8 @@ def prepare_kuairand(
 
             raw_dir = fetch(archive, cache_dir, progress=progress)
         archive_md5 = archive.md5
-    out = out or Path(f"data/kuairand-{variant}-{setup}")
     fields = tuple(c.strip() for c in seq_fields.split(",") if c.strip())
-    with scratch_dir(out) as work:
+    with os_errors("prepare"), scratch_dir(out) as work:
         with console.status(f"reading KuaiRand-{variant} and preparing ({setup})"):
             table = kuairand.load(
                 raw_dir,
@@ -202,7 +207,7 @@ def prepare_kuairand(
                 archive_md5=archive_md5,
                 work_dir=work,
             )
-            schema = prepare(table, out, seed=seed)
+            schema = prepare(table, out, seed=seed, overwrite=overwrite)
     report_prepared(schema, out)
 
 
@@ -222,18 +227,21 @@ def prepare_aliccp(
     seq_len: Annotated[int, typer.Option(help="Entries kept per history; 0: none.")] = 20,
     dense: Annotated[bool, typer.Option(help="Add the D-value columns as dense inputs.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the val split.")] = 0,
+    overwrite: Overwrite = False,
 ) -> None:
     """Ali-CCP from the raw Tianchi files (streamed), or from the processed 33-column CSVs.
 
     Example: msctr prepare aliccp --raw-dir ~/data/ali-ccp --out data/aliccp
     """
 
-    from msctr.data.prepare import prepare
+    from msctr.data.prepare import check_out, prepare
     from msctr.data.sources import aliccp
+    from msctr.io import os_errors, scratch_dir
 
     if (raw_dir is None) == (processed_dir is None):
         raise UserError("give exactly one of --raw-dir (raw Ali-CCP files) or --processed-dir")
-    with scratch_dir(out) as work:
+    check_out(out, overwrite, inputs=(raw_dir, processed_dir))
+    with os_errors("prepare"), scratch_dir(out) as work:
         with console.status("reading Ali-CCP and preparing"):
             if raw_dir is not None:
                 table = aliccp.load(
@@ -245,7 +253,7 @@ def prepare_aliccp(
                     seed=seed,
                     work_dir=work,
                 )
-                schema = prepare(table, out, seed=seed)
+                schema = prepare(table, out, seed=seed, overwrite=overwrite)
             else:
                 table = aliccp.load_processed(
                     processed_dir,
@@ -254,7 +262,7 @@ def prepare_aliccp(
                     dense=dense,
                     seed=seed,
                 )
-                schema = prepare(table, out, seed=seed, materialize=True)
+                schema = prepare(table, out, seed=seed, materialize=True, overwrite=overwrite)
     report_prepared(schema, out)
 
 
@@ -284,6 +292,14 @@ def train(
 @app.command("eval")
 def eval_(
     run_dir: Annotated[Path, typer.Argument(help="A run folder made by `msctr train`.")],
+    partial: Annotated[
+        bool,
+        typer.Option(help="Evaluate although some seeds' runs are missing (named in the output)."),
+    ] = False,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="The prepared dataset, if it moved since training."),
+    ] = None,
 ) -> None:
     """Metrics, seed statistics and significance for a finished run.
 
@@ -293,7 +309,7 @@ def eval_(
 
     if not run_dir.is_dir():
         raise UserError(f"run folder '{run_dir}' does not exist; train a recipe first")
-    render_table(summarize(run_dir), console)
+    render_table(summarize(run_dir, partial=partial, data=data), console)
     console.print(f"wrote {run_dir / 'results.json'} and {run_dir / 'report.md'}")
 
 
@@ -380,15 +396,33 @@ def bench_inference(
     render(run_bench(r, cfg, console), console)
 
 
+def _interrupt(signum: int, frame) -> None:
+    raise Interrupted(signum)
+
+
 def main() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
     try:
         app()
     except UserError as e:
         err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(1)
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        sys.exit(130)
+    except OSError as e:
+        from msctr.io import os_error_message
+
+        message = os_error_message(e)
+        if message is None:
+            raise
+        err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except Interrupted as e:
+        name = signal.Signals(e.signum).name
+        err_console.print(
+            f"interrupted ({name}): no file was left half-written",
+            highlight=False,
+        )
+        sys.exit(128 + e.signum)
 
 
 if __name__ == "__main__":

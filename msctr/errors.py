@@ -8,3 +8,16 @@ any other exception is a bug and keeps its traceback.
 
 class UserError(Exception):
     """Bad input: the message names the problem and the fix."""
+
+
+class Interrupted(BaseException):
+    """Ctrl-C (SIGINT) or SIGTERM, raised by the CLI's signal handler.
+
+    A BaseException, like KeyboardInterrupt, so `except Exception` never swallows it and
+    cleanup written as `except BaseException` / `finally` runs; not a KeyboardInterrupt,
+    which the CLI framework would turn into a silent exit.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -24,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from msctr.errors import UserError
+from msctr.io import atomic_dir, os_errors, sweep_stale
 
 CACHE_ENV = "MSCTR_CACHE"
 CHUNK = 1 << 20
@@ -159,23 +158,16 @@ def unpack(archive: Archive, path: Path, into: Path) -> Path:
     marker = into / MARKER
     if marker.is_file() and marker.read_text().strip() == archive.md5:
         return into
-    into.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{into.name}.", dir=into.parent))
+    sweep_stale(into.parent, into.name)
     try:
-        with tarfile.open(path, "r:*") as tar:
-            tar.extractall(tmp, filter="data")
-        (tmp / MARKER).write_text(archive.md5 + "\n")
-        if into.exists():
-            shutil.rmtree(into)
-        tmp.rename(into)
+        with os_errors(f"unpacking {path.name}"), atomic_dir(into) as tmp:
+            with tarfile.open(path, "r:*") as tar:
+                tar.extractall(tmp, filter="data")
+            (tmp / MARKER).write_text(archive.md5 + "\n")
     except (tarfile.TarError, EOFError, OSError) as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(
             f"cannot unpack {path} ({e}); delete it and run again, or {_manual(archive)}"
         ) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return into
 
 

@@ -20,6 +20,7 @@ from msctr.data import schema as S
 from msctr.data.batch import Batch
 from msctr.data.schema import Schema
 from msctr.errors import UserError
+from msctr.io import reading
 
 
 def _fixed_list(col: pa.ChunkedArray, width: int) -> np.ndarray:
@@ -139,6 +140,9 @@ class Columns:
                 yield self.batch(slice(start, start + batch_size))
 
 
+REPREPARE = "re-run `msctr prepare` for this dataset"
+
+
 def split_path(folder: str | Path, split: str) -> Path:
     path = Path(folder) / f"{split}.parquet"
     if not path.is_file():
@@ -159,13 +163,21 @@ def load_columns(
     folder: str | Path, split: str, schema: Schema, limit: int | None = None
 ) -> Columns:
     """Read a whole split into memory as column tensors (first `limit` rows if given)."""
-    pf = pq.ParquetFile(split_path(folder, split))
-    if limit is None:
-        table = pf.read(columns=model_columns(schema))
-    else:
-        table = pa.Table.from_batches(
-            [next(pf.iter_batches(batch_size=limit, columns=model_columns(schema)))]
-        )
+    path = split_path(folder, split)
+    with reading(path, REPREPARE):
+        pf = pq.ParquetFile(path)
+        missing = [c for c in model_columns(schema) if c not in pf.schema_arrow.names]
+        if missing:
+            raise UserError(
+                f"'{path}' lacks column(s) {', '.join(missing)} that its schema.json names; "
+                f"{REPREPARE}"
+            )
+        if limit is None:
+            table = pf.read(columns=model_columns(schema))
+        else:
+            table = pa.Table.from_batches(
+                [next(pf.iter_batches(batch_size=limit, columns=model_columns(schema)))]
+            )
     return Columns.from_arrow(table, schema)
 
 
@@ -183,10 +195,12 @@ def load_eval_columns(folder: str | Path, split: str, schema: Schema, limit: int
         )
         if has
     ]
-    frame = pl.scan_parquet(split_path(folder, split)).select(wanted)
+    path = split_path(folder, split)
+    frame = pl.scan_parquet(path).select(wanted)
     if limit is not None:
         frame = frame.head(limit)
-    return frame.collect()
+    with reading(path, REPREPARE):
+        return frame.collect()
 
 
 def stream_batches(
@@ -201,7 +215,9 @@ def stream_batches(
 ) -> Iterator[Batch]:
     """Batches from row groups read one at a time; with shuffle, row-group order is permuted and
     rows are mixed in a buffer of about `buffer_rows` rows. Memory stays bounded by the buffer."""
-    pf = pq.ParquetFile(split_path(folder, split))
+    path = split_path(folder, split)
+    with reading(path, REPREPARE):
+        pf = pq.ParquetFile(path)
     cols = model_columns(schema)
     groups = np.arange(pf.num_row_groups)
     rng = np.random.default_rng(seed * 1_000_003 + epoch)
@@ -219,7 +235,9 @@ def stream_batches(
         return data.take(slice(usable, len(data)))
 
     for g in groups:
-        part = Columns.from_arrow(pf.read_row_group(int(g), columns=cols), schema)
+        with reading(path, REPREPARE):  # a damaged row group surfaces only when read
+            table = pf.read_row_group(int(g), columns=cols)
+        part = Columns.from_arrow(table, schema)
         buffer = part if buffer is None else Columns.concat([buffer, part])
         if len(buffer) >= buffer_rows:
             buffer = yield from emit(buffer, final=False)

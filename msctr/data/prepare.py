@@ -2,14 +2,17 @@
 
 Output folder: train/val/test.parquet (row groups), encoders.parquet, schema.json. The folder is
 built under a temporary name and renamed into place at the end, so a failed or killed prepare
-never leaves a dataset that looks complete. Same input and seed -> byte-identical files.
+never leaves a dataset that looks complete, and an existing --out is replaced only when it is a
+dataset msctr prepared (or the user says --overwrite). Same input and seed -> byte-identical files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import shutil
-import tempfile
+import json
+import math
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -19,8 +22,15 @@ import polars as pl
 
 from msctr.data import schema as S
 from msctr.data.schema import DenseField, Schema, Sequence, SequenceField, SparseField
-from msctr.data.sources.base import SourceTable
+from msctr.data.sources.base import FieldMap, SourceTable
 from msctr.errors import UserError
+from msctr.io import (
+    atomic_dir,
+    os_errors,
+    reading,
+    scratch_dir,
+    sweep_stale,
+)
 
 ROW = "__row"
 SPLIT = "__split"
@@ -29,6 +39,71 @@ ROW_GROUP_SIZE = 100_000
 INT_DTYPES = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32)
 # integer vocabularies spanning fewer raw values than this are looked up in a dense table
 DENSE_LOOKUP_LIMIT = 1 << 25
+PREPARED_FILES = frozenset(
+    {"train.parquet", "val.parquet", "test.parquet", "encoders.parquet", "schema.json"}
+)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def is_dataset(folder: Path) -> bool:
+    """Whether `folder` holds a schema.json that msctr wrote (it has "version" and "source")."""
+    try:
+        d = json.loads((folder / "schema.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and "version" in d and "source" in d
+
+
+def check_out(
+    out: str | Path, overwrite: bool = False, inputs: tuple[Path | None, ...] = ()
+) -> Path:
+    """Refuse an output folder whose replacement would lose something of the user's; sweep the
+    temporary folders that killed earlier runs left beside it. Returns the folder to write.
+
+    Replaced without asking: nothing there, an empty folder, or a dataset msctr prepared and
+    nothing else. With `overwrite`: anything, except the current folder, home, the `inputs`
+    being read, and folders holding any of them (one typo there would delete far too much).
+    """
+    given = str(out)
+    out = Path(os.path.abspath(out))
+    hint = "give a new folder for the dataset, e.g. --out data/mine"
+    dangers = [("the current folder", Path.cwd())]
+    dangers += [(f"the input '{p}'", p) for p in inputs if p is not None]
+    with contextlib.suppress(RuntimeError):  # no home folder known: nothing to protect
+        dangers.append(("your home folder", Path.home()))
+    for name, danger in dangers:
+        danger = danger.resolve()
+        if out.resolve() == danger:
+            raise UserError(f"--out '{given}' is {name}; {hint}")
+        if danger.is_relative_to(out.resolve()):
+            raise UserError(f"--out '{given}' contains {name}; {hint}")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"--out '{given}': '{parent}' is a file, not a folder; {hint}")
+            break
+    sweep_stale(out.parent, out.name)
+    sweep_stale(out.parent, f"{out.name}.work")
+    if overwrite or not os.path.lexists(out):
+        return out
+    again = "or add --overwrite to replace"
+    if out.is_symlink():
+        raise UserError(f"--out '{given}' is a symbolic link; {hint}, {again} the link")
+    if not out.is_dir():
+        raise UserError(f"--out '{given}' is a file; {hint}, {again} the file")
+    with os_errors("prepare"):
+        entries = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
+    extra = [e for e in entries if e not in PREPARED_FILES]
+    if extra:
+        raise UserError(
+            f"--out '{given}' holds files that are not part of a prepared dataset "
+            f"(e.g. '{extra[0]}'); {hint}, {again} everything in it"
+        )
+    if entries and not is_dataset(out):
+        raise UserError(
+            f"--out '{given}' holds a schema.json that msctr did not write; {hint}, {again} it"
+        )
+    return out
 
 
 class _Lookup:
@@ -173,8 +248,55 @@ def gathered(index: str, table: pl.DataFrame, columns: list[str]) -> list[pl.Exp
     return exprs
 
 
+def _first_repeat(names: list[str]) -> str | None:
+    seen: set[str] = set()
+    for c in names:
+        if c in seen:
+            return c
+        seen.add(c)
+    return None
+
+
+def _check_roles(f: FieldMap) -> None:
+    """One column, one role: a repeat would be silently dropped, the label as an input would
+    leak the answer, and a field named like a prepared column would overwrite it."""
+    for kind, names in (("sparse", f.sparse), ("dense", f.dense), ("partition", f.partition)):
+        if (c := _first_repeat(names)) is not None:
+            raise UserError(f"column '{c}' is listed twice among the {kind} fields; list it once")
+    if both := [c for c in f.sparse if c in f.dense]:
+        raise UserError(
+            f"column '{both[0]}' is given both as a sparse and as a dense field; give it one role"
+        )
+    seq_cols = [c for seq in f.sequences for c in seq.columns]
+    roles = {
+        "the scenario column": [f.scenario],
+        "a sparse field": f.sparse,
+        "a dense field": f.dense,
+        "a sequence column": seq_cols,
+        "the user column": [f.user],
+        "the session column": [f.session],
+        "the order column": [f.order],
+        "a partition field": f.partition,
+        "the true-probability column": [f.true_prob],
+    }
+    for role, names in roles.items():
+        if f.label in names:
+            raise UserError(
+                f"the label column '{f.label}' is also given as {role}; the label can have no "
+                "other role, choose another column"
+            )
+    reserved = {S.LABEL, S.SCENARIO, S.USER, S.SESSION, S.PARTITION, S.TRUE_PROB}
+    reserved |= {f"{seq.name}_len" for seq in f.sequences}
+    for c in [*f.sparse, *f.dense, *seq_cols]:
+        if c in reserved:
+            raise UserError(
+                f"field '{c}' has the name of a column msctr writes itself; rename it in the table"
+            )
+
+
 def _check_columns(table: SourceTable, columns: set[str]) -> None:
     f = table.fields
+    _check_roles(f)
     needed = {f.label, f.scenario, *f.sparse, *f.dense, *f.partition}
     needed |= {c for seq in f.sequences for c in seq.columns}
     needed |= {c for c in (f.user, f.session, f.true_prob, f.order, table.split_column) if c}
@@ -192,10 +314,25 @@ def _check_columns(table: SourceTable, columns: set[str]) -> None:
                 )
 
 
-def _check_labels(frame: pl.LazyFrame, label: str) -> None:
+def _label_codes(label: str, dtype: pl.DataType) -> pl.Expr:
+    """The label as int8 0/1: integers 0/1, floats 0.0/1.0, booleans, and the texts 0/1 and
+    true/false are the ordinary encodings; anything else (2, 0.5, NaN, "yes", null) -> null."""
+    col = pl.col(label)
+    if dtype == pl.Boolean:
+        return col.cast(pl.Int8)
+    if dtype.is_numeric():  # no cast: 300 or 1e10 would overflow int8 before the check
+        return pl.when(col == 1).then(pl.lit(1, pl.Int8)).when(col == 0).then(pl.lit(0, pl.Int8))
+    if dtype == pl.String:
+        text = col.str.strip_chars().str.to_lowercase()
+        codes = {"0": 0, "1": 1, "false": 0, "true": 1}
+        return text.replace_strict(codes, default=None, return_dtype=pl.Int8)
+    return pl.lit(None, dtype=pl.Int8)
+
+
+def _check_labels(frame: pl.LazyFrame, label: str, codes: pl.Expr) -> None:
     bad = (
-        frame.select(pl.col(label))
-        .filter(pl.col(label).is_null() | ~pl.col(label).is_in([0, 1]))
+        frame.select(pl.col(label), codes.alias("__code"))
+        .filter(pl.col("__code").is_null())
         .select(pl.len(), pl.col(label).first())
         .collect()
     )
@@ -204,6 +341,76 @@ def _check_labels(frame: pl.LazyFrame, label: str) -> None:
             f"label column '{label}' has {bad.item(0, 0)} value(s) outside {{0, 1}} "
             f"(e.g. {bad.item(0, 1)!r}); map the labels to 0/1 before preparing"
         )
+
+
+def _dense_values(frame: pl.LazyFrame, dense: list[str], types: pl.Schema) -> dict[str, pl.Expr]:
+    """Each dense column as float64 (null and NaN = missing); text that is not a number, or a
+    type that is not numeric, is refused with the column and an example."""
+    out = {}
+    for c in dense:
+        dtype = types[c]
+        if dtype.is_numeric() or dtype in (pl.Boolean, pl.Null):
+            out[c] = pl.col(c).cast(pl.Float64)
+        elif dtype == pl.String:
+            out[c] = pl.col(c).str.strip_chars().cast(pl.Float64, strict=False)
+        else:
+            raise UserError(f"dense column '{c}' has type {dtype}, not numbers; give it as sparse")
+    texts = [c for c in dense if types[c] == pl.String]
+    if texts:
+        bad = {c: pl.col(c).is_not_null() & out[c].is_null() for c in texts}
+        found = frame.select(
+            [bad[c].sum().alias(f"{c}__n") for c in texts]
+            + [pl.col(c).filter(bad[c]).first().alias(f"{c}__e") for c in texts]
+        ).collect()
+        for c in texts:
+            if n := found.item(0, f"{c}__n"):
+                raise UserError(
+                    f"dense column '{c}' has {n} value(s) that are not numbers "
+                    f"(e.g. {found.item(0, f'{c}__e')!r}); fix them, or give the column as sparse"
+                )
+    return out
+
+
+def _dense_fields(frame: pl.LazyFrame, values: dict[str, pl.Expr]) -> list[DenseField]:
+    """Mean and std of each dense column over its finite training values (NaN and null are
+    missing); an infinite value in any split is refused: it is almost always a bug upstream,
+    and it would turn the whole column into +-inf."""
+    infinite = (
+        frame.group_by(SPLIT)
+        .agg(x.is_infinite().sum().alias(c) for c, x in values.items())
+        .collect()
+    )
+    # the statistics in a select over the training rows, as before NaN was handled: the same
+    # summation, so datasets without NaN keep bit-identical schema.json values
+    finite = [x.filter(x.is_finite()) for x in values.values()]
+    stats = (
+        frame.filter(pl.col(SPLIT) == "train")
+        .select(
+            [x.mean().alias(f"{c}__m") for c, x in zip(values, finite, strict=True)]
+            + [x.std().alias(f"{c}__s") for c, x in zip(values, finite, strict=True)]
+        )
+        .collect()
+    )
+    per_split = {row[SPLIT]: row for row in infinite.iter_rows(named=True)}
+    fields = []
+    for c in values:
+        infs = [(sp, per_split[sp][c]) for sp in S.SPLITS if sp in per_split]
+        if where := [f"{n} in {sp}" for sp, n in infs if n]:
+            raise UserError(
+                f"dense column '{c}' has infinite values ({', '.join(where)}); fix the source, "
+                "or write them as empty/NaN to have them treated as missing"
+            )
+        m, s = stats.item(0, f"{c}__m"), stats.item(0, f"{c}__s")
+        if m is None:
+            raise UserError(f"dense field '{c}' has no values in the training rows")
+        s = s if s is not None and s > 0 else 1.0
+        if not (math.isfinite(m) and math.isfinite(s)):
+            raise UserError(
+                f"dense column '{c}' has values too large to standardize (mean {m}, std {s}); "
+                "rescale it (e.g. log) before preparing"
+            )
+        fields.append(DenseField(c, float(m), float(s)))
+    return fields
 
 
 def _assign_split(table: SourceTable, frame: pl.LazyFrame, n: int, seed: int) -> pl.LazyFrame:
@@ -237,49 +444,60 @@ def prepare(
     min_count: int = 1,
     row_group_size: int = ROW_GROUP_SIZE,
     materialize: bool = False,
+    overwrite: bool = False,
 ) -> Schema:
     """Split `table`, fit the encoders on its training rows, write the prepared dataset to `out`.
 
+    `out` must be new, empty or a dataset msctr prepared, unless `overwrite` (see `check_out`).
     With `materialize`, the source plan runs once into a temporary Parquet file next to `out`
     and every later pass (label check, one encoder fit per field, the split files) reads columns
     from it: for sources whose plan is expensive to re-run (CSV scans, joins, parsing), and the
     way to keep memory bounded, since each pass then streams from disk.
     """
+    out = check_out(out, overwrite)
     frame = table.frame
     _check_columns(table, set(frame.collect_schema().names()))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not materialize:
-        return _prepare(table, frame, out, seed, min_count, row_group_size)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.source.", dir=out.parent))
-    try:
-        source = work / "source.parquet"
-        frame.sink_parquet(
-            source, row_group_size=row_group_size, statistics=False, compression="lz4"
-        )
-        return _prepare(table, pl.scan_parquet(source), out, seed, min_count, row_group_size)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with os_errors("prepare"), atomic_dir(out) as tmp:
+        if not materialize:
+            return _prepare(table, frame, tmp, seed, min_count, row_group_size)
+        with scratch_dir(out) as work:
+            source = work / "source.parquet"
+            what = table.info.get("path", table.name)
+            with reading(what, "check that the file is complete and well-formed"):
+                with os_errors("prepare"):
+                    frame.sink_parquet(
+                        source, row_group_size=row_group_size, statistics=False, compression="lz4"
+                    )
+            return _prepare(table, pl.scan_parquet(source), tmp, seed, min_count, row_group_size)
 
 
 def _prepare(
     table: SourceTable,
     frame: pl.LazyFrame,
-    out: Path,
+    tmp: Path,
     seed: int,
     min_count: int,
     row_group_size: int,
 ) -> Schema:
+    """Everything after the source is readable; writes the dataset's files into `tmp`."""
     f = table.fields
-    _check_labels(frame, f.label)
+    types = frame.collect_schema()
+    n, null_scenarios = frame.select(pl.len(), pl.col(f.scenario).null_count()).collect().row(0)
+    if n == 0:
+        raise UserError(f"{table.name}: the table has no rows (only a header?); give rows")
+    label_codes = _label_codes(f.label, types[f.label])
+    _check_labels(frame, f.label, label_codes)
+    if null_scenarios:
+        raise UserError(
+            f"scenario column '{f.scenario}' has {null_scenarios} missing value(s); fill them "
+            "(e.g. with an 'unknown' scenario) or drop those rows"
+        )
+    dense_values = _dense_values(frame, f.dense, types)
 
     if f.order:
         frame = frame.sort(f.order, maintain_order=True)
     ordered = frame  # log order: what a sequential split slices
     frame = frame.with_row_index(ROW)
-    n = frame.select(pl.len()).collect().item()
-    if n == 0:
-        raise UserError(f"{table.name}: the table has no rows")
     frame = _assign_split(table, frame, n, seed)
     train = frame.filter(pl.col(SPLIT) == "train")
 
@@ -302,35 +520,25 @@ def _prepare(
     names = table.scenario_names or {}
     scenario_names = [str(names.get(v, v)) for v in scen_values.to_list()]
     vocabs = {c: Vocabulary.fit(train, c, min_count) for c in f.sparse}
-    dense_stats = (
-        train.select(
-            [pl.col(c).cast(pl.Float64).mean().alias(f"{c}__m") for c in f.dense]
-            + [pl.col(c).cast(pl.Float64).std().alias(f"{c}__s") for c in f.dense]
-        ).collect()
-        if f.dense
-        else None
-    )
-    dense_fields = []
-    for c in f.dense:
-        m, s = dense_stats[f"{c}__m"][0], dense_stats[f"{c}__s"][0]
-        if m is None:
-            raise UserError(f"dense field '{c}' has no values in the training rows")
-        dense_fields.append(DenseField(c, float(m), float(s) if s and s > 0 else 1.0))
+    dense_fields = _dense_fields(frame, dense_values) if f.dense else []
 
     # -- transform every split with the fitted encoders ---------------------------------------
     exprs: list[pl.Expr] = [
-        pl.col(f.label).cast(pl.Int8).alias(S.LABEL),
+        label_codes.alias(S.LABEL),
         # scenario ids 0..S-1 in sorted order of the training values (all values are seen)
         (Vocabulary(f.scenario, scen_values).encode(pl.col(f.scenario)) - 1).alias(S.SCENARIO),
     ]
     exprs += [vocabs[c].encode(pl.col(c)).alias(c) for c in f.sparse]
     exprs += [
-        ((pl.col(c).cast(pl.Float64) - d.mean) / d.std)
-        .fill_null(0.0)
+        # missing (null or NaN) -> the training mean, i.e. 0; the clip keeps a far outlier of
+        # val/test finite in float32
+        ((dense_values[c] - d.mean) / d.std)
         .fill_nan(0.0)
+        .fill_null(0.0)
+        .clip(-FLOAT32_MAX, FLOAT32_MAX)
         .cast(pl.Float32)
         .alias(c)
-        for c, d in zip(f.dense, dense_fields)
+        for c, d in zip(f.dense, dense_fields, strict=True)
     ]
     sequences = []
     for seq in f.sequences:
@@ -369,77 +577,63 @@ def _prepare(
         sliced = ordered.select(exprs).with_columns(part_vocab.encode(key).alias(S.PARTITION))
         bounds = {"train": (0, n_train), "val": (n_train, n_trval), "test": (n_trval, n)}
 
-    # -- write everything under a temporary folder, then move it into place --------------------
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; a dataset folder is not
-    try:
-        rows, counts, clicks = {}, {}, {}
-        for split in S.SPLITS:
-            if table.split == "sequential":
-                lo, hi = bounds[split]
-                part = sliced.slice(lo, hi - lo)
-            else:
-                part = encoded.filter(pl.col(SPLIT) == split).drop(SPLIT, ROW)
-            path = tmp / f"{split}.parquet"
-            part.sink_parquet(path, row_group_size=row_group_size, statistics=False)
-            stats = (
-                pl.scan_parquet(path)
-                .group_by(S.SCENARIO)
-                .agg(pl.len().alias("n"), pl.col(S.LABEL).cast(pl.Int64).sum().alias("c"))
-                .collect()
-            )
-            n_s = [0] * len(scen_values)
-            c_s = [0] * len(scen_values)
-            for s, cnt, clk in stats.iter_rows():
-                n_s[s], c_s[s] = cnt, clk
-            rows[split], counts[split], clicks[split] = sum(n_s), n_s, c_s
-            if rows[split] == 0:
-                raise UserError(f"the {split} split is empty; give more rows or other fractions")
-        pl.concat([v.frame() for v in vocabs.values()] + [part_vocab.frame()]).write_parquet(
-            tmp / "encoders.parquet", statistics=False
-        )
-        digest = hashlib.md5()
-        for split in S.SPLITS:
-            digest.update((tmp / f"{split}.parquet").read_bytes())
-        schema = Schema(
-            source=table.name,
-            num_scenarios=len(scen_values),
-            scenario_names=scenario_names,
-            sparse=[SparseField(c, vocabs[c].size) for c in f.sparse],
-            dense=dense_fields,
-            sequences=sequences,
-            partition_fields=part_fields,
-            num_partitions=part_vocab.size,
-            has_user=f.user is not None,
-            has_session=f.session is not None,
-            has_true_prob=f.true_prob is not None,
-            rows=rows,
-            scenario_counts=counts,
-            scenario_clicks=clicks,
-            info={
-                **table.info,
-                "split": table.split,
-                "split_fractions": list(table.split_fractions),
-                "seed": seed,
-                "min_count": min_count,
-                "label": f.label,
-                "scenario_column": f.scenario,
-                "user_column": f.user,
-                "session_column": f.session,
-                "encoders": "encoders.parquet",
-                "prepared_md5": digest.hexdigest(),
-            },
-        )
-        schema.save(tmp)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
+    # -- write everything into the temporary folder that `prepare` moves into place -----------
+    rows, counts, clicks = {}, {}, {}
+    for split in S.SPLITS:
+        if table.split == "sequential":
+            lo, hi = bounds[split]
+            part = sliced.slice(lo, hi - lo)
         else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            part = encoded.filter(pl.col(SPLIT) == split).drop(SPLIT, ROW)
+        path = tmp / f"{split}.parquet"
+        part.sink_parquet(path, row_group_size=row_group_size, statistics=False)
+        stats = (
+            pl.scan_parquet(path)
+            .group_by(S.SCENARIO)
+            .agg(pl.len().alias("n"), pl.col(S.LABEL).cast(pl.Int64).sum().alias("c"))
+            .collect()
+        )
+        n_s = [0] * len(scen_values)
+        c_s = [0] * len(scen_values)
+        for s, cnt, clk in stats.iter_rows():
+            n_s[s], c_s[s] = cnt, clk
+        rows[split], counts[split], clicks[split] = sum(n_s), n_s, c_s
+        if rows[split] == 0:
+            raise UserError(f"the {split} split is empty; give more rows or other fractions")
+    pl.concat([v.frame() for v in vocabs.values()] + [part_vocab.frame()]).write_parquet(
+        tmp / "encoders.parquet", statistics=False
+    )
+    digest = hashlib.md5()
+    for split in S.SPLITS:
+        digest.update((tmp / f"{split}.parquet").read_bytes())
+    schema = Schema(
+        source=table.name,
+        num_scenarios=len(scen_values),
+        scenario_names=scenario_names,
+        sparse=[SparseField(c, vocabs[c].size) for c in f.sparse],
+        dense=dense_fields,
+        sequences=sequences,
+        partition_fields=part_fields,
+        num_partitions=part_vocab.size,
+        has_user=f.user is not None,
+        has_session=f.session is not None,
+        has_true_prob=f.true_prob is not None,
+        rows=rows,
+        scenario_counts=counts,
+        scenario_clicks=clicks,
+        info={
+            **table.info,
+            "split": table.split,
+            "split_fractions": list(table.split_fractions),
+            "seed": seed,
+            "min_count": min_count,
+            "label": f.label,
+            "scenario_column": f.scenario,
+            "user_column": f.user,
+            "session_column": f.session,
+            "encoders": "encoders.parquet",
+            "prepared_md5": digest.hexdigest(),
+        },
+    )
+    schema.save(tmp)
     return schema

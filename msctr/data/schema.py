@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from msctr.errors import UserError
-from msctr.io import read_json, write_json
+from msctr.io import read_json, reading, write_json
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -119,10 +119,17 @@ class Schema:
                 f"no prepared dataset at '{folder}' (missing schema.json); "
                 "run `msctr prepare ...` first or fix the recipe's data path"
             )
-        d = read_json(path)
+        fix = "re-run `msctr prepare` for this dataset"
+        with reading(path, fix):
+            d = read_json(path)
+        if not isinstance(d, dict):
+            raise UserError(f"'{path}' is not an msctr schema (not a JSON object); {fix}")
         if d.get("version") != SCHEMA_VERSION:
             raise UserError(
                 f"{path} has schema version {d.get('version')}, this msctr reads "
                 f"{SCHEMA_VERSION}; re-run `msctr prepare`"
             )
-        return cls.from_dict(d)
+        try:
+            return cls.from_dict(d)
+        except (KeyError, TypeError) as e:
+            raise UserError(f"'{path}' is not a complete msctr schema ({e}); {fix}") from None

@@ -21,7 +21,7 @@ from msctr.data.schema import Schema
 from msctr.errors import UserError
 from msctr.evaluate import metrics as M
 from msctr.evaluate import stats as T
-from msctr.io import atomic_path, write_json, write_text
+from msctr.io import atomic_path, reading, write_json, write_text
 from msctr.recipe import Recipe, recipe_from_dict
 from msctr.train.engine import model_dir
 
@@ -52,29 +52,61 @@ class ModelRuns:
         return np.array([r[metric] for r in self.runs], dtype=np.float64)
 
     def predictions(self, seed: int) -> pl.DataFrame:
-        return pl.read_parquet(self.folder / f"seed_{seed}" / "predictions.parquet")
+        return read_predictions(self.folder / f"seed_{seed}" / "predictions.parquet")
 
 
-def load_run(run_dir: Path) -> tuple[Recipe, Schema]:
+PREDICTION_COLUMNS = (S.LABEL, S.SCENARIO, "prob")
+
+
+def read_predictions(path: Path) -> pl.DataFrame:
+    with reading(path, "retrain this model and seed (or remove the run folder)"):
+        pred = pl.read_parquet(path)
+    missing = [c for c in PREDICTION_COLUMNS if c not in pred.columns]
+    if missing:
+        raise UserError(
+            f"'{path}' lacks column(s) {', '.join(missing)}; retrain this model and seed"
+        )
+    return pred
+
+
+def load_run(run_dir: Path, data: Path | None = None) -> tuple[Recipe, Schema]:
+    """The run's recorded recipe and its dataset's schema (`data` overrides the recorded
+    dataset folder, e.g. after moving the project)."""
     path = run_dir / "recipe.yaml"
     if not path.is_file():
         raise UserError(
             f"'{run_dir}' is not a training run (no recipe.yaml); run `msctr train` first"
         )
-    recipe = recipe_from_dict(yaml.safe_load(path.read_text()), where="recipe")
-    return recipe, Schema.load(recipe.data)
+    with reading(path, "restore it or retrain the recipe into a fresh run folder"):
+        raw = yaml.safe_load(path.read_text())
+    if not isinstance(raw, dict):
+        raise UserError(f"'{path}' is not a recipe (not a YAML mapping); retrain the recipe")
+    recipe = recipe_from_dict(raw, where=str(path))
+    folder = Path(data) if data is not None else Path(recipe.data)
+    if not folder.is_dir():
+        raise UserError(
+            f"the run's dataset '{folder}' (recorded in {path}) is not found from here; "
+            "run eval from the folder you trained in, or give --data PATH"
+        )
+    return recipe, Schema.load(folder)
 
 
-def collect(run_dir: Path, recipe: Recipe, schema: Schema) -> list[ModelRuns]:
-    out = []
+def collect(
+    run_dir: Path, recipe: Recipe, schema: Schema, partial: bool = False
+) -> tuple[list[ModelRuns], list[str]]:
+    """Every (model, seed) run the recipe asks for, with its test metrics, and the runs that
+    are missing. A missing run is an error unless `partial`: statistics over a silently
+    smaller sample of seeds would look like the recipe's and are not."""
+    out, missing = [], []
     for entry in recipe.models:
         folder = model_dir(run_dir, entry.key)
         seeds, runs = [], []
         for seed in recipe.train.seeds:
             pred_path = folder / f"seed_{seed}" / "predictions.parquet"
             if not pred_path.is_file():
+                missing.append(f"{entry.key} seed {seed}")
                 continue
-            m = run_metrics(pl.read_parquet(pred_path), schema.num_scenarios)
+            m = run_metrics(read_predictions(pred_path), schema.num_scenarios)
             write_json(folder / f"seed_{seed}" / "metrics.json", m)
             seeds.append(seed)
             runs.append(m)
@@ -82,7 +114,22 @@ def collect(run_dir: Path, recipe: Recipe, schema: Schema) -> list[ModelRuns]:
             out.append(ModelRuns(entry.key, entry.name, seeds, runs, folder))
     if not out:
         raise UserError(f"no finished runs under '{run_dir}' (no predictions.parquet); train first")
-    return out
+    if missing and not partial:
+        raise UserError(
+            f"{len(missing)} run(s) of the recipe have no predictions.parquet in '{run_dir}': "
+            f"{', '.join(missing)}; finish them with `msctr train`, or `msctr eval --partial` "
+            "to compare the finished seeds only"
+        )
+    rows = {f"{m.key} seed {s}": r["n"] for m in out for s, r in zip(m.seeds, m.runs)}
+    usual = max(set(rows.values()), key=list(rows.values()).count)
+    odd = [f"{run} has {n:,}" for run, n in rows.items() if n != usual]
+    if odd:
+        raise UserError(
+            f"the runs in '{run_dir}' scored different test sets ({'; '.join(odd)} test rows, "
+            f"the others {usual:,}); they come from different recipes or data — retrain the "
+            "recipe into a fresh run folder"
+        )
+    return out, missing
 
 
 def _pick_reference(model: ModelRuns, candidates: list[ModelRuns]) -> ModelRuns | None:
@@ -113,10 +160,10 @@ def compare(model: ModelRuns, ref: ModelRuns, alpha: float) -> dict:
     return out
 
 
-def summarize(run_dir: str | Path) -> dict:
+def summarize(run_dir: str | Path, partial: bool = False, data: Path | None = None) -> dict:
     run_dir = Path(run_dir)
-    recipe, schema = load_run(run_dir)
-    models = collect(run_dir, recipe, schema)
+    recipe, schema = load_run(run_dir, data)
+    models, missing = collect(run_dir, recipe, schema, partial)
     keys = [m.key for m in models]
     alpha = recipe.eval.significance
     base_key = recipe.eval.baseline or keys[0]
@@ -144,6 +191,7 @@ def summarize(run_dir: str | Path) -> dict:
         "alpha": alpha,
         "table_metrics": recipe.eval.metrics,
         "models": rows,
+        "missing_runs": missing,
     }
     if schema.has_true_prob:
         pred = models[0].predictions(models[0].seeds[0])
@@ -159,7 +207,10 @@ def summarize(run_dir: str | Path) -> dict:
 def plot_head_weights(model: ModelRuns, schema: Schema, run_dir: Path) -> Path | None:
     """HierRec's head-by-field weights per scenario (the paper's Figure 6), first seed."""
     run = model.folder / f"seed_{model.seeds[0]}" / "run.json"
-    report = json.loads(run.read_text()).get("model_report") if run.is_file() else None
+    if not run.is_file():
+        return None
+    with reading(run, "retrain this model and seed"):
+        report = json.loads(run.read_text()).get("model_report")
     if not report or "head_weights" not in report:
         return None
     import matplotlib
@@ -247,6 +298,8 @@ def render_table(result: dict, console: Console) -> None:
         table.add_row(*r, style="dim" if r[0] == BAYES else None)
     console.print(table)
     console.print(_legend(result))
+    if result.get("missing_runs"):
+        console.print(f"[bold yellow]{_partial(result)}[/]", highlight=False)
 
 
 def _legend(result: dict) -> str:
@@ -255,6 +308,13 @@ def _legend(result: dict) -> str:
     return (
         f"mean ± std over seeds; * = AUC differs from the best other model at p < {result['alpha']}"
         f" ({test}); RelaImpr relative to {result['relaimpr_base']}."
+    )
+
+
+def _partial(result: dict) -> str:
+    return (
+        f"PARTIAL: {len(result['missing_runs'])} run(s) of the recipe are missing and left out "
+        f"({', '.join(result['missing_runs'])}); statistics use the seeds listed per model."
     )
 
 
@@ -267,6 +327,8 @@ def render_markdown(result: dict) -> str:
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r + [""] * (len(header) - len(r))) + " |" for r in rows]
     lines += ["", _legend(result), ""]
+    if result.get("missing_runs"):
+        lines += [f"**{_partial(result)}**", ""]
     for fig in result.get("figures", []):
         lines += [f"![{fig}]({fig})", ""]
     lines += ["## Significance", ""]

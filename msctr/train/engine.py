@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import ctypes
+import io
 import json
 import math
 import random
@@ -32,7 +33,7 @@ from msctr.data.loader import Columns, load_columns, load_eval_columns, stream_b
 from msctr.data.schema import Schema
 from msctr.errors import UserError
 from msctr.evaluate.metrics import auc, logloss
-from msctr.io import atomic_path, write_text
+from msctr.io import atomic_path, sweep_stale, write_text
 from msctr.models.layers import FeatureEmbedding
 from msctr.models.registry import build, parse_params, split_output, training_loss
 from msctr.recipe import ModelEntry, Recipe, TrainConfig
@@ -244,15 +245,8 @@ class SplitData:
         train = load_columns(folder, "train", schema) if t.loader == "memory" else None
         val = load_columns(folder, "val", schema, limit=t.eval_rows)
         test = load_columns(folder, "test", schema, limit=t.eval_rows)
-        return cls(
-            schema,
-            folder,
-            train,
-            val,
-            test,
-            val.label.numpy().astype(np.int8),
-            load_eval_columns(folder, "test", schema, limit=t.eval_rows),
-        )
+        test_frame = load_eval_columns(folder, "test", schema, limit=t.eval_rows)
+        return cls(schema, folder, train, val, test, val.label.numpy().astype(np.int8), test_frame)
 
     def train_batches(self, recipe: Recipe, seed: int, epoch: int) -> Iterator[Batch]:
         t = recipe.train
@@ -305,6 +299,7 @@ def fit_one(
     # the compiled module shares the model's parameters; checkpoints come from `model`
     run = torch.compile(model) if t.compile else model
     run_dir.mkdir(parents=True, exist_ok=True)
+    sweep_stale(run_dir)  # a checkpoint half-written by a killed earlier run
     log_path = run_dir / "log.jsonl"
     log_path.write_text("")
     steps_per_epoch = -(-data.train_rows // t.batch_size)
@@ -354,8 +349,7 @@ def fit_one(
         if improved:
             best_score, best_epoch, waited = score, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
-            with atomic_path(run_dir / "best.pt") as tmp:
-                torch.save(best_state, tmp)
+            save_checkpoint(run_dir / "best.pt", best_state)
         else:
             waited += 1
         line = {
@@ -388,6 +382,15 @@ def fit_one(
     return summary
 
 
+def save_checkpoint(path: Path, state: dict) -> None:
+    # serialized in memory first: torch's file writer reports a full disk as a RuntimeError
+    # about stream positions, a plain file write as the OSError it is
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getbuffer())
+
+
 def write_predictions(path: Path, test_frame: pl.DataFrame, prob: np.ndarray) -> None:
     frame = test_frame.with_columns(pl.Series("prob", prob, dtype=pl.Float64))
     with atomic_path(path) as tmp:
@@ -405,15 +408,20 @@ def train_recipe(
 ) -> Path:
     """Train every model of the recipe over its seeds; return the run folder."""
     console = console or Console()
+    # everything that can refuse the recipe runs before the run folder is touched
+    resolve_device(recipe.train.device)
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
     keep_freed_memory()
     data = SplitData.load(recipe)
-    for entry in recipe.models:  # fail on a bad model before any training starts
+    for entry in recipe.models:
         build(entry.name, data.schema, parse_params(entry.name, entry.params))
     root = recipe.run_dir
     root.mkdir(parents=True, exist_ok=True)
-    write_text(root / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    sweep_stale(root)
+    # the data path is recorded absolute, so `msctr eval` works from any folder
+    resolved = {**recipe.to_dict(), "data": str(Path(recipe.data).resolve())}
+    write_text(root / "recipe.yaml", yaml.safe_dump(resolved, sort_keys=False))
     progress = make_progress(console) if show_progress else None
     if progress is not None:
         progress.start()
