@@ -145,3 +145,15 @@ def vocab(out, field: str) -> dict:
 def codes(values, table: dict) -> np.ndarray:
     """Raw values -> the prepared ids (0 for a value the training rows never had)."""
     return np.array([table.get(None if v is None else str(v), 0) for v in values])
+
+
+def load_shared(src: torch.nn.Module, dst: torch.nn.Module) -> list[str]:
+    """Copy into `dst` every parameter and buffer of `src` that has the same name and shape
+    (an ablated model gets the full model's weights wherever the architectures agree), so a
+    difference in output comes from the part that differs, not from the initialization.
+    Returns the names copied."""
+    theirs = src.state_dict()
+    mine = dst.state_dict()
+    shared = [k for k, v in mine.items() if k in theirs and theirs[k].shape == v.shape]
+    dst.load_state_dict({**mine, **{k: theirs[k] for k in shared}})
+    return shared

@@ -1,6 +1,8 @@
 import json
 
+import numpy as np
 import pytest
+from scipy import stats as sps
 from typer.testing import CliRunner
 
 from msctr.cli import app
@@ -8,6 +10,22 @@ from msctr.errors import UserError
 from msctr.recipe import recipe_from_dict
 
 runner = CliRunner()
+
+
+def read_png(path) -> np.ndarray:
+    """The image as [height, width, RGB(A)] floats in [0, 1]; fails on a file that is no PNG."""
+    import matplotlib.image
+
+    img = matplotlib.image.imread(path, format="png")
+    assert img.ndim == 3 and img[..., :3].std() > 0.05  # not blank
+    return img
+
+
+def has_colour(img: np.ndarray, hex_colour: str, min_pixels: int = 200) -> bool:
+    rgb = np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)]) / 255
+    close = np.abs(img[..., :3] - rgb).max(-1) < 2 / 255
+    return int(close.sum()) >= min_pixels
+
 
 RECIPE = """
 name: abl
@@ -40,15 +58,34 @@ def test_ablate_prints_table_with_p_values(recipe):
     res = json.loads((run / "results.json").read_text())
     rows = {r["model"]: r for r in res["models"]}
     assert set(rows) == {"HierRec", "HierRec w/o mi", "HierRec w/o i+e"}
+    full_runs = rows["HierRec"]["auc"]["runs"]
     for name in ("HierRec w/o mi", "HierRec w/o i+e"):
         assert rows[name]["test"]["reference"] == "HierRec"
         assert 0.0 <= rows[name]["test"]["welch_p"] <= 1.0
+        # the p-value of the variant's seeds against the full model's, as SciPy computes it
+        runs = rows[name]["auc"]["runs"]
+        assert len(runs) == len(full_runs) == 2
+        want = sps.ttest_ind(runs, full_runs, equal_var=False).pvalue
+        assert rows[name]["test"]["welch_p"] == pytest.approx(want, abs=1e-12)
     assert (run / "ablation.png").stat().st_size > 1000
+    # the bar chart: 1.6 + 1.2 in per bar by 3.6 in at 120 dpi, the full model's bar in blue
+    # and the variants' in grey
+    bars = read_png(run / "ablation.png")
+    assert bars.shape[:2] == (round(3.6 * 120), round((1.6 + 1.2 * 3) * 120))
+    assert has_colour(bars, "#3b6ea8") and has_colour(bars, "#c0c7d0")
     assert (run / "HierRec_w_o_mi" / "seed_1" / "predictions.parquet").is_file()
     # HierRec's head-by-field weights per scenario (paper Figure 6) from run.json
     heads = json.loads((run / "HierRec" / "seed_0" / "run.json").read_text())["model_report"]
     assert len(heads["head_weights"][0]) == 2  # G heads
     assert (run / "head_weights_HierRec.png").stat().st_size > 1000
+    # heat map: (2 + 0.28 I) x (1 + 0.3 S G) inches at 110 dpi, one viridis cell per
+    # (scenario, head, field): many distinct colours, not a blank or single-colour image
+    n_fields, n_scen = len(heads["fields"]), len(heads["head_weights"])
+    heat = read_png(run / "head_weights_HierRec.png")
+    size = (round((1 + 0.3 * n_scen * 2) * 110), round((2 + 0.28 * n_fields) * 110))
+    assert abs(heat.shape[0] - size[0]) <= 1 and abs(heat.shape[1] - size[1]) <= 1
+    colours = np.unique((heat[..., :3] * 255).round().reshape(-1, 3), axis=0)
+    assert len(colours) > 50
     assert "## Ablation" in (run / "report.md").read_text()
 
 

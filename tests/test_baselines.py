@@ -67,6 +67,9 @@ def test_output_depends_only_on_own_scenario_parameters(name):
     schema = make_schema(num_scenarios=S)
     batch = all_scenarios_batch(schema, 80, seed=1)
     model = build(name, schema, SMALL[name])
+    with torch.no_grad():  # embeddings at std 0.5, not 0.01: gates then see distinct inputs
+        for p in model.embedding.parameters():
+            p.mul_(50.0)
     model.train()
     model(batch)  # fill running statistics (STAR's partitioned norm)
     model.eval()
@@ -75,7 +78,9 @@ def test_output_depends_only_on_own_scenario_parameters(name):
         changed = copy.deepcopy(model)
         touched = []
         for n, t in [*changed.named_parameters(), *changed.named_buffers()]:
-            if t.dim() > 0 and t.shape[0] == S:
+            # not the scenario embedding: each row reads its own row of it, so perturbing it
+            # moves "the rows of scenario s" even when the routing to towers is broken
+            if t.dim() > 0 and t.shape[0] == S and not n.startswith("embedding."):
                 t[target].mul_(1.5).add_(0.1)  # keeps variances positive
                 touched.append(n)
         after = changed(batch)
@@ -88,11 +93,14 @@ def test_output_depends_only_on_own_scenario_parameters(name):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_learns_planted_signal(name):
-    # DNN reaches ~0.85 here in 150 steps; these configs reach 0.846-0.861 (0.848-0.857 over
-    # three other init seeds), so 0.8 leaves room for seed noise but not for a broken model
+    # planted rule: Bayes 0.868; the best model without the scenario x f0 interaction (an
+    # additive logistic regression) 0.810. These configs reach 0.846-0.866 over init seeds
+    # 0-3 (DNN 0.846-0.862). STAR with every row routed to scenario 0's star weights reaches
+    # 0.813-0.822 (seeds 0-2): 0.835 sits between the two.
     schema = make_schema(with_sequence=False)
+    torch.manual_seed(0)
     model = build(name, schema, {**SMALL[name], "dropout": 0.0})
-    assert train_and_auc(model, schema) > 0.8
+    assert train_and_auc(model, schema) > 0.835
 
 
 @pytest.mark.parametrize(

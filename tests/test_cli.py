@@ -55,6 +55,19 @@ def test_train_prints_paper_table(trained):
     assert (run / "DNN" / "seed_0" / "best.pt").is_file()
     log = (run / "DNN" / "seed_0" / "log.jsonl").read_text().splitlines()
     assert "val_auc" in json.loads(log[0])
+    # early stopping (recipe default: validation logloss, patience 2) as the log shows it
+    for model in ("DNN", "Wide"):
+        for seed in (0, 1, 2):
+            folder = run / model / f"seed_{seed}"
+            lines = [json.loads(x) for x in (folder / "log.jsonl").read_text().splitlines()]
+            ll = [x["val_logloss"] for x in lines]
+            flags = [x["best"] for x in lines]
+            assert flags == [i == 0 or ll[i] < min(ll[:i]) for i in range(len(ll))]
+            best = json.loads((folder / "run.json").read_text())["best_epoch"]
+            assert best == 1 + max(i for i, f in enumerate(flags) if f)
+            assert ll[best - 1] == min(ll)
+            stopped = len(lines) < 3
+            assert not stopped or len(lines) - best == 2  # stops only after 2 epochs w/o gain
 
 
 def test_eval_matches_reference_libraries(trained):

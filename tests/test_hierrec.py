@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import make_schema, train_and_auc
+from conftest import load_shared, make_schema, train_and_auc
 
 from msctr.errors import UserError
 from msctr.models.hierrec import FieldSelfAttention, ScenarioOrientedModule
@@ -24,7 +24,7 @@ def test_shapes_loss_and_every_parameter_gets_a_gradient(schema, batch):
     loss = torch.nn.functional.binary_cross_entropy_with_logits(out, batch.label)
     assert torch.isfinite(loss)
     loss.backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
     assert not missing
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
@@ -65,11 +65,43 @@ def test_switches_remove_their_modules(schema, batch):
     no_e = _build(schema, {"drop": ["e"]}).eval()
     assert not any(n.startswith("explicit_") for n, _ in no_e.named_parameters())
 
+    # every ablated model gets the full model's weights wherever the shapes agree, so what
+    # differs is the part the switch removes, not the initialization
     for ablated in (mi, no_i, no_e):
         assert _n_params(ablated) < _n_params(full)
+        assert "global_fc.0.weight" in load_shared(full, ablated)
         out = ablated(batch)
         assert out.shape == base_out.shape
         assert not torch.allclose(out, base_out)
+    full_in = _inputs(full, batch, "explicit_som", "implicit_som")
+    # mi: the single head reads the same O_explicit as the four heads of the full model
+    torch.testing.assert_close(_inputs(mi, batch, "implicit_som")["implicit_som"],
+                               full_in["implicit_som"])  # fmt: skip
+    # i: the output layer reads O_explicit, what the full model's implicit layer reads
+    torch.testing.assert_close(_inputs(no_i, batch, "output")["output"], full_in["implicit_som"])
+    # e: the implicit layer reads O_global, what the full model's explicit layer reads
+    torch.testing.assert_close(_inputs(no_e, batch, "implicit_som")["implicit_som"],
+                               full_in["explicit_som"])  # fmt: skip
+    assert not torch.allclose(full_in["explicit_som"], full_in["implicit_som"])
+
+
+def _inputs(model, batch, *names: str) -> dict[str, torch.Tensor]:
+    """The first input each named submodule receives in one forward of `model`."""
+    seen: dict[str, torch.Tensor] = {}
+    modules = dict(model.named_modules())
+
+    def keep(name: str):
+        def hook(_module, args) -> None:  # returns None: the input is left as it is
+            seen.setdefault(name, args[0].detach().clone())
+
+        return hook
+
+    hooks = [modules[n].register_forward_pre_hook(keep(n)) for n in names]
+    with torch.no_grad():
+        model(batch)
+    for h in hooks:
+        h.remove()
+    return seen
 
 
 def test_embed_dim_must_be_divisible_by_heads(schema):

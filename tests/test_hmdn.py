@@ -7,7 +7,7 @@ the DNN reaches about 0.86; the best model *without* the scenario x f0 interacti
 
 import pytest
 import torch
-from conftest import make_batch, make_schema, train_and_auc
+from conftest import load_shared, make_batch, make_schema, train_and_auc
 
 from msctr.errors import UserError
 from msctr.models.hmdn import ExplicitQuantizer, ResidualQuantizer
@@ -134,10 +134,20 @@ def test_switches_remove_their_parts(schema, batch):
     # no rq: the codebook goes, and the MMoE gate reads x [n*d] instead of s_D [m*d]
     assert n_params(full) - n_params(no_rq) == k * m * d + e * (m * d - n * d)
     assert n_params(explicit) - n_params(full) == (m * k * d + m * d * m * d) - k * m * d
+    # the full model's weights wherever the shapes agree (embeddings, experts, head; the gate
+    # too for `explicit`): what differs is the quantizer (and for `rq` the gate's input)
+    assert "head.weight" in load_shared(full, no_rq)
+    assert "gate.weight" in load_shared(full, explicit)
     ref = full(batch)
     assert not torch.allclose(ref.logit, no_rq(batch).logit)
     assert not torch.allclose(ref.logit, explicit(batch).logit)
     assert no_rq(batch).aux_loss == 0
+    # without rq the gate reads x (eq. 7): the logit is the backbone on x alone
+    with torch.no_grad():
+        x = no_rq.embedding.fields(batch).flatten(1)
+        g = torch.softmax(no_rq.gate(x), dim=-1)
+        want = no_rq.head(torch.einsum("be,beh->bh", g, no_rq.experts(x))).squeeze(-1)
+        torch.testing.assert_close(no_rq(batch).logit, want)
 
 
 def test_pepnet_backbone_without_rq_gates_on_x_b(schema, batch):
