@@ -42,7 +42,7 @@ def main() -> None:
         raw = args.root / f"raw-{size}"
         out = args.root / f"prepared-{size}"
         if not (raw / "sample_skeleton_test.csv").is_file():
-            from msctr.data.sources.rawgen import write_aliccp
+            from msctr.testing.rawgen import write_aliccp
 
             t0 = time.perf_counter()
             write_aliccp(raw, rows=size, seed=0, history=args.history, truth=False)

@@ -54,7 +54,7 @@ def main() -> None:
     data = raw / "KuaiRand-1K" / "data"
     out = args.root / "prepared"
     if not (data / "log_standard_4_22_to_5_08_1k.csv").is_file():
-        from msctr.data.sources.rawgen import write_kuairand
+        from msctr.testing.rawgen import write_kuairand
 
         t0 = time.perf_counter()
         files = write_kuairand(

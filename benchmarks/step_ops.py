@@ -30,15 +30,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from train_throughput import endless_batches, prepare_data
 
 from msctr.errors import UserError
-from msctr.models.registry import build, parse_params, training_loss
+from msctr.models.registry import build, parse_params
 from msctr.recipe import ModelEntry, Recipe, TrainConfig
-from msctr.train.engine import (
-    SplitData,
-    autocast,
-    keep_freed_memory,
-    make_optimizer,
-    seed_everything,
-)
+from msctr.train.loop import train_step
+from msctr.train.optim import make_optimizer
+from msctr.train.runtime import keep_freed_memory, seed_everything
+from msctr.train.splits import SplitData
 
 
 def describe(arg) -> str:
@@ -111,17 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cpu")
     ops = OpTimes()
 
+    def phase(name: str) -> None:
+        ops.phase = name
+
     def step() -> None:
-        batch = next(batches)
-        ops.phase = "fwd"
-        with autocast(device, args.precision):
-            out = model(batch)
-        _, loss = training_loss(out, batch.label)
-        optimizer.zero_grad(set_to_none=True)
-        ops.phase = "bwd"
-        loss.backward()
-        ops.phase = "opt"
-        optimizer.step()
+        train_step(model, next(batches), optimizer, device, args.precision, mark=phase)
 
     def run(n: int) -> float:
         t0 = time.perf_counter()

@@ -19,7 +19,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,39 +30,30 @@ from pathlib import Path
 import torch
 
 from msctr import flops
+from msctr.bench.machine import machine
 from msctr.data.schema import Schema
-from msctr.models.layers import FeatureEmbedding
-from msctr.models.registry import build, parse_params, training_loss
+from msctr.models.embedding import FeatureEmbedding
+from msctr.models.registry import build, parse_params
 from msctr.recipe import ModelEntry, Recipe, TrainConfig
-from msctr.train.engine import (
-    SplitData,
-    autocast,
-    fit_one,
-    keep_freed_memory,
-    make_optimizer,
-    seed_everything,
-)
+from msctr.train.loop import fit_one, train_step
+from msctr.train.optim import make_optimizer
+from msctr.train.runtime import autocast, keep_freed_memory, seed_everything
+from msctr.train.splits import SplitData
 
 LIGHT = ("dnn", "shared_bottom", "mmoe", "ple", "star")
 DEFAULT_MODELS = (*LIGHT, "hierrec")
 
 
-def machine() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+def machine_info() -> dict:
+    """msctr's `machine()` in this script's JSON shape: its keys in its order, ISO date."""
+    m = machine()
     return {
-        "cpu": cpu,
-        "logical_cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "loadavg_start": list(os.getloadavg()),
+        "cpu": m["cpu"],
+        "logical_cores": m["logical_cores"],
+        "torch": m["torch"],
+        "threads": m["threads"],
+        "date": dt.datetime.strptime(m["date"], "%Y-%m-%dT%H:%M:%S%z").isoformat(),
+        "loadavg_start": m["loadavg"],
     }
 
 
@@ -120,21 +110,17 @@ def measure(
     times = {"data": [], "forward": [], "backward": [], "optimizer": []}
 
     def step(record: bool) -> None:
-        t0 = time.perf_counter()
+        marks = {"data": time.perf_counter()}
         batch = next(batches).to(device)
-        t1 = time.perf_counter()
-        with autocast(device, precision):
-            out = model(batch)
-        _, loss = training_loss(out, batch.label)
-        t2 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        t3 = time.perf_counter()
-        optimizer.step()
-        t4 = time.perf_counter()
+
+        def mark(phase: str) -> None:
+            marks[phase] = time.perf_counter()
+
+        train_step(model, batch, optimizer, device, precision, mark=mark)
         if record:
-            for k, v in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-                times[k].append(v)
+            ends = ("fwd", "bwd", "opt", "end")
+            for k, a, b in zip(times, ("data", *ends[:-1]), ends, strict=True):
+                times[k].append(marks[b] - marks[a])
 
     for _ in range(warmup):
         step(False)
@@ -215,11 +201,7 @@ def table_scaling(schema: Schema, data: SplitData, recipe: Recipe, rows: list[in
             ts = []
             for i in range(6):
                 t0 = time.perf_counter()
-                logit = model(batch)
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, batch.label)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                train_step(model, batch, opt, torch.device("cpu"), "fp32")
                 if i >= 2:
                     ts.append(time.perf_counter() - t0)
             out.append({"table_rows": n, "sparse": sparse, "step_ms": statistics.median(ts) * 1000})
@@ -282,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     keep_freed_memory()
     folder = args.data or prepare_data(args.rows)
-    info = machine()
+    info = machine_info()
     recipe = Recipe(
         name="bench",
         data=str(folder),

@@ -8,14 +8,15 @@ import re
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from msctr.errors import UserError
 from msctr.evaluate.report import summarize
 from msctr.io import atomic_path, write_text
 from msctr.models.registry import check_switches, get_spec
 from msctr.recipe import ModelEntry, Recipe
-from msctr.train.engine import train_recipe
+from msctr.runs import RunFolder
+from msctr.tables import Table
+from msctr.train.loop import train_recipe
 
 
 def pick_model(recipe: Recipe, key: str | None) -> ModelEntry:
@@ -109,6 +110,12 @@ def ablation_rows(result: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def ablation_table(result: dict, key: str) -> Table:
+    """The ablation table of model `key`, for the terminal and the report alike."""
+    header, rows = ablation_rows(result)
+    return Table(header, rows, title=f"Ablation of {key} ({result['test_rows']:,} test rows)")
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -144,29 +151,21 @@ def run_ablation(recipe: Recipe, drops: list[str], model: str | None, console: C
     r = ablation_recipe(recipe, entry, drops)
     run_dir = train_recipe(r, console)
     result = summarize(run_dir)
-    header, rows = ablation_rows(result)
-    table = Table(
-        title=f"Ablation of {entry.key} ({result['test_rows']:,} test rows)", header_style="bold"
-    )
-    for h in header:
-        table.add_column(h, justify="left" if h == "Variant" else "right")
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    table = ablation_table(result, entry.key)
+    console.print(table.to_rich())
     console.print(
         "Δ = variant minus full model; * = p < "
         f"{result['alpha']} (Welch t-test over seeds, or DeLong's test for a single run)."
     )
-    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(row) + " |" for row in rows]
-    report = run_dir / "report.md"
+    report = RunFolder(run_dir).report
     write_text(
         report,
         report.read_text()
         + "\n## Ablation\n\n"
-        + "\n".join(md)
+        + table.to_markdown()
         + "\n\n![overall AUC](ablation.png)\n",
     )
-    plot(result, run_dir / "ablation.png")
-    console.print(f"wrote {report} and {run_dir / 'ablation.png'}")
+    figure = RunFolder(run_dir).figure("ablation.png")
+    plot(result, figure)
+    console.print(f"wrote {report} and {figure}")
     return result

@@ -279,14 +279,21 @@ def train(
     """
     from msctr.evaluate.report import render_table, summarize
     from msctr.recipe import load_recipe
-    from msctr.train.engine import train_recipe
+    from msctr.train.loop import train_recipe
 
     r = load_recipe(recipe, set_ or [], smoke=smoke)
     run_dir = train_recipe(r, console)
     console.print(f"[green]runs in[/] {run_dir}")
     if evaluate:
         render_table(summarize(run_dir), console)
-        console.print(f"wrote {run_dir / 'results.json'} and {run_dir / 'report.md'}")
+        _wrote_results(run_dir)
+
+
+def _wrote_results(run_dir: Path) -> None:
+    from msctr.runs import RunFolder
+
+    folder = RunFolder(run_dir)
+    console.print(f"wrote {folder.results} and {folder.report}")
 
 
 @app.command("eval")
@@ -310,7 +317,7 @@ def eval_(
     if not run_dir.is_dir():
         raise UserError(f"run folder '{run_dir}' does not exist; train a recipe first")
     render_table(summarize(run_dir, partial=partial, data=data), console)
-    console.print(f"wrote {run_dir / 'results.json'} and {run_dir / 'report.md'}")
+    _wrote_results(run_dir)
 
 
 @app.command()

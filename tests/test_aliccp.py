@@ -12,14 +12,14 @@ from conftest import codes, invoke, runner, vocab
 from msctr.cli import app
 from msctr.data.schema import Schema
 from msctr.data.sources import aliccp
-from msctr.data.sources.rawgen import (
+from msctr.errors import UserError
+from msctr.testing.rawgen import (
     ALICCP_CROSS_FIELDS,
     ALICCP_HISTORY_FIELDS,
     ALICCP_ITEM_FIELDS,
     ALICCP_USER_FIELDS,
     write_aliccp,
 )
-from msctr.errors import UserError
 
 L = 6
 SINGLE = [*ALICCP_USER_FIELDS, *ALICCP_ITEM_FIELDS, *ALICCP_CROSS_FIELDS, *ALICCP_HISTORY_FIELDS]

@@ -14,10 +14,12 @@ from sklearn.metrics import roc_auc_score
 
 from msctr import flops
 from msctr.bench import LiveTensorBytes
-from msctr.models.layers import FeatureEmbedding, ScenarioGroups
+from msctr.models.embedding import FeatureEmbedding
 from msctr.models.registry import build, split_output
+from msctr.models.scenario import ScenarioGroups
 from msctr.recipe import TrainConfig
-from msctr.train.engine import SPARSE_AUTO_ROWS, LazyAdam, autocast, make_optimizer
+from msctr.train.optim import SPARSE_AUTO_ROWS, LazyAdam, make_optimizer
+from msctr.train.runtime import autocast
 
 # -- lazy Adam against dense Adam ------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from conftest import load_shared, make_schema, train_and_auc
 
 from msctr.errors import UserError
 from msctr.models.hierrec import FieldSelfAttention, ScenarioOrientedModule
-from msctr.models.layers import keep_mask
+from msctr.models.kernels import keep_mask
 from msctr.models.registry import build
 
 

@@ -15,8 +15,8 @@ from conftest import codes, invoke, runner, vocab
 from msctr.cli import app
 from msctr.data.download import Archive
 from msctr.data.sources import kuairand
-from msctr.data.sources.rawgen import write_kuairand
 from msctr.errors import UserError
+from msctr.testing.rawgen import write_kuairand
 
 L = 12  # sequence length used throughout
 HIERREC_TABS = [0, 1, 2, 3, 6]

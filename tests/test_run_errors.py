@@ -292,7 +292,7 @@ def test_no_permission_to_write(capsys, tmp_path, data_dir, monkeypatch):
     def refuse(path, text):
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-    monkeypatch.setattr("msctr.train.engine.write_text", refuse)
+    monkeypatch.setattr("msctr.train.loop.write_text", refuse)
     recipe = recipe_with(tmp_path, data_dir)
     one_line_error(capsys, "no permission to write", "train", str(recipe), "--smoke")
 

@@ -471,6 +471,16 @@ def prepare(
             return _prepare(table, pl.scan_parquet(source), tmp, seed, min_count, row_group_size)
 
 
+@dataclass
+class Encoders:
+    """Everything fitted on the training rows: scenario ids, vocabularies, dense statistics."""
+
+    scenario_values: pl.Series  # raw scenario values in id order
+    scenario_names: list[str]
+    vocabs: dict[str, Vocabulary]
+    dense: list[DenseField]
+
+
 def _prepare(
     table: SourceTable,
     frame: pl.LazyFrame,
@@ -481,84 +491,13 @@ def _prepare(
 ) -> Schema:
     """Everything after the source is readable; writes the dataset's files into `tmp`."""
     f = table.fields
-    types = frame.collect_schema()
-    n, null_scenarios = frame.select(pl.len(), pl.col(f.scenario).null_count()).collect().row(0)
-    if n == 0:
-        raise UserError(f"{table.name}: the table has no rows (only a header?); give rows")
-    label_codes = _label_codes(f.label, types[f.label])
-    _check_labels(frame, f.label, label_codes)
-    if null_scenarios:
-        raise UserError(
-            f"scenario column '{f.scenario}' has {null_scenarios} missing value(s); fill them "
-            "(e.g. with an 'unknown' scenario) or drop those rows"
-        )
-    dense_values = _dense_values(frame, f.dense, types)
-
+    n, label_codes, dense_values = _check_source(table, frame)
     if f.order:
         frame = frame.sort(f.order, maintain_order=True)
     ordered = frame  # log order: what a sequential split slices
-    frame = frame.with_row_index(ROW)
-    frame = _assign_split(table, frame, n, seed)
-    train = frame.filter(pl.col(SPLIT) == "train")
-
-    # -- encoders, fit on the training rows only ----------------------------------------------
-    scen_values = train.select(pl.col(f.scenario).unique().sort()).collect().to_series()
-    if len(scen_values) == 0:
-        raise UserError(f"{table.name}: the training split is empty; give more rows")
-    unseen = (
-        frame.filter(~pl.col(f.scenario).is_in(scen_values.implode()))
-        .select(pl.col(f.scenario).unique())
-        .collect()
-        .to_series()
-        .to_list()
-    )
-    if unseen:
-        raise UserError(
-            f"scenario value(s) {unseen} occur in val/test but not in the training rows; "
-            "filter them out or use a split that puts them in training"
-        )
-    names = table.scenario_names or {}
-    scenario_names = [str(names.get(v, v)) for v in scen_values.to_list()]
-    vocabs = {c: Vocabulary.fit(train, c, min_count) for c in f.sparse}
-    dense_fields = _dense_fields(frame, dense_values) if f.dense else []
-
-    # -- transform every split with the fitted encoders ---------------------------------------
-    exprs: list[pl.Expr] = [
-        label_codes.alias(S.LABEL),
-        # scenario ids 0..S-1 in sorted order of the training values (all values are seen)
-        (Vocabulary(f.scenario, scen_values).encode(pl.col(f.scenario)) - 1).alias(S.SCENARIO),
-    ]
-    exprs += [vocabs[c].encode(pl.col(c)).alias(c) for c in f.sparse]
-    exprs += [
-        # missing (null or NaN) -> the training mean, i.e. 0; the clip keeps a far outlier of
-        # val/test finite in float32
-        ((dense_values[c] - d.mean) / d.std)
-        .fill_nan(0.0)
-        .fill_null(0.0)
-        .clip(-FLOAT32_MAX, FLOAT32_MAX)
-        .cast(pl.Float32)
-        .alias(c)
-        for c, d in zip(f.dense, dense_fields, strict=True)
-    ]
-    sequences = []
-    for seq in f.sequences:
-        L = seq.max_len
-        first = next(iter(seq.columns))
-        length = f"{seq.name}_len"
-        exprs.append(
-            pl.col(first).list.head(L).list.len().fill_null(0).cast(pl.Int32).alias(length)
-        )
-        for col, target in seq.columns.items():
-            exprs.append(vocabs[target].encode_sequence(col, L).alias(col))
-        sequences.append(
-            Sequence(seq.name, L, length, [SequenceField(c, t) for c, t in seq.columns.items()])
-        )
-    if f.user:
-        exprs.append(pl.col(f.user).hash(seed=0).reinterpret(signed=True).alias(S.USER))
-    if f.session:
-        exprs.append(pl.col(f.session).hash(seed=0).reinterpret(signed=True).alias(S.SESSION))
-    if f.true_prob:
-        exprs.append(pl.col(f.true_prob).cast(pl.Float64).alias(S.TRUE_PROB))
+    frame = _assign_split(table, frame.with_row_index(ROW), n, seed)
+    enc = _fit_encoders(table, frame, dense_values, min_count)
+    exprs, sequences = _encoded_columns(f, enc, label_codes, dense_values)
     encoded = frame.select([pl.col(SPLIT), pl.col(ROW), *exprs])
 
     # partitions (HMDN's multi-distribution groups): the scenario x partition-field combinations
@@ -568,7 +507,6 @@ def _prepare(
     part_vocab = Vocabulary.fit(
         encoded.filter(pl.col(SPLIT) == "train").select(key.alias("_key")), "_key", 1
     )
-    encoded = encoded.with_columns(part_vocab.encode(key).alias(S.PARTITION))
     if table.split == "sequential":
         # each split is a slice of the ordered rows: Polars pushes the slice into the scan, so
         # a split's pass reads (and encodes) only its own rows
@@ -576,42 +514,21 @@ def _prepare(
         n_train, n_trval = int(n * ftrain), int(n * (ftrain + fval))
         sliced = ordered.select(exprs).with_columns(part_vocab.encode(key).alias(S.PARTITION))
         bounds = {"train": (0, n_train), "val": (n_train, n_trval), "test": (n_trval, n)}
+        parts = {sp: sliced.slice(lo, hi - lo) for sp, (lo, hi) in bounds.items()}
+    else:
+        encoded = encoded.with_columns(part_vocab.encode(key).alias(S.PARTITION))
+        parts = {sp: encoded.filter(pl.col(SPLIT) == sp).drop(SPLIT, ROW) for sp in S.SPLITS}
 
-    # -- write everything into the temporary folder that `prepare` moves into place -----------
-    rows, counts, clicks = {}, {}, {}
-    for split in S.SPLITS:
-        if table.split == "sequential":
-            lo, hi = bounds[split]
-            part = sliced.slice(lo, hi - lo)
-        else:
-            part = encoded.filter(pl.col(SPLIT) == split).drop(SPLIT, ROW)
-        path = tmp / f"{split}.parquet"
-        part.sink_parquet(path, row_group_size=row_group_size, statistics=False)
-        stats = (
-            pl.scan_parquet(path)
-            .group_by(S.SCENARIO)
-            .agg(pl.len().alias("n"), pl.col(S.LABEL).cast(pl.Int64).sum().alias("c"))
-            .collect()
-        )
-        n_s = [0] * len(scen_values)
-        c_s = [0] * len(scen_values)
-        for s, cnt, clk in stats.iter_rows():
-            n_s[s], c_s[s] = cnt, clk
-        rows[split], counts[split], clicks[split] = sum(n_s), n_s, c_s
-        if rows[split] == 0:
-            raise UserError(f"the {split} split is empty; give more rows or other fractions")
-    pl.concat([v.frame() for v in vocabs.values()] + [part_vocab.frame()]).write_parquet(
+    rows, counts, clicks = _write_splits(parts, tmp, len(enc.scenario_values), row_group_size)
+    pl.concat([v.frame() for v in enc.vocabs.values()] + [part_vocab.frame()]).write_parquet(
         tmp / "encoders.parquet", statistics=False
     )
-    digest = hashlib.md5()
-    for split in S.SPLITS:
-        digest.update((tmp / f"{split}.parquet").read_bytes())
     schema = Schema(
         source=table.name,
-        num_scenarios=len(scen_values),
-        scenario_names=scenario_names,
-        sparse=[SparseField(c, vocabs[c].size) for c in f.sparse],
-        dense=dense_fields,
+        num_scenarios=len(enc.scenario_values),
+        scenario_names=enc.scenario_names,
+        sparse=[SparseField(c, enc.vocabs[c].size) for c in f.sparse],
+        dense=enc.dense,
         sequences=sequences,
         partition_fields=part_fields,
         num_partitions=part_vocab.size,
@@ -632,8 +549,137 @@ def _prepare(
             "user_column": f.user,
             "session_column": f.session,
             "encoders": "encoders.parquet",
-            "prepared_md5": digest.hexdigest(),
+            "prepared_md5": files_md5([tmp / f"{split}.parquet" for split in S.SPLITS]),
         },
     )
     schema.save(tmp)
     return schema
+
+
+def _check_source(table: SourceTable, frame: pl.LazyFrame) -> tuple[int, pl.Expr, dict]:
+    """The checks that need the data: rows, labels, scenario nulls, dense types. Returns the
+    row count, the label's 0/1 expression and each dense column as float64."""
+    f = table.fields
+    types = frame.collect_schema()
+    n, null_scenarios = frame.select(pl.len(), pl.col(f.scenario).null_count()).collect().row(0)
+    if n == 0:
+        raise UserError(f"{table.name}: the table has no rows (only a header?); give rows")
+    label_codes = _label_codes(f.label, types[f.label])
+    _check_labels(frame, f.label, label_codes)
+    if null_scenarios:
+        raise UserError(
+            f"scenario column '{f.scenario}' has {null_scenarios} missing value(s); fill them "
+            "(e.g. with an 'unknown' scenario) or drop those rows"
+        )
+    return n, label_codes, _dense_values(frame, f.dense, types)
+
+
+def _fit_encoders(
+    table: SourceTable, frame: pl.LazyFrame, dense_values: dict, min_count: int
+) -> Encoders:
+    """Scenario ids, vocabularies and dense statistics, fit on the training rows only."""
+    f = table.fields
+    train = frame.filter(pl.col(SPLIT) == "train")
+    scen_values = train.select(pl.col(f.scenario).unique().sort()).collect().to_series()
+    if len(scen_values) == 0:
+        raise UserError(f"{table.name}: the training split is empty; give more rows")
+    unseen = (
+        frame.filter(~pl.col(f.scenario).is_in(scen_values.implode()))
+        .select(pl.col(f.scenario).unique())
+        .collect()
+        .to_series()
+        .to_list()
+    )
+    if unseen:
+        raise UserError(
+            f"scenario value(s) {unseen} occur in val/test but not in the training rows; "
+            "filter them out or use a split that puts them in training"
+        )
+    names = table.scenario_names or {}
+    return Encoders(
+        scenario_values=scen_values,
+        scenario_names=[str(names.get(v, v)) for v in scen_values.to_list()],
+        vocabs={c: Vocabulary.fit(train, c, min_count) for c in f.sparse},
+        dense=_dense_fields(frame, dense_values) if f.dense else [],
+    )
+
+
+def _encoded_columns(
+    f: FieldMap, enc: Encoders, label_codes: pl.Expr, dense_values: dict
+) -> tuple[list[pl.Expr], list[Sequence]]:
+    """Every prepared column as an expression over the raw rows, and the sequences' schema."""
+    exprs: list[pl.Expr] = [
+        label_codes.alias(S.LABEL),
+        # scenario ids 0..S-1 in sorted order of the training values (all values are seen)
+        (Vocabulary(f.scenario, enc.scenario_values).encode(pl.col(f.scenario)) - 1).alias(
+            S.SCENARIO
+        ),
+    ]
+    exprs += [enc.vocabs[c].encode(pl.col(c)).alias(c) for c in f.sparse]
+    exprs += [
+        # missing (null or NaN) -> the training mean, i.e. 0; the clip keeps a far outlier of
+        # val/test finite in float32
+        ((dense_values[c] - d.mean) / d.std)
+        .fill_nan(0.0)
+        .fill_null(0.0)
+        .clip(-FLOAT32_MAX, FLOAT32_MAX)
+        .cast(pl.Float32)
+        .alias(c)
+        for c, d in zip(f.dense, enc.dense, strict=True)
+    ]
+    sequences = []
+    for seq in f.sequences:
+        L = seq.max_len
+        first = next(iter(seq.columns))
+        length = f"{seq.name}_len"
+        exprs.append(
+            pl.col(first).list.head(L).list.len().fill_null(0).cast(pl.Int32).alias(length)
+        )
+        for col, target in seq.columns.items():
+            exprs.append(enc.vocabs[target].encode_sequence(col, L).alias(col))
+        sequences.append(
+            Sequence(seq.name, L, length, [SequenceField(c, t) for c, t in seq.columns.items()])
+        )
+    if f.user:
+        exprs.append(pl.col(f.user).hash(seed=0).reinterpret(signed=True).alias(S.USER))
+    if f.session:
+        exprs.append(pl.col(f.session).hash(seed=0).reinterpret(signed=True).alias(S.SESSION))
+    if f.true_prob:
+        exprs.append(pl.col(f.true_prob).cast(pl.Float64).alias(S.TRUE_PROB))
+    return exprs, sequences
+
+
+def _write_splits(
+    parts: dict[str, pl.LazyFrame], folder: Path, num_scenarios: int, row_group_size: int
+) -> tuple[dict, dict, dict]:
+    """Stream each split to `folder`/<split>.parquet; rows, rows per scenario and clicks per
+    scenario of each split, read back from the written files."""
+    rows, counts, clicks = {}, {}, {}
+    for split in S.SPLITS:
+        path = folder / f"{split}.parquet"
+        parts[split].sink_parquet(path, row_group_size=row_group_size, statistics=False)
+        stats = (
+            pl.scan_parquet(path)
+            .group_by(S.SCENARIO)
+            .agg(pl.len().alias("n"), pl.col(S.LABEL).cast(pl.Int64).sum().alias("c"))
+            .collect()
+        )
+        n_s = [0] * num_scenarios
+        c_s = [0] * num_scenarios
+        for s, cnt, clk in stats.iter_rows():
+            n_s[s], c_s[s] = cnt, clk
+        rows[split], counts[split], clicks[split] = sum(n_s), n_s, c_s
+        if rows[split] == 0:
+            raise UserError(f"the {split} split is empty; give more rows or other fractions")
+    return rows, counts, clicks
+
+
+def files_md5(paths: list[Path], chunk: int = 1 << 22) -> str:
+    """One md5 over the files' bytes in order, read in 4 MiB chunks (a split can be larger
+    than memory)."""
+    digest = hashlib.md5()
+    for path in paths:
+        with path.open("rb") as fh:
+            while block := fh.read(chunk):
+                digest.update(block)
+    return digest.hexdigest()

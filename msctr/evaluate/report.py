@@ -14,7 +14,6 @@ import numpy as np
 import polars as pl
 import yaml
 from rich.console import Console
-from rich.table import Table
 
 from msctr.data import schema as S
 from msctr.data.schema import Schema
@@ -23,7 +22,8 @@ from msctr.evaluate import metrics as M
 from msctr.evaluate import stats as T
 from msctr.io import atomic_path, reading, write_json, write_text
 from msctr.recipe import Recipe, recipe_from_dict
-from msctr.train.engine import model_dir
+from msctr.runs import RunFolder, SeedRun
+from msctr.tables import Table
 
 BAYES = "Bayes ceiling"
 
@@ -52,7 +52,10 @@ class ModelRuns:
         return np.array([r[metric] for r in self.runs], dtype=np.float64)
 
     def predictions(self, seed: int) -> pl.DataFrame:
-        return read_predictions(self.folder / f"seed_{seed}" / "predictions.parquet")
+        return read_predictions(self.run(seed).predictions)
+
+    def run(self, seed: int) -> SeedRun:
+        return SeedRun(self.folder / f"seed_{seed}")
 
 
 PREDICTION_COLUMNS = (S.LABEL, S.SCENARIO, "prob")
@@ -72,7 +75,7 @@ def read_predictions(path: Path) -> pl.DataFrame:
 def load_run(run_dir: Path, data: Path | None = None) -> tuple[Recipe, Schema]:
     """The run's recorded recipe and its dataset's schema (`data` overrides the recorded
     dataset folder, e.g. after moving the project)."""
-    path = run_dir / "recipe.yaml"
+    path = RunFolder(run_dir).recipe
     if not path.is_file():
         raise UserError(
             f"'{run_dir}' is not a training run (no recipe.yaml); run `msctr train` first"
@@ -99,15 +102,15 @@ def collect(
     smaller sample of seeds would look like the recipe's and are not."""
     out, missing = [], []
     for entry in recipe.models:
-        folder = model_dir(run_dir, entry.key)
+        folder = RunFolder(run_dir).model(entry.key)
         seeds, runs = [], []
         for seed in recipe.train.seeds:
-            pred_path = folder / f"seed_{seed}" / "predictions.parquet"
-            if not pred_path.is_file():
+            run = SeedRun(folder / f"seed_{seed}")
+            if not run.predictions.is_file():
                 missing.append(f"{entry.key} seed {seed}")
                 continue
-            m = run_metrics(read_predictions(pred_path), schema.num_scenarios)
-            write_json(folder / f"seed_{seed}" / "metrics.json", m)
+            m = run_metrics(read_predictions(run.predictions), schema.num_scenarios)
+            write_json(run.metrics, m)
             seeds.append(seed)
             runs.append(m)
         if runs:
@@ -199,14 +202,14 @@ def summarize(run_dir: str | Path, partial: bool = False, data: Path | None = No
     result["figures"] = [
         path.name for m in models if (path := plot_head_weights(m, schema, run_dir)) is not None
     ]
-    write_json(run_dir / "results.json", result)
-    write_text(run_dir / "report.md", render_markdown(result))
+    write_json(RunFolder(run_dir).results, result)
+    write_text(RunFolder(run_dir).report, render_markdown(result))
     return result
 
 
 def plot_head_weights(model: ModelRuns, schema: Schema, run_dir: Path) -> Path | None:
     """HierRec's head-by-field weights per scenario (the paper's Figure 6), first seed."""
-    run = model.folder / f"seed_{model.seeds[0]}" / "run.json"
+    run = model.run(model.seeds[0]).summary
     if not run.is_file():
         return None
     with reading(run, "retrain this model and seed"):
@@ -231,7 +234,7 @@ def plot_head_weights(model: ModelRuns, schema: Schema, run_dir: Path) -> Path |
     ax.set_title(f"{model.key}: implicit head weights per scenario")
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    path = run_dir / f"head_weights_{model.folder.name}.png"
+    path = RunFolder(run_dir).figure(f"head_weights_{model.folder.name}.png")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
@@ -286,17 +289,18 @@ def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
     return ["Model", *header], rows
 
 
-def render_table(result: dict, console: Console) -> None:
+def results_table(result: dict) -> Table:
+    """The papers' table of a run (models as rows), for the terminal and report.md alike."""
     header, rows = table_rows(result)
     title = f"{result['recipe']}: test split, {result['test_rows']:,} rows"
     if result.get("mirrors"):
         title += f" (mirrors {result['mirrors']})"
-    table = Table(title=title, header_style="bold")
-    for h in header:
-        table.add_column(h, justify="left" if h == "Model" else "right")
-    for r in rows:
-        table.add_row(*r, style="dim" if r[0] == BAYES else None)
-    console.print(table)
+    styles = ["dim" if r[0] == BAYES else None for r in rows]
+    return Table(header, rows, title=title, styles=styles)
+
+
+def render_table(result: dict, console: Console) -> None:
+    console.print(results_table(result).to_rich())
     console.print(_legend(result))
     if result.get("missing_runs"):
         console.print(f"[bold yellow]{_partial(result)}[/]", highlight=False)
@@ -319,13 +323,11 @@ def _partial(result: dict) -> str:
 
 
 def render_markdown(result: dict) -> str:
-    header, rows = table_rows(result)
     lines = [f"# {result['recipe']}", ""]
     if result.get("mirrors"):
         lines += [f"Mirrors: {result['mirrors']}", ""]
     lines += [f"Data: `{result['data']}`, test rows: {result['test_rows']:,}", ""]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r + [""] * (len(header) - len(r))) + " |" for r in rows]
+    lines += [results_table(result).to_markdown()]
     lines += ["", _legend(result), ""]
     if result.get("missing_runs"):
         lines += [f"**{_partial(result)}**", ""]

@@ -12,7 +12,8 @@ from torch import nn
 
 from msctr.data.batch import Batch
 from msctr.data.schema import Schema
-from msctr.models.layers import MLP, FeatureEmbedding
+from msctr.models.blocks import MLP
+from msctr.models.embedding import FeatureEmbedding
 from msctr.models.registry import ModelParams, register
 
 

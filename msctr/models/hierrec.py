@@ -27,7 +27,8 @@ from torch import nn
 from msctr.data.batch import Batch
 from msctr.data.schema import Schema
 from msctr.errors import UserError
-from msctr.models.layers import MLP, Dropout, FeatureEmbedding
+from msctr.models.blocks import MLP, Dropout
+from msctr.models.embedding import FeatureEmbedding
 from msctr.models.registry import ModelParams, register
 
 
@@ -87,7 +88,7 @@ class FieldSelfAttention(nn.Module):
         if not self.training or self.dropout.p == 0.0:
             return self.out(F.scaled_dot_product_attention(q, k, v))
         # spelled out in training: SDPA's own dropout draws a Bernoulli per attention weight
-        # on the CPU, which cost more than the rest of the attention (see layers.Dropout)
+        # on the CPU, which cost more than the rest of the attention (see blocks.Dropout)
         a = torch.softmax((q * self.scale) @ k.transpose(-1, -2), dim=-1)  # [..., I, I]
         return self.out(self.dropout(a) @ v)
 

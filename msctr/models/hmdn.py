@@ -45,7 +45,8 @@ from torch import nn
 from msctr.data.batch import Batch
 from msctr.data.schema import Schema
 from msctr.errors import UserError
-from msctr.models.layers import FeatureEmbedding, StackedMLP
+from msctr.models.blocks import StackedMLP
+from msctr.models.embedding import FeatureEmbedding
 from msctr.models.pepnet import EPNet, PPNet
 from msctr.models.registry import ModelOutput, ModelParams, need_layers, register
 

@@ -14,14 +14,10 @@ from torch import nn
 
 from msctr.data.batch import Batch
 from msctr.data.schema import Schema
-from msctr.models.layers import (
-    FeatureEmbedding,
-    ScenarioLinear,
-    ScenarioMLP,
-    StackedMLP,
-    autocast_input,
-)
+from msctr.models.blocks import StackedMLP, autocast_input
+from msctr.models.embedding import FeatureEmbedding
 from msctr.models.registry import ModelParams, need_layers, register
+from msctr.models.scenario import ScenarioLinear, ScenarioMLP
 
 
 @dataclass

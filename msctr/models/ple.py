@@ -23,16 +23,10 @@ from torch import nn
 
 from msctr.data.batch import Batch
 from msctr.data.schema import Schema
-from msctr.models.layers import (
-    Dropout,
-    FeatureEmbedding,
-    ScenarioGroups,
-    ScenarioLinear,
-    ScenarioMLP,
-    StackedMLP,
-    autocast_input,
-)
+from msctr.models.blocks import Dropout, StackedMLP, autocast_input
+from msctr.models.embedding import FeatureEmbedding
 from msctr.models.registry import ModelParams, need_layers, register
+from msctr.models.scenario import ScenarioGroups, ScenarioLinear, ScenarioMLP
 
 
 class ScenarioExperts(nn.Module):

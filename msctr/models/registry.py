@@ -1,14 +1,18 @@
 """Model registry: name -> model class, hyperparameter dataclass and ablation switches.
 
-Every model module registers itself with `@register(...)`; `build` validates a recipe's
-`model.params` against the model's dataclass (unknown key = one-line error) and its
-`drop` list against the model's declared switches.
+Every module in `msctr/models/` is imported on first use, and each model file registers its
+model with `@register(...)`; `build` validates a recipe's `model.params` against the model's
+dataclass (unknown key = one-line error, values checked once by `ModelParams.validate`) and
+its `drop` list against the model's declared switches. Adding a model:
+docs/models/README.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
+import pkgutil
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -18,20 +22,6 @@ from torch import nn
 from msctr.config import from_dict
 from msctr.data.schema import Schema
 from msctr.errors import UserError
-
-# modules that register models; imported lazily so `msctr --help` stays fast
-MODEL_MODULES = (
-    "dnn",
-    "shared_bottom",
-    "mmoe",
-    "ple",
-    "star",
-    "adasparse",
-    "pepnet",
-    "hierrec",
-    "sfpnet",
-    "hmdn",
-)
 
 
 class ModelOutput(NamedTuple):
@@ -103,13 +93,13 @@ def register(
     return wrap
 
 
+@functools.cache
 def _load_all() -> None:
-    for mod in MODEL_MODULES:
-        try:
-            importlib.import_module(f"msctr.models.{mod}")
-        except ModuleNotFoundError as e:  # a model file not written yet
-            if e.name != f"msctr.models.{mod}":
-                raise
+    """Import every module of `msctr.models`: a model file registers itself on import, so a
+    new model is one new file and no list to edit. Lazy, so `msctr --help` stays fast."""
+    package = importlib.import_module("msctr.models")
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"msctr.models.{info.name}")
 
 
 def get_spec(name: str) -> ModelSpec:

@@ -20,7 +20,8 @@ from torch import nn
 from msctr.data.batch import Batch
 from msctr.data.schema import Schema
 from msctr.errors import UserError
-from msctr.models.layers import MLP, Dropout, FeatureEmbedding
+from msctr.models.blocks import MLP, Dropout
+from msctr.models.embedding import FeatureEmbedding
 from msctr.models.registry import ModelParams, need_layers, register
 
 

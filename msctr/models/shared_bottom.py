@@ -13,8 +13,10 @@ from torch import nn
 
 from msctr.data.batch import Batch
 from msctr.data.schema import Schema
-from msctr.models.layers import MLP, FeatureEmbedding, ScenarioMLP
+from msctr.models.blocks import MLP
+from msctr.models.embedding import FeatureEmbedding
 from msctr.models.registry import ModelParams, need_layers, register
+from msctr.models.scenario import ScenarioMLP
 
 
 @dataclass

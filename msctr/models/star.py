@@ -21,49 +21,11 @@ from torch import nn
 from msctr.data.batch import Batch
 from msctr.data.schema import Schema
 from msctr.errors import UserError
-from msctr.models.layers import MLP, Dropout, FeatureEmbedding, ScenarioGroups
+from msctr.models.blocks import MLP, Dropout
+from msctr.models.embedding import FeatureEmbedding
+from msctr.models.kernels import _ScenarioBatchNorm
 from msctr.models.registry import ModelParams, need_layers, register
-
-
-class _ScenarioBatchNorm(torch.autograd.Function):
-    """y = (x - mu_s) * rstd_s * scale_s + shift_s with the batch statistics of each row's
-    scenario s (or, where `ok` is false, the given fallback statistics, held constant), and
-    the closed-form batch-norm backward per scenario. Autograd through the same formula
-    takes about twice as many passes over [B, D], which made this most of a STAR step.
-    Per-scenario rows are gathered with index_select (3-4x faster than indexing on the CPU).
-
-    x [B, D], scenario [B], n [S, 1] rows per scenario (>= 1), ok [S, 1], mean / var
-    [S, D] fallback statistics, scale / shift [S, D] -> (y [B, D], batch mean [S, D],
-    biased batch variance [S, D]).
-    """
-
-    @staticmethod
-    def forward(ctx, x, scenario, n, ok, fallback_mean, fallback_var, eps, scale, shift):
-        S, D = fallback_mean.shape
-        mean = x.new_zeros(S, D).index_add_(0, scenario, x).div_(n)
-        mean = torch.where(ok, mean, fallback_mean)
-        xc = x - mean.index_select(0, scenario)
-        var = x.new_zeros(S, D).index_add_(0, scenario, xc * xc).div_(n)
-        rstd = torch.rsqrt(torch.where(ok, var, fallback_var) + eps)  # [S, D]
-        xhat = xc.mul_(rstd.index_select(0, scenario))
-        ctx.save_for_backward(xhat, scenario, n, ok, rstd, scale)
-        rows = torch.cat([scale, shift], 1).index_select(0, scenario)  # [B, 2D]
-        return torch.addcmul(rows[:, D:], xhat, rows[:, :D]), mean, var
-
-    @staticmethod
-    def backward(ctx, gy, _gmean, _gvar):
-        xhat, scenario, n, ok, rstd, scale = ctx.saved_tensors
-        S, D = scale.shape
-        g_shift = gy.new_zeros(S, D).index_add_(0, scenario, gy)
-        g_scale = gy.new_zeros(S, D).index_add_(0, scenario, gy * xhat)
-        # dL/dxhat = gy * scale_s; its per-scenario mean and its mean against xhat follow
-        # from g_shift and g_scale; both are zero where the statistics are constants
-        k = torch.cat(
-            [scale * rstd, ok * g_shift * scale * rstd / n, ok * g_scale * scale * rstd / n], 1
-        ).index_select(0, scenario)  # [B, 3D]
-        gx = torch.addcmul(-k[:, D : 2 * D], xhat, k[:, 2 * D :], value=-1.0)
-        gx.addcmul_(gy, k[:, :D])
-        return gx, None, None, None, None, None, None, g_scale, g_shift
+from msctr.models.scenario import ScenarioGroups
 
 
 class PartitionedNorm(nn.Module):
@@ -97,6 +59,7 @@ class PartitionedNorm(nn.Module):
         S = self.running_mean.shape[0]
         counts = x.new_zeros(S).index_add_(0, scenario, x.new_ones(x.shape[0])).unsqueeze(1)
         ok = counts >= 2  # a scenario with fewer rows has no usable batch variance
+        # the formula above, with its closed-form backward (kernels.py)
         y, mean, var = _ScenarioBatchNorm.apply(
             x, scenario, counts.clamp_min(1.0), ok, self.running_mean, self.running_var,
             self.eps, scale, shift,

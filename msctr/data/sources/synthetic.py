@@ -421,12 +421,51 @@ def simulate(rows: int = 200_000, scenarios: int = 5, seed: int = 0) -> Simulati
     if seed < 0:
         raise UserError(f"--seed {seed} is negative; use a seed >= 0")
     P = draw_parameters(scenarios, seed)
-    S = scenarios
     W = _draw_world(P, rows, seed)
-    u, it = W.users, W.items
-    counts = W.counts
+    imp = _draw_timeline(P, W, rows, seed)
+    terms, cat, mode, cluster = _static_terms(P, W, imp)
+    m_cat, m_item, true_prob, label = _sequential_clicks(
+        P, W.counts, imp, np.sum(list(terms.values()), axis=0), cat
+    )
+    terms["seq_cat"] = P.seq_cat[imp.scenario] * m_cat
+    terms["seq_item"] = P.seq_item[imp.scenario] * m_item
+    return Simulation(
+        params=P,
+        world=W,
+        user=imp.user,
+        item=imp.item,
+        scenario=imp.scenario,
+        time_ms=imp.time_ms,
+        context=imp.context,
+        mode=mode,
+        cluster=cluster,
+        terms=terms,
+        seq_cat_match=m_cat,
+        seq_item_match=m_item,
+        true_prob=true_prob,
+        label=label,
+        start=imp.start,
+    )
 
-    # ---- impressions in (user, time) order ---------------------------------------------------
+
+@dataclass
+class _Timeline:
+    """The impressions in (user, time) order, before any click is drawn."""
+
+    user: np.ndarray  # [rows] user index
+    start: np.ndarray  # [users] first row of each user
+    time_ms: np.ndarray
+    scenario: np.ndarray
+    item: np.ndarray
+    position: np.ndarray
+    hour_bucket: np.ndarray
+    context: dict[str, np.ndarray]
+    draw: np.ndarray  # uniform draws: label = draw < true_prob
+
+
+def _draw_timeline(P: PlantedParams, W: World, rows: int, seed: int) -> _Timeline:
+    S = P.scenarios
+    counts = W.counts
     rr = np.random.default_rng([seed, 5])
     user = np.repeat(np.arange(len(counts)), counts)
     start = np.zeros(len(counts), np.int64)
@@ -441,7 +480,7 @@ def simulate(rows: int = 200_000, scenarios: int = 5, seed: int = 0) -> Simulati
     position = np.minimum(rr.geometric(0.25, rows) - 1, 9).astype(np.float64)
     network = _cat(rr, "network", rows)
     dense_noise = rr.normal(0.0, 1.0, rows)
-    draw = np.random.default_rng([seed, 6]).random(rows)  # label = draw < true_prob
+    draw = np.random.default_rng([seed, 6]).random(rows)
     hour_bucket = ((t // 3_600_000) % 24) // 4  # context fields follow the clock
     day_idx = (t - START_MS) // 86_400_000
     dates = START_DATE + day_idx.astype("timedelta64[D]")
@@ -454,8 +493,18 @@ def simulate(rows: int = 200_000, scenarios: int = 5, seed: int = 0) -> Simulati
         "day": day_idx,
         "date": _yyyymmdd(dates),
     }
+    return _Timeline(user, start, t, scen, item, position, hour_bucket, context, draw)
 
-    # ---- static logit terms ------------------------------------------------------------------
+
+def _static_terms(
+    P: PlantedParams, W: World, imp: _Timeline
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+    """The logit terms that do not depend on earlier clicks; also each row's item category,
+    latent mode and population cluster."""
+    S = P.scenarios
+    u, it = W.users, W.items
+    user, item, scen = imp.user, imp.item, imp.scenario
+    position, hour_bucket = imp.position, imp.hour_bucket
     cat = it["item_cat"][item]
     row_pop = u["gender"][user] * CARD["city"] + u["city"][user]
     cluster = P.cluster[scen, row_pop]
@@ -463,7 +512,7 @@ def simulate(rows: int = 200_000, scenarios: int = 5, seed: int = 0) -> Simulati
     aff = AFFINITY_SCALE * np.einsum("rk,rk->r", W.user_factor[user], W.item_factor[item])
     mode = (MODE_TABLE[u["user_active_degree"][user], it["item_type"][item]] + scen) % 4
     row_field = {name: (u[name][user] if name in u else it[name][item]) for name in PAIR_FIELDS}
-    pair = np.zeros(rows)
+    pair = np.zeros(len(user))
     for j, arch in enumerate(ARCHETYPES[: min(S, 5)]):  # one lookup over all rows per archetype
         a, b = arch.pair
         uses = np.arange(S) % 5 == j
@@ -487,12 +536,21 @@ def simulate(rows: int = 200_000, scenarios: int = 5, seed: int = 0) -> Simulati
         "position": POSITION_SLOPE * position,
         "register": REGISTER_SLOPE * (np.log(W.register_days[user]) - 5.0),
     }
-    static = np.sum(list(terms.values()), axis=0)
+    return terms, cat, mode, cluster
 
-    # ---- sequential part: one vectorized step per event index ------------------------------
-    # Users are ranked by event count, so the users active at step k are ranks [0, n_k); rows
-    # are laid out step-major (step k's rows are one contiguous slice, in rank order), so
-    # every step works on slices and views instead of gathers.
+
+def _sequential_clicks(
+    P: PlantedParams, counts: np.ndarray, imp: _Timeline, static: np.ndarray, cat: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Clicks that depend on each user's earlier clicks, one vectorized step per event index:
+    (category-history match, item-history match, true probability, label), row order.
+
+    Users are ranked by event count, so the users active at step k are ranks [0, n_k); rows
+    are laid out step-major (step k's rows are one contiguous slice, in rank order), so
+    every step works on slices and views instead of gathers.
+    """
+    rows = len(imp.user)
+    user, item, scen, start = imp.user, imp.item, imp.scenario, imp.start
     by_count = np.argsort(-counts, kind="stable")
     rank = np.empty_like(by_count)
     rank[by_count] = np.arange(len(by_count))
@@ -507,7 +565,7 @@ def simulate(rows: int = 200_000, scenarios: int = 5, seed: int = 0) -> Simulati
         out[sm] = x
         return out
 
-    static_sm, draw_sm = step_major(static), step_major(draw)
+    static_sm, draw_sm = step_major(static), step_major(imp.draw)
     cat_sm, item_sm = step_major(cat), step_major(item)
     kappa_sm, lam_sm = step_major(P.seq_cat[scen]), step_major(P.seq_item[scen])
     m_cat, m_item = np.zeros(rows), np.zeros(rows, bool)
@@ -528,27 +586,8 @@ def simulate(rows: int = 200_000, scenarios: int = 5, seed: int = 0) -> Simulati
         c = np.flatnonzero(click)  # ranks of the users who clicked at this step
         buf[c, :, 1:] = buf[c, :, :-1]
         buf[c, 0, 0], buf[c, 1, 0] = i_t[c], c_t[c]
-    m_cat, m_item, true_prob = m_cat[sm], m_item[sm], p_all[sm]  # back to (user, time) order
-    label = y_all[sm].astype(np.int8)
-    terms["seq_cat"] = P.seq_cat[scen] * m_cat
-    terms["seq_item"] = P.seq_item[scen] * m_item
-    return Simulation(
-        params=P,
-        world=W,
-        user=user,
-        item=item,
-        scenario=scen,
-        time_ms=t,
-        context=context,
-        mode=mode,
-        cluster=cluster,
-        terms=terms,
-        seq_cat_match=m_cat,
-        seq_item_match=m_item,
-        true_prob=true_prob,
-        label=label,
-        start=start,
-    )
+    # back to (user, time) order
+    return m_cat[sm], m_item[sm], p_all[sm], y_all[sm].astype(np.int8)
 
 
 # -- the frame ---------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
-"""Shared layers: the CPU dropout and the stacked expert MLPs."""
+"""MLP blocks (models/blocks.py): the CPU dropout, the fused ReLU + dropout in MLPs, and the
+stacked expert MLPs. The kernels under them are compared with references in test_kernels.py."""
 
 import torch
 from torch import nn
 
-from msctr.models.layers import MLP, Dropout, StackedMLP
+from msctr.models.blocks import MLP, Dropout, StackedMLP
 
 
 def test_dropout_drops_at_rate_p_scales_the_rest_and_is_seeded():

@@ -1,7 +1,5 @@
-"""`msctr bench-inference RECIPE`: what each model costs to run, measured the same way for all.
-
-Per model (its trained checkpoint when the run exists, else a freshly initialised model, and
-the table says which) and per variant (eager fp32, bf16 autocast, torch.compile, both):
+"""Measuring: the options, loading each model, timing the test split end to end and the
+forward per batch size, multiply-adds and peak memory, into a `BenchResult`.
 
 - the whole test split scored end to end: read the Parquet file, cut batches, forward,
   probabilities back on the host. After one warm-up run, `repeats` runs: mean, std, min, max.
@@ -12,8 +10,6 @@ the table says which) and per variant (eager fp32, bf16 autocast, torch.compile,
 - parameters, multiply-adds per sample (counted by `msctr.flops` from the ops a forward
   really runs) and peak memory of a forward per batch size.
 - the test AUC of every variant, checked against eager fp32 to 1e-3.
-
-Results go to `bench.json` (in the run folder by default) and to two tables.
 """
 
 from __future__ import annotations
@@ -21,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -31,12 +26,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
-from rich.table import Table
-from torch.multiprocessing.reductions import StorageWeakRef
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from msctr import flops
+from msctr.bench.machine import machine
+from msctr.bench.memory import batch_bytes, peak_forward_bytes, sync, tensor_bytes
+from msctr.bench.results import (
+    BatchTiming,
+    BenchResult,
+    Increase,
+    ModelBench,
+    Summary,
+    VariantBench,
+    VariantFailed,
+)
 from msctr.data.batch import Batch
 from msctr.data.loader import Columns, load_columns
 from msctr.data.schema import Schema
@@ -45,7 +47,8 @@ from msctr.evaluate.metrics import auc
 from msctr.io import write_json
 from msctr.models.registry import build, parse_params, split_output
 from msctr.recipe import ModelEntry, Recipe
-from msctr.train.engine import keep_freed_memory, model_dir
+from msctr.runs import RunFolder
+from msctr.train.runtime import keep_freed_memory
 
 # name -> (precision, compiled)
 VARIANTS: dict[str, tuple[str, bool]] = {
@@ -108,11 +111,6 @@ def bench_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def select_models(recipe: Recipe, wanted: list[str] | None) -> list[ModelEntry]:
     if not wanted:
         return list(recipe.models)
@@ -127,65 +125,6 @@ def select_models(recipe: Recipe, wanted: list[str] | None) -> list[ModelEntry]:
             )
         out.append(m)
     return out
-
-
-# -- memory ------------------------------------------------------------------------------------
-
-
-class LiveTensorBytes(TorchDispatchMode):
-    """Peak bytes of tensor storage created inside the block and still alive, on any device.
-
-    Every op's outputs are registered by storage; storages are dropped once freed (checked
-    with weak references after each op). Inputs and weights made outside are not counted.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.refs: dict[int, tuple[StorageWeakRef, int]] = {}
-        self.live = 0
-        self.peak = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for key, (ref, nbytes) in list(self.refs.items()):
-            if ref.expired():
-                del self.refs[key]
-                self.live -= nbytes
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.device.type != "meta":
-                storage = t.untyped_storage()
-                ref = StorageWeakRef(storage)
-                if ref.cdata not in self.refs:
-                    self.refs[ref.cdata] = (ref, storage.nbytes())
-                    self.live += storage.nbytes()
-        self.peak = max(self.peak, self.live)
-        return out
-
-
-def tensor_bytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def batch_bytes(batch: Batch) -> int:
-    return tensor_bytes(
-        [batch.scenario, batch.sparse, batch.dense, batch.label, batch.partition]
-        + list(batch.seq_ids)
-        + list(batch.seq_mask)
-    )
-
-
-def peak_forward_bytes(run: Callable[[Batch], torch.Tensor], batch: Batch, device) -> int:
-    """Extra memory of one forward beyond the weights and the input batch."""
-    if device.type == "cuda":
-        sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        run(batch)
-        sync(device)
-        return torch.cuda.max_memory_allocated(device) - base
-    with LiveTensorBytes() as mode:
-        run(batch)
-    return mode.peak
 
 
 # -- timing ------------------------------------------------------------------------------------
@@ -241,7 +180,7 @@ def fixed_batch(cols: Columns, size: int, device: torch.device) -> Batch:
 
 def time_calls(
     run: Callable[[Batch], torch.Tensor], batch: Batch, cfg: BenchConfig, device
-) -> dict:
+) -> BatchTiming:
     for _ in range(2):  # warm-up: allocator, caches, compiled graphs for this shape
         run(batch)
     sync(device)
@@ -262,23 +201,13 @@ def time_calls(
         lat += window
         rates.append(len(batch) * calls / sum(window))
     q = np.quantile(np.array(lat) * 1000, [0.5, 0.9, 0.99])
-    return {
-        "batch_size": len(batch),
-        "calls": len(lat),
-        "samples_per_s": statistics.median(rates),
-        "samples_per_s_min_max": [min(rates), max(rates)],
-        "latency_ms": {"p50": float(q[0]), "p90": float(q[1]), "p99": float(q[2])},
-    }
-
-
-def summary(values: list[float]) -> dict:
-    return {
-        "mean": statistics.mean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "min": min(values),
-        "max": max(values),
-        "runs": values,
-    }
+    return BatchTiming(
+        batch_size=len(batch),
+        calls=len(lat),
+        samples_per_s=statistics.median(rates),
+        samples_per_s_min_max=[min(rates), max(rates)],
+        latency_ms={"p50": float(q[0]), "p90": float(q[1]), "p99": float(q[2])},
+    )
 
 
 # -- one model ---------------------------------------------------------------------------------
@@ -288,7 +217,7 @@ def load_model(
     recipe: Recipe, entry: ModelEntry, schema: Schema, seed: int
 ) -> tuple[torch.nn.Module, str]:
     model = build(entry.name, schema, parse_params(entry.name, entry.params))
-    ckpt = model_dir(recipe.run_dir, entry.key) / f"seed_{seed}" / "best.pt"
+    ckpt = RunFolder(recipe.run_dir).seed(entry.key, seed).checkpoint
     if not ckpt.is_file():
         return model, f"freshly initialised (no checkpoint at {ckpt})"
     try:
@@ -318,37 +247,34 @@ def bench_model(
     device: torch.device,
     seed: int,
     log: Callable[[str], None],
-) -> dict:
+) -> ModelBench:
     model, source = load_model(recipe, entry, schema, seed)
     model = model.to(device).eval()
     folder = Path(recipe.data)
     e2e_bs = recipe.train.eval_batch_size
-    res: dict = {
-        "model": entry.key,
-        "name": entry.name,
-        "weights": source,
-        "trained": source.startswith("trained"),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "weight_bytes": tensor_bytes(list(model.parameters()) + list(model.buffers())),
-        "macs_per_sample": {},
-        "variants": {},
-    }
+    res = ModelBench(
+        model=entry.key,
+        name=entry.name,
+        weights=source,
+        trained=source.startswith("trained"),
+        parameters=sum(p.numel() for p in model.parameters()),
+        weight_bytes=tensor_bytes(list(model.parameters()) + list(model.buffers())),
+    )
     batches = {bs: fixed_batch(cols, bs, device) for bs in cfg.batch_sizes}
     for bs, b in batches.items():
-        res["macs_per_sample"][str(bs)] = flops.forward_flops(model, b).macs_per_sample
+        res.macs_per_sample[bs] = flops.forward_flops(model, b).macs_per_sample
     e2e_batch = fixed_batch(cols, min(e2e_bs, len(cols)), device)
-    res["macs_per_sample_e2e"] = flops.forward_flops(model, e2e_batch).macs_per_sample
+    res.macs_per_sample_e2e = flops.forward_flops(model, e2e_batch).macs_per_sample
 
     for variant in cfg.variants:
         log(f"{entry.key}: {variant}")
-        v: dict = {}
         try:
             run = runner(model, variant, device)
             score_test_split(run, folder, schema, cfg.rows, e2e_bs, device)  # warm-up
         except Exception as e:  # a compiler missing or failing must not end the benchmark
             if not VARIANTS[variant][1]:
                 raise
-            res["variants"][variant] = {"error": f"{type(e).__name__}: {e}".splitlines()[0]}
+            res.variants[variant] = VariantFailed(f"{type(e).__name__}: {e}".splitlines()[0])
             continue
         total, reading = [], []
         for _ in range(cfg.repeats):
@@ -357,54 +283,35 @@ def bench_model(
             )
             total.append(seconds)
             reading.append(read)
-        v["test_seconds"] = summary(total)
-        v["read_seconds"] = summary(reading)
-        v["test_rows"] = int(len(label))
-        v["e2e_batch_size"] = e2e_bs
         has_both = 0 < label.sum() < len(label)
-        v["auc"] = auc(label.astype(np.int64), prob) if has_both else float("nan")
-        v["by_batch_size"] = []
+        by_batch_size = []
         for b in batches.values():
-            row = time_calls(run, b, cfg, device)
+            timing = time_calls(run, b, cfg, device)
             if not VARIANTS[variant][1]:  # the tracker would trace through compiled graphs
                 extra = peak_forward_bytes(runner(model, variant, device, False), b, device)
-                row["peak_bytes"] = res["weight_bytes"] + batch_bytes(b) + extra
-            v["by_batch_size"].append(row)
-        res["variants"][variant] = v
-    base = res["variants"].get("eager", {}).get("auc")
-    for name, v in res["variants"].items():
-        if "auc" in v and base is not None and name != "eager":
-            v["auc_diff_vs_eager"] = v["auc"] - base
-            v["auc_ok"] = bool(abs(v["auc"] - base) <= AUC_TOLERANCE)
+                timing.peak_bytes = res.weight_bytes + batch_bytes(b) + extra
+            by_batch_size.append(timing)
+        res.variants[variant] = VariantBench(
+            test_seconds=Summary.of(total),
+            read_seconds=Summary.of(reading),
+            test_rows=int(len(label)),
+            e2e_batch_size=e2e_bs,
+            auc=auc(label.astype(np.int64), prob) if has_both else float("nan"),
+            by_batch_size=by_batch_size,
+        )
+    eager = res.variants.get("eager")
+    if isinstance(eager, VariantBench):
+        for name, v in res.variants.items():
+            if isinstance(v, VariantBench) and name != "eager":
+                v.auc_diff_vs_eager = v.auc - eager.auc
+                v.auc_ok = bool(abs(v.auc - eager.auc) <= AUC_TOLERANCE)
     return res
 
 
 # -- the whole recipe --------------------------------------------------------------------------
 
 
-def machine(device: torch.device) -> dict:
-    cpu = platform.processor() or "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    info = {
-        "cpu": cpu,
-        "logical_cores": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "device": str(device),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    if hasattr(os, "getloadavg"):
-        info["loadavg"] = list(os.getloadavg())
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def run_bench(recipe: Recipe, cfg: BenchConfig, console: Console | None = None) -> dict:
+def run_bench(recipe: Recipe, cfg: BenchConfig, console: Console | None = None) -> BenchResult:
     console = console or Console()
     check_config(cfg)
     device = bench_device(cfg.device)
@@ -418,23 +325,20 @@ def run_bench(recipe: Recipe, cfg: BenchConfig, console: Console | None = None) 
     cols = load_columns(folder, "test", schema, limit=cfg.rows)
     if len(cols) == 0:
         raise UserError(f"the test split of '{folder}' has no rows; re-run `msctr prepare`")
-    result = {
-        "recipe": recipe.name,
-        "data": str(folder),
-        "test_rows": len(cols),
-        "seed": seed,
-        "machine": machine(device),
-        "config": {
-            "batch_sizes": cfg.batch_sizes,
-            "variants": cfg.variants,
-            "repeats": cfg.repeats,
-            "e2e_batch_size": recipe.train.eval_batch_size,
-        },
-        "models": [],
-    }
+    result = BenchResult(
+        recipe=recipe.name,
+        data=str(folder),
+        test_rows=len(cols),
+        seed=seed,
+        machine=machine(device),
+        batch_sizes=cfg.batch_sizes,
+        variants=cfg.variants,
+        repeats=cfg.repeats,
+        e2e_batch_size=recipe.train.eval_batch_size,
+    )
     with console.status("benchmarking") as status:
         for entry in entries:
-            result["models"].append(
+            result.models.append(
                 bench_model(
                     recipe,
                     entry,
@@ -448,14 +352,14 @@ def run_bench(recipe: Recipe, cfg: BenchConfig, console: Console | None = None) 
             )
     add_increase(result, recipe)
     if hasattr(os, "getloadavg"):
-        result["machine"]["loadavg_end"] = list(os.getloadavg())
-    out = cfg.out or recipe.run_dir / "bench.json"
-    write_json(out, result)
-    result["path"] = str(out)
+        result.machine["loadavg_end"] = list(os.getloadavg())
+    out = cfg.out or RunFolder(recipe.run_dir).bench
+    write_json(out, result.to_dict())
+    result.path = str(out)
     return result
 
 
-def add_increase(result: dict, recipe: Recipe) -> None:
+def add_increase(result: BenchResult, recipe: Recipe) -> None:
     """Each model's test-split time relative to the fastest baseline, per variant.
 
     Baselines are the recipe's `eval.baselines` when given, else every model (so the
@@ -463,126 +367,19 @@ def add_increase(result: dict, recipe: Recipe) -> None:
     baseline; both are stored.
     """
     names = set(recipe.eval.baselines)
-    for variant in result["config"]["variants"]:
-        times = {
-            m["model"]: m["variants"][variant]["test_seconds"]["mean"]
-            for m in result["models"]
-            if "test_seconds" in m["variants"].get(variant, {})
-        }
+    for variant in result.variants:
+        ran = [
+            (m.model, v)
+            for m in result.models
+            if isinstance(v := m.variants.get(variant), VariantBench)
+        ]
+        times = {k: v.test_seconds.mean for k, v in ran}
         base = {k: t for k, t in times.items() if not names or k in names} or times
         if not base:
             continue
         fastest = min(base, key=base.get)
         slowest = max(base, key=base.get)
-        for m in result["models"]:
-            v = m["variants"].get(variant, {})
-            if "test_seconds" in v:
-                t = v["test_seconds"]["mean"]
-                for key, ref in (("fastest", fastest), ("slowest", slowest)):
-                    v[f"increase_vs_{key}"] = {"reference": ref, "pct": 100 * (t / base[ref] - 1)}
-
-
-# -- rendering ---------------------------------------------------------------------------------
-
-
-def _mb(n: int | None) -> str:
-    return "-" if n is None else f"{n / 2**20:,.1f}"
-
-
-def _macs(n: float) -> str:
-    return f"{n / 1e6:,.2f}M" if n >= 1e5 else f"{n / 1e3:,.1f}k"
-
-
-def render(result: dict, console: Console) -> None:
-    variants = result["config"]["variants"]
-    m0 = result["machine"]
-    title = (
-        f"{result['recipe']}: inference time on the whole test split "
-        f"({result['test_rows']:,} rows, read + batch + forward; seconds)"
-    )
-    t = Table(title=title, header_style="bold")
-    t.add_column("Model")
-    t.add_column("params", justify="right")
-    t.add_column("MACs/sample", justify="right")
-    t.add_column("AUC", justify="right")
-    for v in variants:
-        t.add_column(f"{v} s", justify="right")
-        t.add_column("vs fastest", justify="right")
-    checked = [v for v in variants if v != "eager"] if "eager" in variants else []
-    if checked:
-        t.add_column("max |AUC diff|", justify="right")
-    notes = []
-    for m in result["models"]:
-        runs = m["variants"]
-        auc0 = next((r["auc"] for r in runs.values() if "auc" in r), float("nan"))
-        cells = [m["model"], f"{m['parameters']:,}", _macs(m["macs_per_sample_e2e"])]
-        cells.append(f"{runs.get('eager', {}).get('auc', auc0):.4f}")
-        for v in variants:
-            r = runs.get(v, {})
-            if "error" in r:
-                cells += ["failed", "-"]
-                notes.append(f"{m['model']} {v}: {r['error']}")
-                continue
-            ts = r["test_seconds"]
-            cells.append(f"{ts['mean']:.3f} ±{ts['std']:.3f}")
-            cells.append(f"{r['increase_vs_fastest']['pct']:+.1f}%")
-        if checked:
-            diffs = [
-                runs[v]["auc_diff_vs_eager"] for v in checked if "auc_diff_vs_eager" in runs[v]
-            ]
-            worst = max(map(abs, diffs), default=float("nan"))
-            cells.append(f"{worst:.4f}" + ("" if worst <= AUC_TOLERANCE else " !"))
-        t.add_row(*cells)
-        if not m["trained"]:
-            notes.append(f"{m['model']}: {m['weights']}; its AUC is that of an untrained model")
-    console.print(t)
-    refs = {
-        v: r["increase_vs_fastest"]["reference"]
-        for m in result["models"]
-        for v, r in m["variants"].items()
-        if "increase_vs_fastest" in r
-    }
-    ref = ", ".join(f"{k} for {v}" for v, k in refs.items())
-    console.print(
-        f"mean ±std over {result['config']['repeats']} runs after a warm-up run, "
-        f"batch {result['config']['e2e_batch_size']}; 'vs fastest' relative to the fastest "
-        f"baseline: {ref}; "
-        f"AUC: eager fp32 on the test split; max |AUC diff|: largest difference of the other "
-        f"variants from it ('!' above {AUC_TOLERANCE}). "
-        f"{m0['cpu']}, {m0['threads']} threads, device {m0['device']}, torch {m0['torch']}, "
-        f"{m0['date']}" + (f", load {m0['loadavg'][0]:.2f}" if "loadavg" in m0 else "")
-    )
-    for n in notes:
-        console.print(f"note: {n}")
-
-    t2 = Table(title="forward only, per batch size", header_style="bold")
-    for h in (
-        "Model",
-        "variant",
-        "batch",
-        "samples/s",
-        "min-max",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
-        "peak MB",
-    ):
-        t2.add_column(h, justify="left" if h in ("Model", "variant") else "right")
-    for m in result["models"]:
-        for v in variants:
-            for r in m["variants"].get(v, {}).get("by_batch_size", []):
-                lo, hi = r["samples_per_s_min_max"]
-                lat = r["latency_ms"]
-                t2.add_row(
-                    m["model"],
-                    v,
-                    f"{r['batch_size']:,}",
-                    f"{r['samples_per_s']:,.0f}",
-                    f"{lo:,.0f}-{hi:,.0f}",
-                    f"{lat['p50']:.3f}",
-                    f"{lat['p90']:.3f}",
-                    f"{lat['p99']:.3f}",
-                    _mb(r.get("peak_bytes")),
-                )
-    console.print(t2)
-    console.print(f"wrote {result['path']}")
+        for _, v in ran:
+            t = v.test_seconds.mean
+            v.increase_vs_fastest = Increase(fastest, 100 * (t / base[fastest] - 1))
+            v.increase_vs_slowest = Increase(slowest, 100 * (t / base[slowest] - 1))

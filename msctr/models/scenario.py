@@ -1,0 +1,151 @@
+"""Layers whose weights differ per scenario: a batch's rows grouped by scenario once, and
+linears and towers that run each row through its own scenario's weights.
+
+Shapes in comments: B batch, S scenarios, E experts.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from msctr.models.blocks import Dropout
+from msctr.models.kernels import (
+    chunked_linear,
+    dense_select_linear,
+    grouped_linear,
+    padded_layout,
+)
+
+DENSE_SELECT = 512  # S * out at or below which ScenarioGroups.linear computes all scenarios
+
+
+class ScenarioGroups:
+    """A batch's rows grouped by scenario, for layers whose weights differ per scenario.
+
+    Gathering one weight matrix per sample (as a naive per-row linear would) copies
+    B x in x out floats, which for expert-sized layers costs far more than the matmul. Here
+    the rows are sorted by scenario once per batch and every layer runs one grouped matmul:
+    on the CPU (eager) `grouped_mm` over the sorted rows with each scenario's weight used in
+    place (in bf16 each scenario's block padded to a multiple of 32 rows); elsewhere the
+    sorted rows are cut into chunks of `chunk` rows that hold one scenario each, one weight
+    matrix is gathered per chunk and all chunks go through one batched matmul (padding at
+    most chunk - 1 rows per scenario; the chunk count uses a static upper bound, so building
+    the groups never syncs a GPU). Layers with narrow outputs (gates, tower tops) instead
+    compute every scenario's output for every row and pick the row's own, which is cheaper
+    than moving the rows (see `DENSE_SELECT`). The three are kernels.py's `grouped_linear`,
+    `chunked_linear` and `dense_select_linear`; this class builds their index tensors once
+    per batch and picks one.
+    """
+
+    def __init__(self, scenario: torch.Tensor, num_scenarios: int, chunk: int | None = None):
+        B = scenario.shape[0]
+        S = num_scenarios
+        dev = scenario.device
+        self.scenario = scenario
+        # grouped_mm: CPU eager only (compiled graphs accept it for bf16 inputs only)
+        self.grouped = dev.type == "cpu" and chunk is None and not torch.compiler.is_compiling()
+        sorted_s, order = torch.sort(scenario, stable=True)
+        # [S]; not bincount, whose data-dependent output size breaks torch.compile graphs
+        counts = torch.zeros(S, dtype=scenario.dtype, device=dev).index_add_(
+            0, scenario, torch.ones_like(scenario)
+        )
+        first_row = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(B, device=dev) - first_row[sorted_s]  # position within its scenario
+        if self.grouped:
+            self.order, self.counts, self.rank, self.sorted_scenario = order, counts, rank, sorted_s
+            self._layouts: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
+            return
+        # padding <= S * chunk (about B / 4 once B >= 32 S); >= 8 rows keep the gathers few
+        self.chunk = chunk or max(8, math.ceil(B / (4 * S)))
+        n_chunks = (counts + self.chunk - 1) // self.chunk  # [S]
+        first_chunk = torch.cumsum(n_chunks, 0) - n_chunks
+        self.row_chunk = torch.empty_like(order)  # [B] chunk of each row (original row order)
+        self.row_slot = torch.empty_like(order)  # [B] slot of each row inside its chunk
+        self.row_chunk[order] = first_chunk[sorted_s] + torch.div(
+            rank, self.chunk, rounding_mode="floor"
+        )
+        self.row_slot[order] = rank % self.chunk
+        self.num_chunks = B // self.chunk + S  # >= sum_s ceil(count_s / chunk)
+        # scenario of each chunk; the unused tail chunks hold zeros and borrow the last scenario
+        chunk_ids = torch.arange(self.num_chunks, device=dev)
+        self.chunk_scenario = torch.searchsorted(
+            torch.cumsum(n_chunks, 0), chunk_ids, right=True
+        ).clamp_max(S - 1)  # [n]
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """Each row through its scenario's linear.
+
+        x [B, in], weight [S, in, out], bias [S, out] -> [B, out];
+        x [B, E, in], weight [S, E, in, out], bias [S, E, out] -> [B, E, out].
+        """
+        if weight.dim() == 3 and weight.shape[0] * weight.shape[2] <= DENSE_SELECT:
+            return dense_select_linear(x, weight, bias, self.scenario)
+        if self.grouped:
+            return grouped_linear(x, weight, bias, self.scenario, self.order, self._layout)
+        return chunked_linear(
+            x, weight, bias, self.chunk_scenario, self.row_chunk, self.row_slot,
+            self.num_chunks, self.chunk,
+        )  # fmt: skip
+
+    def _layout(self, quantum: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """`padded_layout` of this batch for `quantum`, built once per quantum."""
+        if quantum not in self._layouts:
+            self._layouts[quantum] = padded_layout(
+                self.order, self.counts, self.rank, self.sorted_scenario, quantum
+            )
+        return self._layouts[quantum]
+
+
+class ScenarioLinear(nn.Module):
+    """One linear per scenario; each sample uses only its own scenario's weights.
+
+    Rows are grouped by scenario (`ScenarioGroups`) and all groups go through one batched
+    matmul, so the cost is close to that of a single tower and there is no Python loop over
+    scenarios. Pass prebuilt groups to share one grouping between layers.
+    """
+
+    def __init__(self, num_scenarios: int, in_dim: int, out_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_scenarios, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.zeros(num_scenarios, out_dim))
+        bound = 1 / math.sqrt(in_dim)
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor, scenario: torch.Tensor | ScenarioGroups) -> torch.Tensor:
+        # x [B, in], scenario [B] -> [B, out]
+        if not isinstance(scenario, ScenarioGroups):
+            scenario = ScenarioGroups(scenario, self.weight.shape[0])
+        return scenario.linear(x, self.weight, self.bias)
+
+
+class ScenarioMLP(nn.Module):
+    """A per-scenario tower (ReLU hidden layers, optional final linear) using ScenarioLinear."""
+
+    def __init__(
+        self,
+        num_scenarios: int,
+        in_dim: int,
+        hidden: list[int] | tuple[int, ...],
+        out_dim: int | None = 1,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        dims = [in_dim, *hidden]
+        self.hidden = nn.ModuleList(
+            ScenarioLinear(num_scenarios, a, b) for a, b in zip(dims[:-1], dims[1:])
+        )
+        self.out = ScenarioLinear(num_scenarios, dims[-1], out_dim) if out_dim else None
+        self.dropout = Dropout(dropout)
+        self.out_dim = out_dim or dims[-1]
+        self.num_scenarios = num_scenarios
+
+    def forward(self, x: torch.Tensor, scenario: torch.Tensor | ScenarioGroups) -> torch.Tensor:
+        if not isinstance(scenario, ScenarioGroups):
+            scenario = ScenarioGroups(scenario, self.num_scenarios)
+        for layer in self.hidden:
+            x = self.dropout(layer(x, scenario), relu=True)
+        return self.out(x, scenario) if self.out is not None else x
