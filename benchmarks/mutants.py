@@ -52,7 +52,7 @@ class Mutant:
     tests: tuple[str, ...] = ()  # test files to try first; the whole suite decides survival
 
 
-ENGINE = "msctr/train/engine.py"
+LOOP = "msctr/train/loop.py"
 SEL = "tests/test_engine_selection.py"
 ROUTING = "tests/test_scenario_routing.py"
 MECH = "tests/test_mechanisms.py"
@@ -61,7 +61,7 @@ MUTANTS = [
     # -- the training engine: model selection -----------------------------------------------
     Mutant(
         "engine_no_restore",
-        ENGINE,
+        LOOP,
         "model.load_state_dict(best_state)",
         "best_state = best_state  # mutant",
         "the best checkpoint is not restored before the test split is scored",
@@ -69,7 +69,7 @@ MUTANTS = [
     ),
     Mutant(
         "engine_select_on_test",
-        ENGINE,
+        LOOP,
         "val_p = predict(run, data.val, t.eval_batch_size, device, t.precision)\n"
         '        val = {"auc": auc(data.val_labels, val_p), '
         '"logloss": logloss(data.val_labels, val_p)}',
@@ -81,7 +81,7 @@ MUTANTS = [
     ),
     Mutant(
         "engine_val_is_test_split",
-        ENGINE,
+        "msctr/train/splits.py",
         'val = load_columns(folder, "val", schema, limit=t.eval_rows)',
         'val = load_columns(folder, "test", schema, limit=t.eval_rows)',
         "the 'validation' columns are the test split (selection on test, labels consistent)",
@@ -89,25 +89,25 @@ MUTANTS = [
     ),
     Mutant(
         "engine_no_patience",
-        ENGINE,
-        "if waited >= es.patience:",
-        "if waited >= es.patience + 10**6:",
+        LOOP,
+        "return self.waited >= self.patience",
+        "return self.waited >= self.patience + 10**6",
         "patience ignored: training never stops early",
         (SEL,),
     ),
     Mutant(
         "engine_logloss_maximized",
-        ENGINE,
-        'score = val[es.metric] if es.metric == "auc" else -val[es.metric]',
-        "score = val[es.metric]",
+        LOOP,
+        'score = val[self.metric] if self.metric == "auc" else -val[self.metric]',
+        "score = val[self.metric]",
         "early stopping on logloss keeps the epoch with the highest logloss",
         (SEL,),
     ),
     Mutant(
         "engine_wait_not_reset",
-        ENGINE,
-        "best_score, best_epoch, waited = score, epoch, 0",
-        "best_score, best_epoch = score, epoch",
+        LOOP,
+        "self.best_score, self.best_epoch, self.waited = score, epoch, 0",
+        "self.best_score, self.best_epoch = score, epoch",
         "the patience counter is not reset by an improvement",
         (SEL,),
     ),
@@ -179,9 +179,9 @@ MUTANTS = [
     ),
     Mutant(
         "scenario_groups_narrow_scenario0",
-        "msctr/models/layers.py",
-        "own = torch.arange(x.shape[0], device=x.device) * S + self.scenario",
-        "own = torch.arange(x.shape[0], device=x.device) * S + 0 * self.scenario",
+        "msctr/models/kernels.py",
+        "own = torch.arange(x.shape[0], device=x.device) * S + scenario",
+        "own = torch.arange(x.shape[0], device=x.device) * S + 0 * scenario",
         "narrow per-scenario layers (gates, tower tops) read scenario 0's output for every row",
         (ROUTING, "tests/test_baselines.py"),
     ),

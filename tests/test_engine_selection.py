@@ -2,7 +2,7 @@
 checkpoint restored before the test split is scored, and no way for the test split to steer
 the choice.
 
-The validation curve is controlled: `msctr.train.engine.predict` is replaced by a stand-in
+The validation curve is controlled: `msctr.train.loop.predict` is replaced by a stand-in
 that, on the validation rows, returns scores built to give a chosen AUC and logloss at each
 epoch (and records the model's weights at that moment), and on any other rows is the real
 `predict`. Training itself is real (a tiny DNN on 3,000 synthetic rows), so the weights
@@ -26,7 +26,8 @@ from msctr.data.loader import load_columns
 from msctr.data.schema import Schema
 from msctr.models.registry import build
 from msctr.recipe import recipe_from_dict
-from msctr.train import engine
+from msctr.train import loop
+from msctr.train.splits import SplitData
 
 MODEL = {"name": "dnn", "params": {"embed_dim": 4, "hidden": [16], "dropout": 0.0}}
 
@@ -91,7 +92,7 @@ def same_rows(a, b) -> bool:
 
 
 class ScheduledPredict:
-    """Stands in for engine.predict. On the validation rows: the next epoch's scheduled scores,
+    """Stands in for loop.predict. On the validation rows: the next epoch's scheduled scores,
     and a copy of the weights the model has at that moment. On the test rows: the real
     predict. Every call is recorded as "val" or "test" (or "other")."""
 
@@ -102,7 +103,7 @@ class ScheduledPredict:
         self.scores = scheduled_scores(self.val.label.numpy().astype(int), schedule)
         self.states: list[dict] = []
         self.calls: list[str] = []
-        self.real = engine.predict
+        self.real = loop.predict
 
     def __call__(self, model, data, batch_size, device, precision="fp32"):
         if same_rows(data, self.val):
@@ -114,8 +115,8 @@ class ScheduledPredict:
 
 
 def fit(recipe, run_dir: Path) -> dict:
-    data = engine.SplitData.load(recipe)
-    return engine.fit_one(recipe, recipe.models[0], 0, data, run_dir)
+    data = SplitData.load(recipe)
+    return loop.fit_one(recipe, recipe.models[0], 0, data, run_dir)
 
 
 def read_log(run_dir: Path) -> list[dict]:
@@ -127,7 +128,7 @@ def real_test_predictions(folder: Path, state: dict) -> np.ndarray:
     model = build(MODEL["name"], schema, MODEL["params"])
     model.load_state_dict(state)
     test = load_columns(folder, "test", schema)
-    return engine.predict(model, test, 8192, torch.device("cpu"))
+    return loop.predict(model, test, 8192, torch.device("cpu"))
 
 
 def differs(a: dict, b: dict) -> bool:
@@ -158,7 +159,7 @@ def test_early_stopping_follows_the_validation_curve(
     data_dir, tmp_path, monkeypatch, metric, patience
 ):
     fake = ScheduledPredict(data_dir, SCHEDULES[metric])
-    monkeypatch.setattr(engine, "predict", fake)
+    monkeypatch.setattr(loop, "predict", fake)
     recipe = make_recipe(data_dir, tmp_path, metric, patience)
     run_dir = tmp_path / "run"
     summary = fit(recipe, run_dir)
@@ -181,7 +182,7 @@ def test_early_stopping_follows_the_validation_curve(
 @pytest.mark.parametrize("metric", ["auc", "logloss"])
 def test_test_predictions_come_from_the_best_epoch(data_dir, tmp_path, monkeypatch, metric):
     fake = ScheduledPredict(data_dir, SCHEDULES[metric])
-    monkeypatch.setattr(engine, "predict", fake)
+    monkeypatch.setattr(loop, "predict", fake)
     run_dir = tmp_path / "run"
     fit(make_recipe(data_dir, tmp_path, metric, patience=2), run_dir)
     best_state, last_state = fake.states[3], fake.states[-1]  # epoch 4 is best, 6 is last
