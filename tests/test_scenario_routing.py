@@ -35,6 +35,9 @@ SMALL = {
     "hierrec": {"embed_dim": 8, "heads": 2},
     "sfpnet": {"embed_dim": 8, "hidden": [32, 16], "din_hidden": [16]},
     "hmdn": {"embed_dim": 8, "hidden": [32, 16], "depth": 3, "codebook_size": 16},
+    "deepfm": {"embed_dim": 8, "hidden": [32, 16]},
+    "wide_deep": {"embed_dim": 8, "hidden": [32, 16], "cross_fields": [["f0", "f3"]]},
+    "dcn": {"embed_dim": 8, "hidden": [32, 16], "num_cross_layers": 2},
 }
 # the per-scenario tensors of each model (names contain one of these); each must be found
 ROUTED = {
