@@ -126,6 +126,19 @@ def train_and_auc(
     return float(roc_auc_score(test.label.numpy(), logit.numpy()))
 
 
+def assert_trains(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """One forward and backward: logits of shape [B], a finite BCE, and a non-zero gradient on
+    every parameter (an all-zero gradient means a part is computed but never used)."""
+    out = model(batch)
+    assert out.shape == (len(batch),)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(out, batch.label)
+    assert torch.isfinite(loss)
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+    assert not missing, f"no gradient: {missing}"
+    return out
+
+
 runner = CliRunner()
 
 

@@ -3,7 +3,7 @@ formula, parameter checks, planted signal."""
 
 import pytest
 import torch
-from conftest import load_shared, make_schema, train_and_auc
+from conftest import assert_trains, load_shared, make_schema, train_and_auc
 
 from msctr.errors import UserError
 from msctr.models.dcn import CrossNetwork
@@ -26,13 +26,7 @@ def test_shapes_loss_and_every_parameter_gets_gradient(form, schema, batch):
     torch.manual_seed(0)
     model = build("dcn", schema, {**SMALL, **FORMS[form]})
     model.train()
-    out = model(batch)
-    assert out.shape == (len(batch),)
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(out, batch.label)
-    assert torch.isfinite(loss)
-    loss.backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
-    assert not missing, f"no gradient: {missing}"
+    assert_trains(model, batch)
 
 
 @pytest.mark.parametrize("form", FORMS)

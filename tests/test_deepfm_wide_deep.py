@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import load_shared, make_batch, make_schema, train_and_auc
+from conftest import assert_trains, load_shared, make_batch, make_schema, train_and_auc
 
 from msctr.errors import UserError
 from msctr.models.deepfm import fm_pairwise
@@ -24,13 +24,7 @@ def n_params(m):
 @pytest.mark.parametrize("name", list(SMALL))
 def test_shape_loss_and_every_parameter_gets_gradient(name, schema, batch):
     model = build(name, schema, SMALL[name]).train()
-    out = model(batch)
-    assert out.shape == (len(batch),)
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(out, batch.label)
-    assert torch.isfinite(loss)
-    loss.backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
-    assert not missing, f"no gradient: {missing}"
+    assert_trains(model, batch)
 
 
 @pytest.mark.parametrize("name", list(SMALL))
