@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from conftest import make_batch, make_schema, train_and_auc
+from conftest import assert_trains, make_batch, make_schema, train_and_auc
 
 from msctr.errors import UserError
 from msctr.models.kernels import scenario_batch_norm_reference
@@ -47,13 +47,7 @@ def test_shape_loss_and_every_parameter_gets_gradient(name):
     batch = all_scenarios_batch(schema)
     model = build(name, schema, SMALL[name])
     model.train()
-    out = model(batch)
-    assert out.shape == (len(batch),)
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(out, batch.label)
-    assert torch.isfinite(loss)
-    loss.backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
-    assert not missing, f"no gradient: {missing}"
+    assert_trains(model, batch)
     # every scenario's slice of a per-scenario parameter is trained by that scenario's rows
     S = schema.num_scenarios
     for n, p in model.named_parameters():

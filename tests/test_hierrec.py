@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import load_shared, make_schema, train_and_auc
+from conftest import assert_trains, load_shared, make_schema, train_and_auc
 
 from msctr.errors import UserError
 from msctr.models.hierrec import FieldSelfAttention, ScenarioOrientedModule
@@ -19,13 +19,7 @@ def _n_params(model) -> int:
 
 def test_shapes_loss_and_every_parameter_gets_a_gradient(schema, batch):
     model = _build(schema)
-    out = model(batch)
-    assert out.shape == (len(batch),)
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(out, batch.label)
-    assert torch.isfinite(loss)
-    loss.backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
-    assert not missing
+    assert_trains(model, batch)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
