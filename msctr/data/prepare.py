@@ -546,6 +546,10 @@ def _prepare(
             "min_count": min_count,
             "label": f.label,
             "scenario_column": f.scenario,
+            # each scenario's raw value, by name (the names may be the papers', e.g. #B1)
+            "scenario_values": dict(
+                zip(enc.scenario_names, map(str, enc.scenario_values.to_list()), strict=True)
+            ),
             "user_column": f.user,
             "session_column": f.session,
             "encoders": "encoders.parquet",
@@ -580,7 +584,12 @@ def _fit_encoders(
     """Scenario ids, vocabularies and dense statistics, fit on the training rows only."""
     f = table.fields
     train = frame.filter(pl.col(SPLIT) == "train")
-    scen_values = train.select(pl.col(f.scenario).unique().sort()).collect().to_series()
+    if table.scenario_order == "first_seen":
+        seen = frame.select(pl.col(f.scenario).unique(maintain_order=True)).collect().to_series()
+        trained = train.select(pl.col(f.scenario).unique()).collect().to_series()
+        scen_values = seen.filter(seen.is_in(trained.implode()))
+    else:
+        scen_values = train.select(pl.col(f.scenario).unique().sort()).collect().to_series()
     if len(scen_values) == 0:
         raise UserError(f"{table.name}: the training split is empty; give more rows")
     unseen = (
@@ -596,6 +605,8 @@ def _fit_encoders(
             "filter them out or use a split that puts them in training"
         )
     names = table.scenario_names or {}
+    if table.scenario_prefix:
+        names = {v: f"{table.scenario_prefix}{k + 1}" for k, v in enumerate(scen_values)}
     return Encoders(
         scenario_values=scen_values,
         scenario_names=[str(names.get(v, v)) for v in scen_values.to_list()],

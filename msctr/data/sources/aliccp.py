@@ -263,6 +263,10 @@ def load(
         name="aliccp",
         split="given",
         split_column=GIVEN,
+        # the papers' #B1, #B2, #B3: the processed files number 301's hashed ids 1, 2, 3 in
+        # the order they first appear in the raw training skeleton
+        scenario_order="first_seen",
+        scenario_prefix="#B",
         info={
             "dataset": "Ali-CCP",
             "format": "raw",
@@ -333,6 +337,7 @@ def load_processed(
         name="aliccp-processed",
         split="given",
         split_column=GIVEN,
+        scenario_prefix="#B",  # 301 is already 1, 2, 3 here: #B1, #B2, #B3
         info={
             "dataset": "Ali-CCP",
             "format": "processed (33 columns)",

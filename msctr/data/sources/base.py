@@ -54,4 +54,8 @@ class SourceTable:
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     split_column: str | None = None  # for split="given": values "train" / "val" / "test"
     scenario_names: dict[int, str] | None = None  # raw scenario value -> display name
+    # scenario ids 0..S-1: the raw values sorted, or in the order they first appear in the
+    # table (how the processed Ali-CCP files numbered position 301, and so the papers' #B1..#B3)
+    scenario_order: Literal["sorted", "first_seen"] = "sorted"
+    scenario_prefix: str | None = None  # name scenario k (in id order) f"{prefix}{k + 1}"
     info: dict = field(default_factory=dict)  # recorded in schema.json (variant, checksum, ...)
