@@ -26,7 +26,12 @@ from msctr.data.schema import Schema
 from msctr.models.blocks import Dropout, StackedMLP, autocast_input
 from msctr.models.embedding import FeatureEmbedding
 from msctr.models.registry import ModelParams, need_layers, register
-from msctr.models.scenario import ScenarioGroups, ScenarioLinear, ScenarioMLP
+from msctr.models.scenario import (
+    ScenarioBatchNorm,
+    ScenarioGroups,
+    ScenarioLinear,
+    ScenarioMLP,
+)
 
 
 class ScenarioExperts(nn.Module):
@@ -34,7 +39,13 @@ class ScenarioExperts(nn.Module):
     E experts of its own scenario: [B, in] -> [B, E, out]."""
 
     def __init__(
-        self, num_scenarios: int, num_experts: int, in_dim: int, hidden: list[int], dropout: float
+        self,
+        num_scenarios: int,
+        num_experts: int,
+        in_dim: int,
+        hidden: list[int],
+        dropout: float,
+        batch_norm: bool = False,
     ):
         super().__init__()
         dims = [in_dim, *hidden]
@@ -45,6 +56,11 @@ class ScenarioExperts(nn.Module):
             bound = 1 / math.sqrt(a)  # nn.Linear's default range
             self.weights.append(nn.Parameter(torch.empty(S, E, a, b).uniform_(-bound, bound)))
             self.biases.append(nn.Parameter(torch.empty(S, E, b).uniform_(-bound, bound)))
+        # each scenario's experts normalized over that scenario's rows only, as a BatchNorm1d
+        # inside each expert would be
+        self.norms = (
+            nn.ModuleList(ScenarioBatchNorm(S, E * h) for h in hidden) if batch_norm else None
+        )
         self.dropout = Dropout(dropout)
         self.num_experts = E
         self.out_dim = dims[-1]
@@ -55,11 +71,15 @@ class ScenarioExperts(nn.Module):
         S, _, in_dim, h1 = w0.shape
         # the first layer's input is shared by the E experts: one [in, E*h1] matmul per chunk
         w0 = w0.permute(0, 2, 1, 3).reshape(S, in_dim, E * h1)
-        h = groups.linear(x, w0, b0.reshape(S, E * h1)).view(B, E, h1)  # [B, E, h1]
-        h = self.dropout(h, relu=True)
-        for w, b in zip(self.weights[1:], self.biases[1:]):
-            h = self.dropout(groups.linear(h, w, b), relu=True)  # [B, E, h]
+        h = self._norm(0, groups.linear(x, w0, b0.reshape(S, E * h1)), groups)  # [B, E*h1]
+        h = self.dropout(h, relu=True).view(B, E, h1)
+        for k, (w, b) in enumerate(zip(self.weights[1:], self.biases[1:]), 1):
+            h = groups.linear(h, w, b)  # [B, E, h]
+            h = self.dropout(self._norm(k, h.flatten(1), groups), relu=True).view_as(h)
         return h
+
+    def _norm(self, layer: int, h: torch.Tensor, groups: ScenarioGroups) -> torch.Tensor:
+        return h if self.norms is None else self.norms[layer](h, groups.scenario)
 
 
 class CGC(nn.Module):
@@ -72,9 +92,9 @@ class CGC(nn.Module):
 
     def __init__(self, num_scenarios: int, in_dim: int, p: PLEParams, last: bool):
         super().__init__()
-        self.shared = StackedMLP(p.shared_experts, in_dim, p.expert_hidden, p.dropout)
+        self.shared = StackedMLP(p.shared_experts, in_dim, p.expert_hidden, p.dropout, p.batch_norm)
         self.specific = ScenarioExperts(
-            num_scenarios, p.specific_experts, in_dim, p.expert_hidden, p.dropout
+            num_scenarios, p.specific_experts, in_dim, p.expert_hidden, p.dropout, p.batch_norm
         )
         n = p.specific_experts + p.shared_experts
         self.scenario_gate = ScenarioLinear(num_scenarios, in_dim, n)  # gate of each scenario
@@ -107,6 +127,9 @@ class PLEParams(ModelParams):
     expert_hidden: list[int] = field(default_factory=lambda: [256, 128])  # every level's experts
     tower_hidden: list[int] = field(default_factory=lambda: [64])
     dropout: float = 0.1
+    # BatchNorm inside the experts, as MMoE's option and default: each shared expert over the
+    # batch, each scenario's experts over that scenario's rows (ScenarioBatchNorm)
+    batch_norm: bool = True
 
     def check(self, where: str) -> None:
         need_layers(where, "expert_hidden", self.expert_hidden, "[256, 128]")

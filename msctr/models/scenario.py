@@ -13,6 +13,7 @@ from torch import nn
 
 from msctr.models.blocks import Dropout
 from msctr.models.kernels import (
+    _ScenarioBatchNorm,
     chunked_linear,
     dense_select_linear,
     grouped_linear,
@@ -149,3 +150,49 @@ class ScenarioMLP(nn.Module):
         for layer in self.hidden:
             x = self.dropout(layer(x, scenario), relu=True)
         return self.out(x, scenario) if self.out is not None else x
+
+
+class ScenarioBatchNorm(nn.Module):
+    """Batch normalization of units that belong to the row's scenario (a scenario's own
+    expert or tower): each scenario has its own batch statistics, running statistics and
+    affine, as if each scenario's layer had its own nn.BatchNorm1d over its own rows.
+
+    Training: each scenario's rows use that scenario's mean and (biased) variance in the batch,
+    and update that scenario's running statistics. A scenario with fewer than 2 rows in the
+    batch has no usable variance: its rows use its running statistics and leave them unchanged.
+    Eval: each row uses its own scenario's running statistics. [B, D], scenario [B] -> [B, D].
+    """
+
+    def __init__(self, num_scenarios: int, dim: int, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__()
+        S = num_scenarios
+        self.eps = eps
+        self.momentum = momentum
+        self.scenario_gamma = nn.Parameter(torch.ones(S, dim))
+        self.scenario_beta = nn.Parameter(torch.zeros(S, dim))
+        self.register_buffer("running_mean", torch.zeros(S, dim))
+        self.register_buffer("running_var", torch.ones(S, dim))
+
+    def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scale and shift per scenario, [S, D] each."""
+        return self.scenario_gamma, self.scenario_beta
+
+    def forward(self, x: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.affine()
+        if not self.training:  # one gathered scale and shift per row
+            a = scale * torch.rsqrt(self.running_var + self.eps)
+            rows = torch.cat([a, shift - self.running_mean * a], 1).index_select(0, scenario)
+            return torch.addcmul(rows[:, x.shape[1] :], x, rows[:, : x.shape[1]])
+        S = self.running_mean.shape[0]
+        counts = x.new_zeros(S).index_add_(0, scenario, x.new_ones(x.shape[0])).unsqueeze(1)
+        ok = counts >= 2  # a scenario with fewer rows has no usable batch variance
+        # the formula above, with its closed-form backward (kernels.py)
+        y, mean, var = _ScenarioBatchNorm.apply(
+            x, scenario, counts.clamp_min(1.0), ok, self.running_mean, self.running_var,
+            self.eps, scale, shift,
+        )  # fmt: skip
+        with torch.no_grad():  # running var is unbiased, as in nn.BatchNorm1d
+            step = self.momentum * ok.to(x.dtype)  # 0 for scenarios without statistics
+            self.running_mean.lerp_(mean, step)
+            self.running_var.lerp_(var * counts / (counts - 1).clamp_min(1.0), step)
+        return y

@@ -23,52 +23,23 @@ from msctr.data.schema import Schema
 from msctr.errors import UserError
 from msctr.models.blocks import MLP, Dropout
 from msctr.models.embedding import FeatureEmbedding
-from msctr.models.kernels import _ScenarioBatchNorm
 from msctr.models.registry import ModelParams, need_layers, register
-from msctr.models.scenario import ScenarioGroups
+from msctr.models.scenario import ScenarioBatchNorm, ScenarioGroups
 
 
-class PartitionedNorm(nn.Module):
-    """Batch normalization with per-scenario statistics and shared x per-scenario affine.
-
-    Training: each scenario's rows use that scenario's mean and (biased) variance in the batch,
-    and update that scenario's running statistics. A scenario with fewer than 2 rows in the
-    batch has no usable variance: its rows use its running statistics and leave them unchanged.
-    Eval: each row uses its own scenario's running statistics. [B, D], scenario [B] -> [B, D].
+class PartitionedNorm(ScenarioBatchNorm):
+    """STAR's partitioned normalization: batch normalization with per-scenario statistics
+    (`ScenarioBatchNorm`) and a shared x per-scenario affine, scale gamma * gamma_s and shift
+    beta + beta_s. [B, D], scenario [B] -> [B, D].
     """
 
     def __init__(self, num_scenarios: int, dim: int, eps: float = 1e-5, momentum: float = 0.1):
-        super().__init__()
-        S = num_scenarios
-        self.eps = eps
-        self.momentum = momentum
+        super().__init__(num_scenarios, dim, eps, momentum)
         self.gamma = nn.Parameter(torch.ones(dim))
         self.beta = nn.Parameter(torch.zeros(dim))
-        self.scenario_gamma = nn.Parameter(torch.ones(S, dim))
-        self.scenario_beta = nn.Parameter(torch.zeros(S, dim))
-        self.register_buffer("running_mean", torch.zeros(S, dim))
-        self.register_buffer("running_var", torch.ones(S, dim))
 
-    def forward(self, x: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
-        scale = self.gamma * self.scenario_gamma  # [S, D]
-        shift = self.beta + self.scenario_beta  # [S, D]
-        if not self.training:  # one gathered scale and shift per row
-            a = scale * torch.rsqrt(self.running_var + self.eps)
-            rows = torch.cat([a, shift - self.running_mean * a], 1).index_select(0, scenario)
-            return torch.addcmul(rows[:, x.shape[1] :], x, rows[:, : x.shape[1]])
-        S = self.running_mean.shape[0]
-        counts = x.new_zeros(S).index_add_(0, scenario, x.new_ones(x.shape[0])).unsqueeze(1)
-        ok = counts >= 2  # a scenario with fewer rows has no usable batch variance
-        # the formula above, with its closed-form backward (kernels.py)
-        y, mean, var = _ScenarioBatchNorm.apply(
-            x, scenario, counts.clamp_min(1.0), ok, self.running_mean, self.running_var,
-            self.eps, scale, shift,
-        )  # fmt: skip
-        with torch.no_grad():  # running var is unbiased, as in nn.BatchNorm1d
-            step = self.momentum * ok.to(x.dtype)  # 0 for scenarios without statistics
-            self.running_mean.lerp_(mean, step)
-            self.running_var.lerp_(var * counts / (counts - 1).clamp_min(1.0), step)
-        return y
+    def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.gamma * self.scenario_gamma, self.beta + self.scenario_beta
 
 
 class StarLinear(nn.Module):
