@@ -164,6 +164,47 @@ def test_star_partitioned_norm_keeps_per_scenario_statistics():
     torch.testing.assert_close(z, expect)
 
 
+def test_ple_scenario_experts_batch_norm_is_each_scenarios_own():
+    """A scenario's experts are normalized as if each scenario's expert layer had its own
+    nn.BatchNorm1d over that scenario's rows (train and eval); without batch_norm there is
+    no norm at all."""
+    torch.manual_seed(0)
+    schema = make_schema(num_scenarios=3)
+    batch = make_batch(schema, 96, seed=4)
+    model = build("ple", schema, SMALL["ple"])
+    experts = model.levels[0].specific
+    x = model.embedding.fields(batch).flatten(1).detach()
+    groups = ScenarioGroups(batch.scenario, 3)
+    norm = experts.norms[0]
+    with torch.no_grad():  # a non-trivial affine per scenario
+        norm.scenario_gamma.uniform_(0.5, 1.5)
+        norm.scenario_beta.normal_()
+    S, E, _, h = experts.weights[0].shape
+    refs = [torch.nn.BatchNorm1d(E * h) for _ in range(S)]
+    for s, ref in enumerate(refs):
+        with torch.no_grad():
+            ref.weight.copy_(norm.scenario_gamma[s])
+            ref.bias.copy_(norm.scenario_beta[s])
+    w0 = experts.weights[0].permute(0, 2, 1, 3).reshape(S, -1, E * h)
+    pre = (
+        torch.einsum("bi,bio->bo", x, w0[batch.scenario])
+        + experts.biases[0].reshape(S, -1)[batch.scenario]
+    )
+    for mode in ("train", "eval"):
+        experts.train(mode == "train")
+        for ref in refs:
+            ref.train(mode == "train")
+        with torch.no_grad():
+            got = experts._norm(0, pre, groups)
+            want = torch.empty_like(pre)
+            for s, ref in enumerate(refs):
+                want[batch.scenario == s] = ref(pre[batch.scenario == s])
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    plain = build("ple", schema, {**SMALL["ple"], "batch_norm": False})
+    assert plain.levels[0].specific.norms is None
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in plain.modules())
+
+
 @pytest.mark.parametrize(
     "name,bad",
     [
