@@ -38,6 +38,10 @@ SMALL = {
     "deepfm": {"embed_dim": 8, "hidden": [32, 16]},
     "wide_deep": {"embed_dim": 8, "hidden": [32, 16], "cross_fields": [["f0", "f3"]]},
     "dcn": {"embed_dim": 8, "hidden": [32, 16], "num_cross_layers": 2},
+    # AESM2 keeps per-scenario gates but is not in ROUTED: its expert selection compares an
+    # expert's gate under the row's scenario with its gates under every other scenario, so
+    # every row reads all S gates by the paper's rule (docs/models/aesm2.md)
+    "aesm2": {"embed_dim": 8, "num_experts": 4, "expert_hidden": [32], "tower_hidden": [16]},
 }
 # the per-scenario tensors of each model (names contain one of these); each must be found
 ROUTED = {
