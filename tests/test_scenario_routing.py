@@ -38,6 +38,15 @@ SMALL = {
     "deepfm": {"embed_dim": 8, "hidden": [32, 16]},
     "wide_deep": {"embed_dim": 8, "hidden": [32, 16], "cross_fields": [["f0", "f3"]]},
     "dcn": {"embed_dim": 8, "hidden": [32, 16], "num_cross_layers": 2},
+    "maria": {
+        "embed_dim": 8,
+        "fs_hidden": 16,
+        "refine_dim": 4,
+        "fcm_dim": 4,
+        "num_experts": 3,
+        "expert_hidden": [32],
+        "tower_hidden": [16],
+    },
 }
 # the per-scenario tensors of each model (names contain one of these); each must be found
 ROUTED = {
@@ -53,6 +62,9 @@ ROUTED = {
         "pn.running_mean",
         "pn.running_var",
     ],
+    # MARIA's coupling vectors (one per scenario) are left out on purpose: the coupling gate
+    # weighs each scenario's shared tower by its similarity to every other scenario
+    "maria": ["towers.hidden.0.", "towers.out."],
 }
 
 
