@@ -42,6 +42,15 @@ SMALL = {
     # expert's gate under the row's scenario with its gates under every other scenario, so
     # every row reads all S gates by the paper's rule (docs/models/aesm2.md)
     "aesm2": {"embed_dim": 8, "num_experts": 4, "expert_hidden": [32], "tower_hidden": [16]},
+    "maria": {
+        "embed_dim": 8,
+        "fs_hidden": 16,
+        "refine_dim": 4,
+        "fcm_dim": 4,
+        "num_experts": 3,
+        "expert_hidden": [32],
+        "tower_hidden": [16],
+    },
 }
 # the per-scenario tensors of each model (names contain one of these); each must be found
 ROUTED = {
@@ -57,6 +66,9 @@ ROUTED = {
         "pn.running_mean",
         "pn.running_var",
     ],
+    # MARIA's coupling vectors (one per scenario) are left out on purpose: the coupling gate
+    # weighs each scenario's shared tower by its similarity to every other scenario
+    "maria": ["towers.hidden.0.", "towers.out."],
 }
 
 
