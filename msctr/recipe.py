@@ -99,6 +99,8 @@ class EvalConfig:
     baseline: str | None = None  # model key for RelaImpr (default: the first model)
     baselines: list[str] = field(default_factory=list)  # candidates for "best baseline" tests
     significance: float = 0.05
+    # the test behind a table's significance mark, over seeds (a single run: DeLong's test)
+    test: Literal["welch", "mannwhitney"] = "welch"
 
     def validate(self, where: str) -> None:
         unknown = [m for m in self.metrics if m not in TABLE_METRICS]
@@ -106,6 +108,46 @@ class EvalConfig:
             raise UserError(
                 f"{where}.metrics: unknown metric(s) {unknown}; choose from {list(TABLE_METRICS)}"
             )
+
+
+@dataclass
+class PaperRow:
+    """One row of a paper's table, as the paper reports it."""
+
+    model: str  # the recipe's model label for this row
+    name: str | None = None  # the row's name in the paper, where it differs (e.g. BaseDNN)
+    auc: float | None = None
+    logloss: float | None = None
+    scenario_auc: list[float] = field(default_factory=list)  # in the order of `scenarios`
+
+
+@dataclass
+class PaperFigures:
+    """What the paper reports for the table a recipe mirrors, to set beside a run of it."""
+
+    source: str  # e.g. "SFPNet (Zhang et al., 2024), Table 4"
+    dataset: str  # schema.json's info.dataset the figures belong to: "Ali-CCP", "KuaiRand"
+    rows: list[PaperRow]
+    fields: int | None = None  # input fields in the paper's setup, the scenario included
+    scenarios: list[str] = field(default_factory=list)  # the data's scenario names, paper order
+    scenario_labels: list[str] = field(default_factory=list)  # the paper's names, if others
+
+    def validate(self, where: str) -> None:
+        models = [r.model for r in self.rows]
+        twice = sorted({m for m in models if models.count(m) > 1})
+        if twice:
+            raise UserError(f"{where}.rows lists {twice} more than once; one row per model")
+        if self.scenario_labels and len(self.scenario_labels) != len(self.scenarios):
+            raise UserError(
+                f"{where}.scenario_labels has {len(self.scenario_labels)} names for "
+                f"{len(self.scenarios)} scenarios; give one per scenario"
+            )
+        for i, r in enumerate(self.rows):
+            if r.scenario_auc and len(r.scenario_auc) != len(self.scenarios):
+                raise UserError(
+                    f"{where}.rows[{i}].scenario_auc has {len(r.scenario_auc)} values for "
+                    f"{len(self.scenarios)} scenarios ({where}.scenarios); give one per scenario"
+                )
 
 
 @dataclass
@@ -117,6 +159,8 @@ class Recipe:
     eval: EvalConfig = field(default_factory=EvalConfig)
     out: str | None = None  # run folder (default: runs/<name>)
     mirrors: str | None = None  # the paper table or figure this recipe reproduces
+    paper: PaperFigures | None = None  # the paper's figures for that table (eval compares)
+    prepare: str | None = None  # the `msctr prepare` command that makes `data` (papers' setup)
     description: str | None = None
 
     def validate(self, where: str) -> None:
@@ -135,6 +179,12 @@ class Recipe:
         for k in [self.eval.baseline, *self.eval.baselines]:
             if k is not None and k not in keys:
                 raise UserError(f"eval baseline '{k}' is not one of the recipe's models: {keys}")
+        unknown = [r.model for r in self.paper.rows if r.model not in keys] if self.paper else []
+        if unknown:
+            raise UserError(
+                f"paper.rows names {unknown}, which are not the recipe's model labels {keys}; "
+                "give each row the label of the model it stands for"
+            )
 
     @property
     def run_dir(self) -> Path:

@@ -19,6 +19,7 @@ from msctr.data import schema as S
 from msctr.data.schema import Schema
 from msctr.errors import UserError
 from msctr.evaluate import metrics as M
+from msctr.evaluate import paper
 from msctr.evaluate import stats as T
 from msctr.io import atomic_path, reading, write_json, write_text
 from msctr.recipe import Recipe, recipe_from_dict
@@ -143,7 +144,9 @@ def _pick_reference(model: ModelRuns, candidates: list[ModelRuns]) -> ModelRuns 
     return max(others, key=lambda c: np.nanmean(c.values("auc")))
 
 
-def compare(model: ModelRuns, ref: ModelRuns, alpha: float) -> dict:
+def compare(model: ModelRuns, ref: ModelRuns, alpha: float, test: str = "welch") -> dict:
+    """`model`'s AUCs against the reference's: Welch's t, Mann-Whitney U and (over shared
+    seeds) paired t; `test` (the recipe's eval.test) decides `significant`."""
     a, b = model.values("auc"), ref.values("auc")
     out: dict = {"reference": ref.key, "n": len(a), "n_reference": len(b)}
     if len(a) >= 2 and len(b) >= 2:
@@ -154,7 +157,7 @@ def compare(model: ModelRuns, ref: ModelRuns, alpha: float) -> dict:
             ia = [model.seeds.index(s) for s in shared]
             ib = [ref.seeds.index(s) for s in shared]
             out["paired_p"] = T.paired_t(a[ia], b[ib])
-        out["significant"] = bool(out["welch_p"] < alpha)
+        out["significant"] = bool(out[f"{test}_p"] < alpha)
     else:  # a single run each: DeLong's test on the shared test set
         pm, pr = model.predictions(model.seeds[0]), ref.predictions(ref.seeds[0])
         d = T.delong(pm[S.LABEL].to_numpy(), pm["prob"].to_numpy(), pr["prob"].to_numpy())
@@ -181,7 +184,7 @@ def summarize(run_dir: str | Path, partial: bool = False, data: Path | None = No
             row[name] = {"mean": mean, "std": std, "runs": m.values(name).tolist()}
         row["relaimpr"] = M.rela_impr(row["auc"]["mean"], float(np.nanmean(base.values("auc"))))
         ref = _pick_reference(m, candidates)
-        row["test"] = compare(m, ref, alpha) if ref is not None else None
+        row["test"] = compare(m, ref, alpha, recipe.eval.test) if ref is not None else None
         rows.append(row)
     result = {
         "run": str(run_dir),
@@ -192,10 +195,13 @@ def summarize(run_dir: str | Path, partial: bool = False, data: Path | None = No
         "test_rows": int(models[0].predictions(models[0].seeds[0]).height),
         "relaimpr_base": base.key,
         "alpha": alpha,
+        "test": recipe.eval.test,
         "table_metrics": recipe.eval.metrics,
         "models": rows,
         "missing_runs": missing,
     }
+    if recipe.paper is not None:
+        result["paper"] = paper.compare(recipe.paper, schema, rows)
     if schema.has_true_prob:
         pred = models[0].predictions(models[0].seeds[0])
         result["bayes"] = run_metrics(pred, schema.num_scenarios, prob=S.TRUE_PROB)
@@ -304,6 +310,11 @@ def render_table(result: dict, console: Console) -> None:
     console.print(_legend(result))
     if result.get("missing_runs"):
         console.print(f"[bold yellow]{_partial(result)}[/]", highlight=False)
+    if "paper" in result:
+        if result["paper"]["shown"]:
+            for table in paper.tables(result["paper"]):
+                console.print(table.to_rich())
+        console.print(paper.legend(result["paper"]), highlight=False)
 
 
 def _legend(result: dict) -> str:
@@ -333,6 +344,12 @@ def render_markdown(result: dict) -> str:
         lines += [f"**{_partial(result)}**", ""]
     for fig in result.get("figures", []):
         lines += [f"![{fig}]({fig})", ""]
+    if "paper" in result:
+        lines += ["## Paper vs measured", ""]
+        if result["paper"]["shown"]:
+            for table in paper.tables(result["paper"]):
+                lines += [f"{table.title}:", "", table.to_markdown(), ""]
+        lines += [paper.legend(result["paper"]), ""]
     lines += ["## Significance", ""]
     for r in result["models"]:
         t = r["test"]
