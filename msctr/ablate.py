@@ -10,12 +10,12 @@ from pathlib import Path
 from rich.console import Console
 
 from msctr.errors import UserError
-from msctr.evaluate.report import summarize
+from msctr.evaluate.report import REPORT, TERMINAL, CellStyle, summarize
 from msctr.io import atomic_path, write_text
 from msctr.models.registry import check_switches, get_spec
 from msctr.recipe import ModelEntry, Recipe
 from msctr.runs import RunFolder
-from msctr.tables import Table
+from msctr.tables import Table, print_tables
 from msctr.train.loop import train_recipe
 
 
@@ -73,7 +73,7 @@ def ablation_recipe(recipe: Recipe, entry: ModelEntry, drops: list[str]) -> Reci
     return r
 
 
-def ablation_rows(result: dict) -> tuple[list[str], list[list[str]]]:
+def ablation_rows(result: dict, style: CellStyle = REPORT) -> tuple[list[str], list[list[str]]]:
     rows_in = result["models"]
     full = rows_in[0]
     scen = result["scenarios"]
@@ -103,17 +103,33 @@ def ablation_rows(result: dict) -> tuple[list[str], list[list[str]]]:
                 "" if r is full else f"{d_auc:+.4f}{mark}",
                 f"{r['logloss']['mean']:.4f}",
                 "" if r is full else f"{d_ll:+.4f}",
-                "" if p is None else f"{p:.3g}",
-                "" if t.get("mannwhitney_p") is None else f"{t['mannwhitney_p']:.3g}",
+                "" if p is None else f"{p:{style.p_digits}}",
+                "" if t.get("mannwhitney_p") is None else f"{t['mannwhitney_p']:{style.p_digits}}",
             ]
         )
     return header, rows
 
 
-def ablation_table(result: dict, key: str) -> Table:
-    """The ablation table of model `key`, for the terminal and the report alike."""
-    header, rows = ablation_rows(result)
+def ablation_table(result: dict, key: str, style: CellStyle = REPORT) -> Table:
+    """The ablation table of model `key`, all in one: the report's."""
+    header, rows = ablation_rows(result, style)
     return Table(header, rows, title=f"Ablation of {key} ({result['test_rows']:,} test rows)")
+
+
+def ablation_tables(result: dict, key: str) -> list[Table]:
+    """The same as the terminal shows it (p-values in scientific notation): the overall
+    columns, then the per-scenario AUCs in a table of their own, as `msctr eval` does. The
+    Mann-Whitney column is left out where no variant has that test (single runs)."""
+    full = ablation_table(result, key, TERMINAL)
+    k = len(result["scenarios"])
+    overall = list(range(1 + k, len(full.header)))
+    if not any(row[-1] for row in full.rows):
+        overall = overall[:-1]
+    scen = result["scenarios"]
+    return [
+        full.select(overall, full.title),
+        full.select(range(1, 1 + k), "AUC per scenario", header=scen),
+    ]
 
 
 def plot(result: dict, path: Path) -> None:
@@ -152,7 +168,7 @@ def run_ablation(recipe: Recipe, drops: list[str], model: str | None, console: C
     run_dir = train_recipe(r, console)
     result = summarize(run_dir)
     table = ablation_table(result, entry.key)
-    console.print(table.to_rich())
+    print_tables(console, *ablation_tables(result, entry.key))
     console.print(
         "Δ = variant minus full model; * = p < "
         f"{result['alpha']} (Welch t-test over seeds, or DeLong's test for a single run)."

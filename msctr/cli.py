@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -13,8 +14,7 @@ from rich.table import Table
 
 from msctr.errors import Interrupted, UserError
 
-# outside a terminal (logs, CI) rich would wrap tables at 80 columns; keep them readable
-console = Console() if sys.stdout.isatty() else Console(width=200)
+console = Console()
 err_console = Console(stderr=True)
 
 app = typer.Typer(
@@ -28,6 +28,16 @@ prepare_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(prepare_app, name="prepare")
+
+
+@app.callback()
+def _width() -> None:
+    # outside a terminal (logs, CI) rich would wrap tables at 80 columns: 200 unless COLUMNS
+    # says otherwise (read per command, so that a test's COLUMNS counts)
+    if not sys.stdout.isatty():
+        columns = os.environ.get("COLUMNS", "")
+        console.width = int(columns) if columns.isdigit() else 200
+
 
 Sets = Annotated[
     list[str] | None,

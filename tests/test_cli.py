@@ -1,16 +1,18 @@
 """The pipeline through the command line: prepare -> train -> eval, errors, determinism."""
 
 import json
+import re
 import subprocess
 import sys
 
 import numpy as np
 import polars as pl
 import pytest
-from conftest import invoke
+from conftest import invoke, runner
 from scipy import stats as sps
 from sklearn.metrics import log_loss, roc_auc_score
 
+from msctr.cli import app
 from msctr.evaluate.stats import delong
 
 RECIPE = """
@@ -43,7 +45,7 @@ def trained(tmp_path_factory, data_dir):
 
 def test_train_prints_paper_table(trained):
     _, run, output = trained
-    assert "AUC featured" in output and "Bayes ceiling" in output
+    assert "AUC per scenario" in output and "featured" in output and "Bayes ceiling" in output
     res = json.loads((run / "results.json").read_text())
     bayes = res["bayes"]["auc"]
     for row in res["models"]:
@@ -206,3 +208,70 @@ def test_table_source_then_smoke_train(tmp_path):
     b = pl.read_parquet(tmp_path / "o-smoke" / "DNN" / "seed_0" / "predictions.parquet")
     ref = delong(a["label"].to_numpy(), a["prob"].to_numpy(), b["prob"].to_numpy())
     assert test["delong_p"] == pytest.approx(ref.p_value, abs=1e-12)
+
+
+PAPER_MODELS = [
+    ("dnn", "DNN"),
+    ("shared_bottom", "SharedBottom"),
+    ("mmoe", "MMoE"),
+    ("ple", "PLE"),
+    ("star", "STAR"),
+    ("adasparse", "AdaSparse"),
+    ("pepnet", "PEPNet"),
+    ("hmdn", "HMDN(PEPNet)"),
+    ("deepfm", "DeepFM"),
+    ("hierrec", "HierRec"),
+    ("sfpnet", "SFPNet"),
+]
+
+
+@pytest.fixture(scope="module")
+def paper_run(tmp_path_factory):
+    """A finished run of 11 models x 3 seeds on 7 scenarios, its predictions made up (the true
+    probability blurred more or less per model) rather than trained: only eval reads them."""
+    root = tmp_path_factory.mktemp("paper")
+    data = root / "data"
+    invoke("prepare", "synthetic", "--out", str(data), "--rows", "8000", "--scenarios", "7")
+    run = root / "run"
+    models = ", ".join(f"{{name: {n}, label: '{label}'}}" for n, label in PAPER_MODELS)
+    run.mkdir()
+    (run / "recipe.yaml").write_text(
+        f"name: paper\ndata: {data}\nmodels: [{models}]\ntrain: {{seeds: [0, 1, 2]}}\n"
+    )
+    test = pl.read_parquet(data / "test.parquet")
+    logit = np.log(test["_true_prob"].to_numpy() / (1 - test["_true_prob"].to_numpy()))
+    rng = np.random.default_rng(0)
+    for i, (_, label) in enumerate(PAPER_MODELS):
+        for seed in (0, 1, 2):
+            noise = rng.normal(0, 0.5 + 0.15 * i, len(test))
+            prob = 1 / (1 + np.exp(-(logit + noise)))
+            folder = run / label / f"seed_{seed}"
+            folder.mkdir(parents=True)
+            cols = ["label", "scenario", "_user", "_session", "_true_prob"]
+            test.select(cols).with_columns(prob=prob).write_parquet(folder / "predictions.parquet")
+    return run
+
+
+def test_eval_table_fits_100_columns(paper_run):
+    from msctr.evaluate.report import results_table
+
+    result = runner.invoke(app, ["eval", str(paper_run)], env={"COLUMNS": "100"})
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    out = result.output
+    assert "…" not in out and max(len(line) for line in out.splitlines()) <= 100
+    res = json.loads((paper_run / "results.json").read_text())
+    assert len(res["models"]) == 11 and len(res["scenarios"]) == 7
+    lines = [re.split(r"\s{2,}", line.strip()) for line in out.splitlines()]
+    for r in res["models"]:
+        rows = [cells for cells in lines if cells[0] == r["model"]]
+        assert len(rows) == 3  # overall, and the per-scenario AUCs in two tables
+        star = "*" if r["test"]["significant"] else ""
+        assert rows[0][1].endswith("±" + f"{r['auc']['std']:.4f}".lstrip("0") + star)
+        p = [f"{r['test'][k]:.1e}" for k in ("welch_p", "mannwhitney_p")]
+        assert rows[0][-2:] == p
+        assert len(rows[1]) + len(rows[2]) == 2 + 7
+    assert any(r["test"]["significant"] for r in res["models"])
+    # report.md keeps the whole table, every scenario's AUC beside the overall metrics
+    report = (paper_run / "report.md").read_text()
+    table = results_table(res).to_markdown()
+    assert table in report and table.splitlines()[0].count("|") == 1 + 7 + 4 + 4

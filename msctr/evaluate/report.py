@@ -24,7 +24,7 @@ from msctr.evaluate import stats as T
 from msctr.io import atomic_path, reading, write_json, write_text
 from msctr.recipe import Recipe, recipe_from_dict
 from msctr.runs import RunFolder, SeedRun
-from msctr.tables import Table
+from msctr.tables import Table, print_tables
 
 BAYES = "Bayes ceiling"
 
@@ -254,38 +254,54 @@ def _fmt(v: float, digits: int = 4) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
-def _cell(stat: dict, digits: int = 4) -> str:
+@dataclass(frozen=True)
+class CellStyle:
+    """How the numbers read: report.md has room to spare, the terminal 100 columns."""
+
+    sep: str  # between a mean and its "±std"
+    p_digits: str  # format of a p-value
+    p_header: str  # the header of the p-value column
+
+
+REPORT = CellStyle(" ", ".3g", "p vs best other")  # "0.7405 ±.0012*", "0.000557"
+TERMINAL = CellStyle("", ".1e", "p")  # "0.7405±.0012*", "5.6e-04"
+
+
+def _cell(stat: dict, style: CellStyle = REPORT, digits: int = 4) -> str:
     if len(stat["runs"]) > 1:
-        return f"{_fmt(stat['mean'], digits)} ±{_fmt(stat['std'], digits).lstrip('0')}"
+        return f"{_fmt(stat['mean'], digits)}{style.sep}±{_fmt(stat['std'], digits).lstrip('0')}"
     return _fmt(stat["mean"], digits)
 
 
-def _p(test: dict | None) -> str:
-    if not test:
-        return "-"
-    p = test.get("welch_p", test.get("delong_p"))
-    return "-" if p is None or math.isnan(p) else f"{p:.3g}"
+def _p(p: float | None, style: CellStyle = REPORT) -> str:
+    return "-" if p is None or math.isnan(p) else f"{p:{style.p_digits}}"
 
 
-def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
+def _scenario_columns(result: dict) -> int:
+    """How many per-scenario AUC columns the table has (none unless the recipe asks)."""
+    return len(result["scenarios"]) if "scenario_auc" in (result.get("table_metrics") or ()) else 0
+
+
+def table_rows(result: dict, style: CellStyle = REPORT) -> tuple[list[str], list[list[str]]]:
     scen = result["scenarios"]
     first = result["models"][0]
     show = set(result.get("table_metrics") or ())
-    per_scenario = range(len(scen)) if "scenario_auc" in show else range(0)
+    per_scenario = range(_scenario_columns(result))
     groups = [
         (k, h) for k, h in (("gauc", "GAUC"), ("sgauc", "S-GAUC")) if k in first and k in show
     ]
     main = [(k, h) for k, h in (("auc", "AUC"), ("logloss", "Logloss")) if k in show]
     header = [*(f"AUC {scen[k]}" for k in per_scenario), *(h for _, h in main + groups)]
-    header += ["RelaImpr"] * ("relaimpr" in show) + ["p vs best other", "MWU p"]
+    header += ["RelaImpr"] * ("relaimpr" in show) + [style.p_header, "MWU p"]
     rows = []
     for r in result["models"]:
         star = "*" if r["test"] and r["test"].get("significant") else ""
-        cells = [r["model"]] + [_cell(r[f"auc_s{k}"]) for k in per_scenario]
-        cells += [_cell(r[k]) + (star if k == "auc" else "") for k, _ in main + groups]
-        mwu = r["test"].get("mannwhitney_p") if r["test"] else None
+        cells = [r["model"]] + [_cell(r[f"auc_s{k}"], style) for k in per_scenario]
+        cells += [_cell(r[k], style) + (star if k == "auc" else "") for k, _ in main + groups]
+        test = r["test"] or {}
         cells += [f"{r['relaimpr']:+.2f}%"] * ("relaimpr" in show)
-        cells += [_p(r["test"]), "-" if mwu is None else f"{mwu:.3g}"]
+        cells += [_p(test.get("welch_p", test.get("delong_p")), style)]
+        cells += [_p(test.get("mannwhitney_p"), style)]
         rows.append(cells)
     if "bayes" in result:
         b = result["bayes"]
@@ -295,9 +311,9 @@ def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
     return ["Model", *header], rows
 
 
-def results_table(result: dict) -> Table:
-    """The papers' table of a run (models as rows), for the terminal and report.md alike."""
-    header, rows = table_rows(result)
+def results_table(result: dict, style: CellStyle = REPORT) -> Table:
+    """The papers' table of a run (models as rows), all in one: report.md's table."""
+    header, rows = table_rows(result, style)
     title = f"{result['recipe']}: test split, {result['test_rows']:,} rows"
     if result.get("mirrors"):
         title += f" (mirrors {result['mirrors']})"
@@ -305,9 +321,28 @@ def results_table(result: dict) -> Table:
     return Table(header, rows, title=title, styles=styles)
 
 
+def terminal_tables(result: dict) -> list[Table]:
+    """The same table as the terminal shows it, in 100 columns: the overall metrics with the
+    significance marks and p-values, then the per-scenario AUCs in a table of their own (models
+    as rows in both, as in the papers; `print_tables` splits the latter by scenarios when they
+    are many, so each scenario's column stays whole). The Mann-Whitney column is left out
+    where no model has that test (single runs)."""
+    full = results_table(result, TERMINAL)
+    k = _scenario_columns(result)
+    overall = list(range(1 + k, len(full.header)))
+    if not any((r["test"] or {}).get("mannwhitney_p") is not None for r in result["models"]):
+        overall = overall[:-1]
+    tables = [full.select(overall, full.title)]
+    if k:
+        scen = result["scenarios"]
+        tables.append(full.select(range(1, 1 + k), "AUC per scenario", header=scen))
+    return tables
+
+
 def render_table(result: dict, console: Console) -> None:
-    console.print(results_table(result).to_rich())
-    console.print(_legend(result))
+    tables = terminal_tables(result)
+    print_tables(console, *tables)
+    console.print(_terminal_legend(result, mwu="MWU p" in tables[0].header))
     if result.get("missing_runs"):
         console.print(f"[bold yellow]{_partial(result)}[/]", highlight=False)
     if "paper" in result:
@@ -324,6 +359,15 @@ def _legend(result: dict) -> str:
         f"mean ± std over seeds; * = AUC differs from the best other model at p < {result['alpha']}"
         f" ({test}); RelaImpr relative to {result['relaimpr_base']}."
     )
+
+
+def _terminal_legend(result: dict, mwu: bool) -> str:
+    """The legend, and what the terminal's short p headers stand for."""
+    single = max(len(r["seeds"]) for r in result["models"]) == 1
+    test = "DeLong's test" if single else "the Welch t-test"
+    text = _legend(result) + f" p: {test}'s p-value"
+    text += "; MWU p: the Mann-Whitney U test's." if mwu else "."
+    return text + " report.md has the full table and each row's reference model."
 
 
 def _partial(result: dict) -> str:
