@@ -111,32 +111,31 @@ def _num(v: float, digits: int = 4) -> str:
 
 
 def tables(cmp: dict) -> list[Table]:
-    """The comparison as tables that fit a 100-column terminal, models as rows: overall AUC
-    and Logloss (paper, ours, diff), per-scenario AUC (paper and diff, three scenarios a
-    table; our per-scenario means are in the results table), then the rank agreement."""
+    """The comparison, models as rows: overall AUC and Logloss, then AUC per scenario (paper,
+    ours, diff for each), then the rank agreement. `print_tables` splits the wide ones to the
+    terminal's width; report.md has them whole."""
     rows = cmp["rows"]
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
     models = list(dict.fromkeys(r["model"] for r in rows))
     cell = {(r["model"], r["metric"]): r for r in rows}
     overall = [m for m in metrics if not m.startswith("AUC ")]
     scenario = [m for m in metrics if m.startswith("AUC ")]
-    groups = [(overall, True, "overall")] if overall else []
-    groups += [(scenario[i : i + 3], False, "per-scenario AUC") for i in range(0, len(scenario), 3)]
     out = []
-    for group, with_ours, title in groups:
+    for group, title in ((overall, "overall"), (scenario, "AUC per scenario")):
+        if not group:
+            continue
         header = ["Model"]
-        for m in group:
-            header += [f"{m} paper", *(["ours"] if with_ours else []), "diff"]
+        for m in group:  # each column named in full: a wide table is split between columns
+            name = m.removeprefix("AUC ") if m.startswith("AUC ") else m
+            header += [f"{name} paper", f"{name} ours", f"{name} diff"]
         body = []
         for model in models:
             line = [model]
             for m in group:
                 r = cell.get((model, m))
-                if r is None:
-                    line += ["-"] * (3 if with_ours else 2)
-                    continue
-                ours = [_num(r["ours"])] if with_ours else []
-                line += [_num(r["paper"]), *ours, f"{r['diff']:+.4f}"]
+                line += ["-"] * 3 if r is None else [
+                    _num(r["paper"]), _num(r["ours"]), f"{r['diff']:+.4f}"
+                ]  # fmt: skip
             body.append(line)
         out.append(Table(header, body, title=f"paper vs measured: {title}"))
     rank_rows = [

@@ -347,14 +347,18 @@ def render_table(result: dict, console: Console) -> None:
         console.print(f"[bold yellow]{_partial(result)}[/]", highlight=False)
     if "paper" in result:
         if result["paper"]["shown"]:
-            for table in paper.tables(result["paper"]):
-                console.print(table.to_rich())
+            console.print()
+            print_tables(console, *paper.tables(result["paper"]))
         console.print(paper.legend(result["paper"]), highlight=False)
+
+
+TESTS = {"welch": "two-sided Welch t-test", "mannwhitney": "two-sided Mann-Whitney U test"}
 
 
 def _legend(result: dict) -> str:
     n = {len(r["seeds"]) for r in result["models"]}
-    test = "two-sided Welch t-test over seeds" if max(n) > 1 else "DeLong's test, single run"
+    over_seeds = f"{TESTS[result.get('test', 'welch')]} over seeds"
+    test = over_seeds if max(n) > 1 else "DeLong's test, single run"
     return (
         f"mean ± std over seeds; * = AUC differs from the best other model at p < {result['alpha']}"
         f" ({test}); RelaImpr relative to {result['relaimpr_base']}."
@@ -364,7 +368,7 @@ def _legend(result: dict) -> str:
 def _terminal_legend(result: dict, mwu: bool) -> str:
     """The legend, and what the terminal's short p headers stand for."""
     single = max(len(r["seeds"]) for r in result["models"]) == 1
-    test = "DeLong's test" if single else "the Welch t-test"
+    test = "DeLong's test" if single else "the Welch t-test"  # the p column is Welch's
     text = _legend(result) + f" p: {test}'s p-value"
     text += "; MWU p: the Mann-Whitney U test's." if mwu else "."
     return text + " report.md has the full table and each row's reference model."
