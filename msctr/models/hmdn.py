@@ -23,8 +23,9 @@ How the CTR gradient reaches x_b (the paper is silent; `rq_gradient`):
 - "plain": s_D = sum_d e(c_d) exactly. The CTR loss trains the selected codebook rows (and in
   explicit mode the projections); x_b is moved only by the commitment term of L_rq (and, as
   part of x, by the backbone).
-- "straight_through" (VQ-VAE style): the quantized vector q keeps its value but takes the
-  gradient of its input, q = input + sg(q - input). Implicit: q = s_D, input = x_b, so
+- "straight_through" (the default: the paper builds on RQ-VAE, which trains this way): the
+  quantized vector q keeps its value but takes the gradient of its input,
+  q = input + sg(q - input). Implicit: q = s_D, input = x_b, so
   s_D = x_b + sg(s_D - x_b). Explicit: per level, q_d = part_d + sg(e(c_d) - part_d), then
   projected and summed. The CTR gradient then reaches x_b; codebooks learn only from L_rq.
 
@@ -61,7 +62,8 @@ class HMDNParams(ModelParams):
     codebook_size: int = 64  # K (the paper gives none)
     alpha: float = 1.0  # weight of L_rq in the total loss
     beta: float = 0.25  # commitment weight inside L_rq
-    rq_gradient: Literal["plain", "straight_through"] = "plain"
+    # straight-through: the paper builds on RQ-VAE, whose estimator trains x_b by the CTR loss
+    rq_gradient: Literal["plain", "straight_through"] = "straight_through"
     hidden: list[int] = field(default_factory=lambda: [128, 64, 32])
     dropout: float = 0.1
     # BatchNorm after each hidden linear (experts and PEPNet MLP). The paper names none; on,
