@@ -162,10 +162,12 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def run_ablation(recipe: Recipe, drops: list[str], model: str | None, console: Console) -> dict:
+def run_ablation(
+    recipe: Recipe, drops: list[str], model: str | None, console: Console, fresh: bool = False
+) -> dict:
     entry = pick_model(recipe, model)
     r = ablation_recipe(recipe, entry, drops)
-    run_dir = train_recipe(r, console)
+    run_dir = train_recipe(r, console, fresh=fresh)
     result = summarize(run_dir)
     table = ablation_table(result, entry.key)
     print_tables(console, *ablation_tables(result, entry.key))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -43,6 +44,21 @@ Sets = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a recipe key, e.g. --set train.lr=0.002 (repeatable)."),
 ]
+
+
+Fresh = Annotated[
+    bool,
+    typer.Option(
+        "--fresh",
+        help="Start over: remove the run folder's runs instead of keeping finished ones and "
+        "resuming the interrupted one.",
+    ),
+]
+
+
+def resume_command() -> str:
+    """The command line that continues this one: the same arguments, never --fresh."""
+    return "msctr " + shlex.join(a for a in sys.argv[1:] if a != "--fresh")
 
 
 Overwrite = Annotated[
@@ -282,8 +298,10 @@ def train(
     set_: Sets = None,
     smoke: Annotated[bool, typer.Option(help="A few batches, one seed, small eval.")] = False,
     evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Evaluate when done.")] = True,
+    fresh: Fresh = False,
 ) -> None:
-    """Train every model of a recipe over its seeds, then evaluate.
+    """Train every model of a recipe over its seeds, then evaluate. Resumes by default:
+    finished runs in the run folder are kept, an interrupted one continues from its last epoch.
 
     Example: msctr train recipes/synthetic/table.yaml --set train.seeds=[0,1,2]
     """
@@ -292,7 +310,11 @@ def train(
     from msctr.train.loop import train_recipe
 
     r = load_recipe(recipe, set_ or [], smoke=smoke)
-    run_dir = train_recipe(r, console)
+    try:
+        run_dir = train_recipe(r, console, fresh=fresh)
+    except Interrupted as e:
+        e.resume = resume_command()
+        raise
     console.print(f"[green]runs in[/] {run_dir}")
     if evaluate:
         render_table(summarize(run_dir), console)
@@ -346,8 +368,10 @@ def ablate(
     ] = None,
     set_: Sets = None,
     smoke: Annotated[bool, typer.Option(help="A few batches, one seed, small eval.")] = False,
+    fresh: Fresh = False,
 ) -> None:
     """Switch a model's named parts off and compare each variant with the full model.
+    Resumes like `train`: each variant is a run of the ablation's run folder.
 
     Example: msctr ablate recipes/synthetic/sfpnet.yaml --drop rtm --drop sam
     """
@@ -355,7 +379,11 @@ def ablate(
     from msctr.recipe import load_recipe
 
     r = load_recipe(recipe, set_ or [], smoke=smoke)
-    run_ablation(r, drop or [], model, console)
+    try:
+        run_ablation(r, drop or [], model, console, fresh=fresh)
+    except Interrupted as e:
+        e.resume = resume_command()
+        raise
 
 
 @app.command("bench-inference")
@@ -435,9 +463,12 @@ def main() -> None:
         sys.exit(1)
     except Interrupted as e:
         name = signal.Signals(e.signum).name
+        resume = getattr(e, "resume", None)
         err_console.print(
-            f"interrupted ({name}): no file was left half-written",
+            f"interrupted ({name}): no file was left half-written"
+            + (f"; resume with: {resume}" if resume else ""),
             highlight=False,
+            soft_wrap=True,
         )
         sys.exit(128 + e.signum)
 

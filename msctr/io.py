@@ -272,3 +272,30 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+@contextmanager
+def exclusive_lock(path: str | Path, busy: str) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (a file holding the holder's pid) while the block runs;
+    when another process holds it, a UserError: `busy`, with that process's pid put in for
+    `{pid}`. The lock is fcntl.flock's, which the kernel releases when the holder exits in any
+    way (SIGKILL and power loss included), so a crashed process never leaves it stuck; the
+    file itself stays (removing it would race with the next taker)."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: no lock
+        yield
+        return
+    path = Path(path)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise UserError(busy.format(pid=holder)) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

@@ -7,6 +7,7 @@ model's `params` are checked against that model's hyperparameter dataclass.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import re
 from dataclasses import asdict, dataclass, field
@@ -16,6 +17,7 @@ from typing import Literal
 import yaml
 
 from msctr.config import from_dict, set_path
+from msctr.data.schema import Schema
 from msctr.errors import UserError
 from msctr.models.registry import parse_params
 
@@ -256,3 +258,58 @@ def smoke_dict(raw: dict) -> dict:
     if raw.get("out"):
         raw["out"] = f"{raw['out']}-smoke"
     return raw
+
+
+# -- what a (model, seed) run's results depend on --------------------------------------------
+
+# train keys that cannot change a run's results: `seeds` only lists which runs exist (each
+# seed is its own run). Every other train key can change the numbers, `threads` included:
+# the thread count changes how CPU kernels split their sums, so the same seed with another
+# thread count is not bit-identical (docs/recipes.md, "Resuming").
+NOT_RESULT_TRAIN_KEYS = ("seeds",)
+
+
+def run_fingerprint(recipe: Recipe, entry: ModelEntry, schema: Schema) -> dict:
+    """What one run of `entry` under `recipe` depends on, as plain JSON values: the prepared
+    data's content (its md5 from schema.json, so a moved dataset is still the same data), the
+    model and its parameters with defaults filled in, and the result-affecting train keys.
+    Labels and eval keys are not in it: they cannot change a run's predictions."""
+    train = {k: v for k, v in asdict(recipe.train).items() if k not in NOT_RESULT_TRAIN_KEYS}
+    fp = {
+        "data": schema.info.get("prepared_md5", "unknown"),
+        "model": entry.name,
+        "params": asdict(parse_params(entry.name, entry.params)),
+        "train": train,
+    }
+    return json.loads(json.dumps(fp))  # tuples as lists: equal to what is read back
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def fingerprint_change(
+    old: dict, new: dict, label: str, parts: tuple[str, ...] = ("data", "model", "params", "train")
+) -> tuple[str, object, object] | None:
+    """The first result-affecting key that differs between two run fingerprints, as
+    (recipe key, old value, new value); None when they agree on `parts`."""
+    a = _flat({k: v for k, v in old.items() if k in parts})
+    b = _flat({k: v for k, v in new.items() if k in parts})
+    for key in [*a, *(k for k in b if k not in a)]:
+        if a.get(key, "<absent>") != b.get(key, "<absent>"):
+            if key == "data":
+                name = "data (the prepared dataset's content, prepared_md5 in schema.json)"
+            elif key == "model":
+                name = f"the model of '{label}'"
+            elif key.startswith("params."):
+                name = f"'{label}' {key}"
+            else:
+                name = key
+            return name, a.get(key, "<absent>"), b.get(key, "<absent>")
+    return None

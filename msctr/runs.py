@@ -7,6 +7,10 @@
     runs/<recipe>/<model>/seed_<k>/predictions.parquet   test rows with the model's prob
     runs/<recipe>/<model>/seed_<k>/metrics.json    test metrics of this run
     runs/<recipe>/<model>/seed_<k>/run.json        best epoch, parameters, seconds, model report
+    runs/<recipe>/<model>/seed_<k>/fingerprint.json  what the run's results depend on
+    runs/<recipe>/<model>/seed_<k>/last.pt         resume state after the last finished epoch
+                                                   (only while the run is unfinished)
+    runs/<recipe>/.lock                            held (flock) by the `msctr train` writing here
 
 `<model>` is the model's label with every character a folder name should not hold replaced
 (see `model_folder`). Training writes these paths, evaluation and benchmarks read them; all
@@ -52,6 +56,26 @@ class SeedRun:
     def summary(self) -> Path:
         return self.folder / "run.json"
 
+    @property
+    def fingerprint(self) -> Path:
+        return self.folder / "fingerprint.json"
+
+    @property
+    def resume(self) -> Path:
+        return self.folder / "last.pt"
+
+    @property
+    def finished(self) -> bool:
+        """run.json is written last: a run that has it is complete."""
+        return self.summary.is_file() and self.predictions.is_file()
+
+    @property
+    def started(self) -> bool:
+        """Anything of the run is on disk (a fingerprint, a resume state or outputs)."""
+        return any(
+            p.exists() for p in (self.fingerprint, self.resume, self.summary, self.predictions)
+        )
+
 
 @dataclass(frozen=True)
 class RunFolder:
@@ -74,6 +98,24 @@ class RunFolder:
     @property
     def bench(self) -> Path:
         return self.root / "bench.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+    def models(self) -> list[Path]:
+        """The model folders present: those holding `seed_<k>` folders."""
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p
+            for p in self.root.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and any(p.glob("seed_*"))
+        )
+
+    @staticmethod
+    def seed_runs(model: Path) -> list[SeedRun]:
+        return [SeedRun(p) for p in sorted(model.glob("seed_*")) if p.is_dir()]
 
     def model(self, key: str) -> Path:
         return self.root / model_folder(key)

@@ -78,6 +78,16 @@ def test_ablate_prints_table_with_p_values(recipe):
     heads = json.loads((run / "HierRec" / "seed_0" / "run.json").read_text())["model_report"]
     assert len(heads["head_weights"][0]) == 2  # G heads
     assert (run / "head_weights_HierRec.png").stat().st_size > 1000
+    # ablate resumes like train: every variant is a run, finished ones are kept; another
+    # variant is added to the same folder
+    result = runner.invoke(
+        app, ["ablate", str(recipe), "--drop", "mi", "--drop", "i+e", "--drop", "e"]
+    )
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "kept HierRec w/o mi seed 1: finished earlier" in result.output
+    assert "trained HierRec w/o e seed 0" in result.output
+    again = {r["model"]: r for r in json.loads((run / "results.json").read_text())["models"]}
+    assert again["HierRec"]["auc"]["runs"] == full_runs
     # heat map: (2 + 0.28 I) x (1 + 0.3 S G) inches at 110 dpi, one viridis cell per
     # (scenario, head, field): many distinct colours, not a blank or single-colour image
     n_fields, n_scen = len(heads["fields"]), len(heads["head_weights"])

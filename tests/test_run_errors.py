@@ -313,7 +313,10 @@ def test_ctrl_c_during_training_says_so_and_leaves_no_temp(capsys, tmp_path, dat
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
-    assert err.strip() == "interrupted (SIGINT): no file was left half-written"
+    assert err.strip() == (
+        "interrupted (SIGINT): no file was left half-written; resume with: msctr train "
+        f"{recipe} --set train.epochs=500 --set train.batch_size=64"
+    )
     assert not list((tmp_path / "run").rglob("*.tmp"))
     # what was interrupted is not evaluated as if it were the recipe's result
     one_line_error(capsys, "no finished runs", "eval", str(tmp_path / "run"))

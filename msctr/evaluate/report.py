@@ -22,7 +22,7 @@ from msctr.evaluate import metrics as M
 from msctr.evaluate import paper
 from msctr.evaluate import stats as T
 from msctr.io import atomic_path, reading, write_json, write_text
-from msctr.recipe import Recipe, recipe_from_dict
+from msctr.recipe import ModelEntry, Recipe, fingerprint_change, recipe_from_dict, run_fingerprint
 from msctr.runs import RunFolder, SeedRun
 from msctr.tables import Table, print_tables
 
@@ -95,6 +95,25 @@ def load_run(run_dir: Path, data: Path | None = None) -> tuple[Recipe, Schema]:
     return recipe, Schema.load(folder)
 
 
+def check_belongs(
+    run: SeedRun, recipe: Recipe, entry: ModelEntry, schema: Schema, run_dir: Path
+) -> None:
+    """A run is evaluated only if it was trained by the folder's recorded recipe: its
+    fingerprint (written when it started) agrees on every result-affecting key. Runs of an
+    msctr that wrote no fingerprint are taken as they are."""
+    if not run.fingerprint.is_file():
+        return
+    with reading(run.fingerprint, "retrain the recipe with `msctr train --fresh`"):
+        got = json.loads(run.fingerprint.read_text())
+    change = fingerprint_change(got, run_fingerprint(recipe, entry, schema), entry.key)
+    if change is not None:
+        key, was, now = change
+        raise UserError(
+            f"'{run.folder}' was trained with {key} = {was!r}, but '{run_dir}' records "
+            f"{now!r}: the folder mixes recipes; retrain it with `msctr train --fresh`"
+        )
+
+
 def collect(
     run_dir: Path, recipe: Recipe, schema: Schema, partial: bool = False
 ) -> tuple[list[ModelRuns], list[str]]:
@@ -110,6 +129,7 @@ def collect(
             if not run.predictions.is_file():
                 missing.append(f"{entry.key} seed {seed}")
                 continue
+            check_belongs(run, recipe, entry, schema, run_dir)
             m = run_metrics(read_predictions(run.predictions), schema.num_scenarios)
             write_json(run.metrics, m)
             seeds.append(seed)

@@ -7,8 +7,11 @@ weights and scores the test split; where the files go is `msctr.runs`' business.
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import json
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,12 +27,22 @@ from msctr.data.batch import Batch
 from msctr.data.loader import Columns
 from msctr.errors import UserError
 from msctr.evaluate.metrics import auc, logloss
-from msctr.io import atomic_path, sweep_stale, write_text
+from msctr.io import atomic_path, exclusive_lock, sweep_stale, write_json, write_text
 from msctr.models.registry import build, parse_params, split_output, training_loss
-from msctr.recipe import ModelEntry, Recipe
+from msctr.recipe import ModelEntry, Recipe, run_fingerprint
 from msctr.runs import RunFolder, SeedRun
 from msctr.train.optim import Optimizers, make_optimizer
-from msctr.train.runtime import autocast, keep_freed_memory, resolve_device, seed_everything
+from msctr.train.resume import RESUME_VERSION, check_folder, clear_folder, load_state, save_state
+from msctr.train.runtime import (
+    autocast,
+    check_stop,
+    keep_freed_memory,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    stop_at_step_boundaries,
+)
 from msctr.train.splits import SplitData
 
 
@@ -77,6 +90,7 @@ def predict(
     out = []
     with autocast(device, precision):
         for batch in data.batches(batch_size):
+            check_stop()
             logit, _ = split_output(model(batch.to(device)))
             out.append(torch.sigmoid(logit.float()).cpu())
     return torch.cat(out).double().numpy()
@@ -129,8 +143,11 @@ def train_epoch(
     precision: str,
     progress: Progress | None = None,
     title: str = "",
+    before_step: Callable[[int], None] | None = None,
 ) -> tuple[int, float, float]:
-    """Up to `steps` training steps over `batches`: (rows seen, summed BCE, seconds)."""
+    """Up to `steps` training steps over `batches`: (rows seen, summed BCE, seconds).
+
+    Between two steps a pending Ctrl-C/SIGTERM stops training (`check_stop`)."""
     task = None
     if progress is not None:
         task = progress.add_task(title, total=steps, loss=0.0, rate=0.0)
@@ -138,6 +155,9 @@ def train_epoch(
     for step, batch in enumerate(batches):
         if step >= steps:
             break
+        if before_step is not None:
+            before_step(step)
+        check_stop()
         batch = batch.to(device)
         loss = train_step(run, batch, optimizer, device, precision)
         seen += len(batch)
@@ -151,6 +171,26 @@ def train_epoch(
     return seen, loss_sum, seconds
 
 
+def _test_signal_hook(key: str, seed: int) -> Callable[[int, int], None] | None:
+    """Test hook (docs/testing.md): MSCTR_TEST_SIGNAL_AT="SIG:model label:seed:epoch:step" makes
+    the process send itself SIG (KILL, INT, TERM) just before that step of that epoch (both
+    counted from 1) of that run, so tests can stop a run mid-epoch at an exact place."""
+    spec = os.environ.get("MSCTR_TEST_SIGNAL_AT")
+    if not spec:
+        return None
+    sig, rest = spec.split(":", 1)
+    label, at_seed, at_epoch, at_step = rest.rsplit(":", 3)  # a label may hold ':'
+    if label != key or int(at_seed) != seed:
+        return None
+    signum = getattr(signal, f"SIG{sig}")
+
+    def hook(epoch: int, step: int) -> None:
+        if (epoch + 1, step + 1) == (int(at_epoch), int(at_step)):
+            os.kill(os.getpid(), signum)
+
+    return hook
+
+
 def fit_one(
     recipe: Recipe,
     entry: ModelEntry,
@@ -158,10 +198,16 @@ def fit_one(
     data: SplitData,
     run_dir: Path,
     progress: Progress | None = None,
+    fingerprint: dict | None = None,
 ) -> dict:
-    """Train one model with one seed; write checkpoint, predictions and log; return a summary."""
+    """Train one model with one seed; write checkpoint, predictions and log; return a summary.
+
+    After each epoch the whole training state (weights, every optimizer's state, early
+    stopping, the epoch, every random state) goes to `last.pt`; a run that finds one continues
+    from it and ends with the same metrics as if it had never stopped."""
     t = recipe.train
     files = SeedRun(Path(run_dir))
+    fingerprint = fingerprint or run_fingerprint(recipe, entry, data.schema)
     device = resolve_device(t.device)
     seed_everything(seed)
     params = parse_params(entry.name, entry.params)
@@ -171,14 +217,37 @@ def fit_one(
     run = torch.compile(model) if t.compile else model
     files.folder.mkdir(parents=True, exist_ok=True)
     sweep_stale(files.folder)  # a checkpoint half-written by a killed earlier run
-    files.log.write_text("")
     steps_per_epoch = -(-data.train_rows // t.batch_size)
     if t.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, t.max_steps_per_epoch)
     stopping = EarlyStopping(t.early_stopping.metric, t.early_stopping.patience)
     best_state = None
-    start = time.perf_counter()
-    for epoch in range(t.epochs):
+    lines: list[str] = []
+    first_epoch, spent, checkpoint_seconds = 0, 0.0, 0.0
+    if files.resume.is_file():
+        state = load_state(files.resume, fingerprint)
+        model.load_state_dict(state["model"])
+        for opt, saved in zip(optimizer.optimizers, state["optimizers"], strict=True):
+            opt.load_state_dict(saved)
+        stopping.best_score, stopping.best_epoch, stopping.waited = state["stopping"]
+        first_epoch, lines, spent = state["epoch"], list(state["log"]), state["seconds"]
+        checkpoint_seconds = state["checkpoint_seconds"]
+        if stopping.best_epoch >= 0:  # best.pt holds the best epoch's weights (see docs)
+            if not files.checkpoint.is_file():
+                raise UserError(
+                    f"'{files.checkpoint}' is missing, so '{files.resume}' cannot be resumed; "
+                    "remove last.pt to retrain that run from its first epoch, or use --fresh"
+                )
+            best_state = torch.load(files.checkpoint, map_location=device, weights_only=True)
+        set_rng_state(state["rng"])
+    else:
+        write_json(files.fingerprint, fingerprint)
+    write_text(files.log, "".join(line + "\n" for line in lines))
+    hook = _test_signal_hook(entry.key, seed)
+    start = time.perf_counter() - spent
+    for epoch in range(first_epoch, t.epochs):
+        if stopping.stop:
+            break
         model.train()
         seen, loss_sum, train_seconds = train_epoch(
             run,
@@ -189,6 +258,7 @@ def fit_one(
             t.precision,
             progress,
             f"{entry.key} seed {seed} epoch {epoch + 1}",
+            None if hook is None else functools.partial(hook, epoch),
         )
         if not np.isfinite(loss_sum):
             raise UserError(
@@ -210,10 +280,27 @@ def fit_one(
             "val_logloss": val["logloss"],
             "best": improved,
         }
+        lines.append(json.dumps(line))
+        tick = time.perf_counter()
+        save_state(
+            files.resume,
+            {
+                "version": RESUME_VERSION,
+                "fingerprint": fingerprint,
+                "epoch": epoch + 1,  # epochs finished
+                "model": model.state_dict(),
+                "optimizers": [o.state_dict() for o in optimizer.optimizers],
+                "stopping": [stopping.best_score, stopping.best_epoch, stopping.waited],
+                "log": lines,
+                "seconds": time.perf_counter() - start,
+                "checkpoint_seconds": checkpoint_seconds,
+                "rng": rng_state(),
+            },
+        )
+        checkpoint_seconds += time.perf_counter() - tick
         with files.log.open("a") as fh:
-            fh.write(json.dumps(line) + "\n")
-        if stopping.stop:
-            break
+            fh.write(lines[-1] + "\n")
+    check_stop()
     model.load_state_dict(best_state)
     test_p = predict(run, data.test, t.eval_batch_size, device, t.precision)
     write_predictions(files.predictions, data.test_frame, test_p)
@@ -223,11 +310,13 @@ def fit_one(
         "best_epoch": stopping.best_epoch + 1,
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_seconds": time.perf_counter() - start,
+        "resume_checkpoint_seconds": checkpoint_seconds,
     }
     extra = getattr(model, "report", None)  # a model may expose extra facts (head weights, codes)
     if callable(extra):
         summary["model_report"] = extra()
-    write_text(files.summary, json.dumps(summary, indent=2) + "\n")
+    write_text(files.summary, json.dumps(summary, indent=2) + "\n")  # last: the run is done
+    files.resume.unlink(missing_ok=True)
     return summary
 
 
@@ -247,9 +336,13 @@ def write_predictions(path: Path, test_frame: pl.DataFrame, prob: np.ndarray) ->
 
 
 def train_recipe(
-    recipe: Recipe, console: Console | None = None, show_progress: bool = True
+    recipe: Recipe, console: Console | None = None, show_progress: bool = True, fresh: bool = False
 ) -> Path:
-    """Train every model of the recipe over its seeds; return the run folder."""
+    """Train every model of the recipe over its seeds; return the run folder.
+
+    Resumes by default: finished runs are kept, an interrupted one continues from its last
+    finished epoch; a run folder holding runs of a different recipe is refused (`fresh`: its
+    runs are removed first). One process at a time per run folder (a lock file)."""
     console = console or Console()
     # everything that can refuse the recipe runs before the run folder is touched
     resolve_device(recipe.train.device)
@@ -261,24 +354,55 @@ def train_recipe(
         build(entry.name, data.schema, parse_params(entry.name, entry.params))
     folder = RunFolder(recipe.run_dir)
     folder.root.mkdir(parents=True, exist_ok=True)
-    sweep_stale(folder.root)
-    # the data path is recorded absolute, so `msctr eval` works from any folder
-    resolved = {**recipe.to_dict(), "data": str(Path(recipe.data).resolve())}
-    write_text(folder.recipe, yaml.safe_dump(resolved, sort_keys=False))
+    busy = (
+        f"another msctr (pid {{pid}}) is training into '{folder.root}' now; wait for it to end "
+        "or stop it (a crashed one holds no lock)"
+    )
+    with exclusive_lock(folder.lock, busy):
+        if fresh:
+            clear_folder(folder)
+        sweep_stale(folder.root)
+        plan = check_folder(recipe, folder, data.schema)
+        for old, new in plan.renamed:
+            console.print(f"renamed {old} -> {new}: the same model under a new label")
+        # recorded only now that every run in the folder is known to be this recipe's; the
+        # data path absolute, so `msctr eval` works from any folder
+        resolved = {**recipe.to_dict(), "data": str(Path(recipe.data).resolve())}
+        text = yaml.safe_dump(resolved, sort_keys=False)
+        if not folder.recipe.is_file() or folder.recipe.read_text() != text:
+            # a comparison of the recipe as it was must not pass for this one's
+            folder.results.unlink(missing_ok=True)
+            folder.report.unlink(missing_ok=True)
+            write_text(folder.recipe, text)
+        _train_runs(recipe, data, folder, console, show_progress)
+    return folder.root
+
+
+def _train_runs(
+    recipe: Recipe, data: SplitData, folder: RunFolder, console: Console, show_progress: bool
+) -> None:
     progress = make_progress(console) if show_progress else None
     if progress is not None:
         progress.start()
     try:
-        for entry in recipe.models:
-            for seed in recipe.train.seeds:
-                summary = fit_one(
-                    recipe, entry, seed, data, folder.seed(entry.key, seed).folder, progress
-                )
-                console.print(
-                    f"[green]trained[/] {entry.key} seed {seed}: "
-                    f"best epoch {summary['best_epoch']}, {summary['train_seconds']:.1f}s"
-                )
+        with stop_at_step_boundaries():
+            for entry in recipe.models:
+                fingerprint = run_fingerprint(recipe, entry, data.schema)
+                for seed in recipe.train.seeds:
+                    files = folder.seed(entry.key, seed)
+                    if files.finished:
+                        files.resume.unlink(missing_ok=True)  # left if killed right at the end
+                        console.print(f"[dim]kept[/] {entry.key} seed {seed}: finished earlier")
+                        continue
+                    resumed = files.resume.is_file()
+                    summary = fit_one(
+                        recipe, entry, seed, data, files.folder, progress, fingerprint
+                    )
+                    how = "resumed and trained" if resumed else "trained"
+                    console.print(
+                        f"[green]{how}[/] {entry.key} seed {seed}: "
+                        f"best epoch {summary['best_epoch']}, {summary['train_seconds']:.1f}s"
+                    )
     finally:
         if progress is not None:
             progress.stop()
-    return folder.root

@@ -5,18 +5,96 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import random
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 
-from msctr.errors import UserError
+from msctr.errors import Interrupted, UserError
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """Every random state training draws from (torch's, CUDA's, NumPy's and Python's global
+    generators), as tensors and plain values a weights-only checkpoint can hold. The loader's
+    shuffle needs none: its order is a function of (seed, epoch)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class StepBoundaryStop:
+    """SIGINT/SIGTERM while training: remembered, and raised as `Interrupted` only where
+    `check` is called, between two training (or scoring) steps, so no step, checkpoint or
+    output is cut in half. A second signal stops at once (every file is written atomically)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def handle(self, signum: int, frame) -> None:
+        if self.signum is not None:
+            raise Interrupted(signum)
+        self.signum = signum
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+
+
+_STOP: StepBoundaryStop | None = None
+
+
+def check_stop() -> None:
+    """A step boundary: raise the pending interruption, if any (no-op outside training)."""
+    if _STOP is not None:
+        _STOP.check()
+
+
+@contextlib.contextmanager
+def stop_at_step_boundaries() -> Iterator[None]:
+    """Within the block, SIGINT/SIGTERM stop at the next `check_stop()`; a signal that came
+    after the last one stops when the block ends. Outside the main thread: no change."""
+    global _STOP
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stop, outer = StepBoundaryStop(), _STOP
+    signals = (signal.SIGINT, signal.SIGTERM)
+    old = {s: signal.getsignal(s) for s in signals}
+    for s in signals:
+        signal.signal(s, stop.handle)
+    _STOP = stop
+    try:
+        yield
+    finally:
+        _STOP = outer
+        for s, h in old.items():
+            signal.signal(s, h)
+    stop.check()
 
 
 def keep_freed_memory() -> None:

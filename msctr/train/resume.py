@@ -1,0 +1,144 @@
+"""Resuming: which runs of a run folder belong to a recipe, the per-epoch resume state, and
+starting over (`--fresh`).
+
+A run folder holds one recipe's results. Each (model, seed) run records what its results
+depend on (`fingerprint.json`, see `msctr.recipe.run_fingerprint`) when it starts. Before
+`msctr train` writes anything, every run already in the folder is checked against the recipe:
+a run whose fingerprint differs in a result-affecting key refuses the whole train (one line,
+naming the key), so old results never sit beside a new recipe. A finished run is kept as it
+is; an unfinished one continues from `last.pt`, the state after its last finished epoch.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from msctr.data.schema import Schema
+from msctr.errors import UserError
+from msctr.io import atomic_path, read_json, reading
+from msctr.recipe import Recipe, fingerprint_change, run_fingerprint
+from msctr.runs import RunFolder, SeedRun, model_folder
+
+RESUME_VERSION = 1
+
+
+def _fmt(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def stored_fingerprint(run: SeedRun) -> dict | None:
+    if not run.fingerprint.is_file():
+        return None
+    with reading(run.fingerprint, "remove that run's folder, or start over with --fresh"):
+        return read_json(run.fingerprint)
+
+
+@dataclass
+class Plan:
+    """What the check found: model folders renamed to a new label (old, new)."""
+
+    renamed: list[tuple[str, str]]
+
+
+def check_folder(recipe: Recipe, folder: RunFolder, schema: Schema) -> Plan:
+    """Refuse, before anything is written, a recipe that the runs already in `folder` do not
+    belong to; rename the folder of a model whose label alone changed.
+
+    Allowed: eval keys, added models or seeds, a label changed on a model otherwise the same
+    (its folder is renamed), models or seeds left out (their runs stay, unused). Refused: any
+    result-affecting difference (data, model, params, train keys) in a run that is there."""
+    wanted = {model_folder(e.key): e for e in recipe.models}
+    fps = {name: run_fingerprint(recipe, e, schema) for name, e in wanted.items()}
+    present: dict[str, list[tuple[SeedRun, dict]]] = {}
+    for model in folder.models():
+        runs = []
+        for run in folder.seed_runs(model):
+            fp = stored_fingerprint(run)
+            if fp is None:
+                if run.finished or run.resume.is_file():
+                    raise UserError(
+                        f"'{run.folder}' was trained by an msctr that recorded no fingerprint, "
+                        "so it cannot be checked against this recipe; add --fresh to start over"
+                    )
+                continue  # nothing usable: the run starts from scratch
+            runs.append((run, fp))
+        if runs:
+            present[model.name] = runs
+    renamed = []
+    for name in wanted:
+        if name in present or (folder.root / name).exists():
+            continue
+        for old in [o for o in present if o not in wanted]:
+            same = all(fingerprint_change(fp, fps[name], name) is None for _, fp in present[old])
+            if same:  # the label alone changed: the runs are this model's
+                present[name] = present.pop(old)
+                renamed.append((old, name))
+                break
+    for name, runs in present.items():
+        for run, fp in runs:
+            if name in wanted:
+                change = fingerprint_change(fp, fps[name], wanted[name].key)
+            else:  # a model the recipe no longer lists: its runs must still share data/train
+                any_fp = next(iter(fps.values()))
+                change = fingerprint_change(fp, any_fp, name, parts=("data", "train"))
+            if change is not None:
+                key, was, now = change
+                raise UserError(
+                    f"{key} changed since '{folder.root}' was trained ({_fmt(was)} there in "
+                    f"{name}/{run.folder.name}, {_fmt(now)} now), so its runs are not this "
+                    f"recipe's; add --fresh to start over, or train into another folder "
+                    f"(--set out=...)"
+                )
+    for old, name in renamed:  # only once every run passed
+        os.rename(folder.root / old, folder.root / name)
+    return Plan(renamed)
+
+
+def clear_folder(folder: RunFolder) -> None:
+    """`--fresh`: remove what msctr wrote in the run folder (model folders, recipe, results,
+    report, figures); anything else the user keeps there stays."""
+    if not folder.root.is_dir():
+        return
+    for model in folder.models():
+        shutil.rmtree(model)
+    for path in folder.root.iterdir():
+        if path.is_file() and (
+            path.name in ("recipe.yaml", "results.json", "report.md", "bench.json")
+            or path.suffix == ".png"
+        ):
+            path.unlink()
+
+
+def save_state(path: Path, state: dict) -> None:
+    """Written whole or not at all. Serialized in memory first: torch's file writer reports a
+    full disk as a RuntimeError about stream positions, a plain file write as the OSError it
+    is."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getbuffer())
+
+
+def load_state(path: Path, fingerprint: dict) -> dict:
+    """A run's resume state; refused (one line) when unreadable or another run's."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or not a checkpoint
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        raise UserError(
+            f"'{path}' is not a readable resume state ({first}); remove it to retrain that "
+            "run from its first epoch, or start over with --fresh"
+        ) from None
+    if state.get("version") != RESUME_VERSION or state.get("fingerprint") != fingerprint:
+        raise UserError(
+            f"'{path}' is the resume state of another recipe or msctr version; remove it to "
+            "retrain that run from its first epoch, or start over with --fresh"
+        )
+    return state
