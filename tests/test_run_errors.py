@@ -352,3 +352,36 @@ def test_bench_uses_the_trained_checkpoint_of_a_label_with_a_space(capsys, tmp_p
     bench = json.loads((tmp_path / "run" / "bench.json").read_text())
     (row,) = bench["models"]
     assert row["trained"] is True, row["weights"]
+
+
+def test_auc_early_stopping_on_a_one_class_validation_split_is_refused(tmp_path, capsys):
+    """A validation split without a click has no AUC: early stopping on it would keep epoch 1
+    silently; it is a one-line error before anything is trained."""
+    n = 400
+    table = pl.DataFrame(
+        {
+            "label": [int(i % 3 == 0) if i < 0.8 * n or i >= 0.9 * n else 0 for i in range(n)],
+            "scenario": [i % 2 for i in range(n)],
+            "f": [i % 7 for i in range(n)],
+        }
+    )
+    table.write_csv(tmp_path / "t.csv")
+    data = tmp_path / "data"
+    invoke(
+        "prepare", "table", str(tmp_path / "t.csv"), "--out", str(data), "--label", "label",
+        "--scenario", "scenario", "--sparse", "f",
+    )  # fmt: skip
+    recipe = tmp_path / "r.yaml"
+    out = tmp_path / "run"
+    train = "train: {batch_size: 512, epochs: 2, seeds: [0], early_stopping: {metric: auc}}"
+    recipe.write_text(
+        RECIPE.format(data=data, out=out).replace(
+            "train: {batch_size: 512, epochs: 2, seeds: [0, 1, 2]}", train
+        )
+    )
+    code, out_text, err = run_main(capsys, "train", str(recipe))
+    assert code == 1
+    line = (out_text + err).strip()
+    assert "only label 0" in line and "early_stopping.metric: logloss" in line
+    assert len(line.splitlines()) == 1 and "Traceback" not in line
+    assert not out.exists() or not any(out.rglob("*.parquet"))

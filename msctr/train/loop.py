@@ -350,6 +350,14 @@ def train_recipe(
         torch.set_num_threads(recipe.train.threads)
     keep_freed_memory()
     data = SplitData.load(recipe)
+    stop = recipe.train.early_stopping
+    if stop.metric == "auc" and len(np.unique(data.val_labels)) < 2:
+        # AUC is undefined on one class: every epoch would tie and epoch 1 would be kept
+        raise UserError(
+            f"the validation split has only label {int(data.val_labels[0])}, so its AUC is "
+            "undefined and cannot pick the best epoch; use train.early_stopping.metric: "
+            "logloss, or prepare more rows"
+        )
     for entry in recipe.models:
         build(entry.name, data.schema, parse_params(entry.name, entry.params))
     folder = RunFolder(recipe.run_dir)
