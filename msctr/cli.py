@@ -19,7 +19,8 @@ console = Console()
 err_console = Console(stderr=True)
 
 app = typer.Typer(
-    help="Multi-scenario CTR research end to end: prepare, train, eval, ablate, bench-inference.",
+    help="Multi-scenario CTR research end to end: prepare, train, eval, ablate, sweep, "
+    "bench-inference.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -381,6 +382,44 @@ def ablate(
     r = load_recipe(recipe, set_ or [], smoke=smoke)
     try:
         run_ablation(r, drop or [], model, console, fresh=fresh)
+    except Interrupted as e:
+        e.resume = resume_command()
+        raise
+
+
+@app.command()
+def sweep(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    vary: Annotated[
+        str,
+        typer.Option(
+            help="KEY=V1,V2,...: a dotted recipe key and its values, as YAML scalars, e.g. "
+            "models.HierRec.params.heads=1,2,4,8 or train.lr=1e-4,1e-3,1e-2."
+        ),
+    ],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Which of the recipe's models (needed when it has several and KEY "
+            "does not name one as models.<index or label>)."
+        ),
+    ] = None,
+    set_: Sets = None,
+    smoke: Annotated[bool, typer.Option(help="A few batches, one seed, small eval.")] = False,
+    fresh: Fresh = False,
+) -> None:
+    """Train one model at each value of one hyperparameter over the recipe's seeds: a table
+    (AUC ± std, Logloss, p vs the best value), sweep.png and report.md. Resumes like
+    `train`: each value is a run folder of the sweep's.
+
+    Example: msctr sweep recipes/synthetic/hierrec.yaml --vary models.HierRec.params.heads=1,2,4,8
+    """
+    from msctr.recipe import load_recipe
+    from msctr.sweep import run_sweep
+
+    r = load_recipe(recipe, set_ or [], smoke=smoke)
+    try:
+        run_sweep(r, vary, model, console, fresh=fresh)
     except Interrupted as e:
         e.resume = resume_command()
         raise

@@ -11,7 +11,7 @@ import msctr
 # top to bottom; a package prefix names every module under it
 LAYERS = [
     ["msctr.cli"],
-    ["msctr.ablate", "msctr.bench"],
+    ["msctr.ablate", "msctr.sweep", "msctr.bench"],
     ["msctr.train"],
     ["msctr.evaluate", "msctr.tables"],
     ["msctr.recipe", "msctr.flops"],
