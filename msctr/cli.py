@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from msctr.errors import Interrupted, UserError
+from msctr.errors import Interrupted, RankError, UserError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -58,8 +58,16 @@ Fresh = Annotated[
 
 
 def resume_command() -> str:
-    """The command line that continues this one: the same arguments, never --fresh."""
-    return "msctr " + shlex.join(a for a in sys.argv[1:] if a != "--fresh")
+    """The command line that continues this one: the same arguments, never --fresh (under
+    torchrun on one machine, with --nproc; across machines, the same torchrun commands)."""
+    line = "msctr " + shlex.join(a for a in sys.argv[1:] if a != "--fresh")
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if processes > 1:
+        if int(os.environ.get("LOCAL_WORLD_SIZE", processes)) != processes:
+            return "the same torchrun command on every machine"
+        if "--nproc" not in sys.argv:
+            line += f" --nproc {processes}"
+    return line
 
 
 Overwrite = Annotated[
@@ -300,6 +308,13 @@ def train(
     smoke: Annotated[bool, typer.Option(help="A few batches, one seed, small eval.")] = False,
     evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Evaluate when done.")] = True,
     fresh: Fresh = False,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            help="Train each run data-parallel in this many processes on this machine: "
+            "starts `torchrun --nproc-per-node N -m msctr train ...` (docs/distributed.md)."
+        ),
+    ] = 1,
 ) -> None:
     """Train every model of a recipe over its seeds, then evaluate. Resumes by default:
     finished runs in the run folder are kept, an interrupted one continues from its last epoch.
@@ -310,16 +325,68 @@ def train(
     from msctr.recipe import load_recipe
     from msctr.train.loop import train_recipe
 
-    r = load_recipe(recipe, set_ or [], smoke=smoke)
+    if nproc < 1:
+        raise UserError(f"--nproc must be at least 1, got {nproc}")
+    r = load_recipe(recipe, set_ or [], smoke=smoke)  # a bad recipe fails here, once
+    if nproc > 1:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UserError("--nproc is for starting torchrun; under torchrun, leave it out")
+        raise typer.Exit(_torchrun(nproc, _without_nproc(sys.argv[1:])))
     try:
         run_dir = train_recipe(r, console, fresh=fresh)
     except Interrupted as e:
         e.resume = resume_command()
         raise
+    if _rank() != 0:  # data parallel: rank 0 reports
+        return
     console.print(f"[green]runs in[/] {run_dir}")
     if evaluate:
         render_table(summarize(run_dir), console)
         _wrote_results(run_dir)
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 alone)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def _without_nproc(args: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
+def _torchrun(nproc: int, args: list[str]) -> int:
+    """`torchrun --nproc-per-node N -m msctr <args>` on this machine; its exit status.
+
+    Ctrl-C reaches torchrun and its workers (one process group): this process only waits,
+    and hands a SIGTERM it gets on to torchrun."""
+    import subprocess
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "msctr",
+        *args,
+    ]
+    proc = subprocess.Popen(cmd)
+    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    old_term = signal.signal(signal.SIGTERM, lambda s, f: proc.send_signal(s))
+    try:
+        return proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
 
 
 def _wrote_results(run_dir: Path) -> None:
@@ -490,7 +557,10 @@ def main() -> None:
     try:
         app()
     except UserError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        # under torchrun every rank meets the same error and rank 0 says it, unless it is
+        # one process's own
+        if _rank() == 0 or isinstance(e, RankError):
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except OSError as e:
         from msctr.io import os_error_message
@@ -501,6 +571,8 @@ def main() -> None:
         err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except Interrupted as e:
+        if _rank() != 0:  # rank 0 says it for all
+            sys.exit(128 + e.signum)
         name = signal.Signals(e.signum).name
         resume = getattr(e, "resume", None)
         err_console.print(

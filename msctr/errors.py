@@ -21,3 +21,8 @@ class Interrupted(BaseException):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
+
+
+class RankError(UserError):
+    """A `UserError` that one process of a data-parallel run meets on its own (its GPU, say):
+    printed by that process. Other `UserError`s meet every process alike and rank 0 prints."""

@@ -10,7 +10,7 @@ import msctr
 
 # top to bottom; a package prefix names every module under it
 LAYERS = [
-    ["msctr.cli"],
+    ["msctr.cli", "msctr.__main__"],
     ["msctr.ablate", "msctr.sweep", "msctr.bench"],
     ["msctr.train"],
     ["msctr.evaluate", "msctr.tables"],

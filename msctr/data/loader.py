@@ -127,17 +127,48 @@ class Columns:
         )
 
     def batches(
-        self, batch_size: int, shuffle: bool = False, seed: int = 0, epoch: int = 0
+        self,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        epoch: int = 0,
+        part: tuple[int, int] = (0, 1),
     ) -> Iterator[Batch]:
+        """Batches of `batch_size` rows (the last one shorter), in a seeded order when
+        shuffled. `part=(r, n)`: only share r of n of each batch (`share`), the same order and
+        batches for every r, so n processes together see each batch, each row once."""
+        for rows in self.batch_rows(batch_size, shuffle, seed, epoch, part):
+            yield self.batch(rows)
+
+    def batch_rows(
+        self,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        epoch: int = 0,
+        part: tuple[int, int] = (0, 1),
+    ) -> Iterator[torch.Tensor | slice]:
+        """The rows of each of `batches`' batches: positions when shuffled, else a slice."""
         n = len(self)
         if shuffle:
             g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
             order = torch.randperm(n, generator=g)
             for start in range(0, n, batch_size):
-                yield self.batch(order[start : start + batch_size])
+                lo, hi = share(start, min(start + batch_size, n), part)
+                yield order[lo:hi]
         else:
             for start in range(0, n, batch_size):
-                yield self.batch(slice(start, start + batch_size))
+                yield slice(*share(start, min(start + batch_size, n), part))
+
+
+def share(start: int, end: int, part: tuple[int, int]) -> tuple[int, int]:
+    """Share r of n of the batch of rows [start, end): contiguous, sizes within one of each
+    other, disjoint, together the whole batch. A share that would be empty (a batch of fewer
+    than n rows) is the batch's first row instead, a stand-in the trainer gives weight 0."""
+    r, parts = part
+    rows = end - start
+    lo, hi = start + rows * r // parts, start + rows * (r + 1) // parts
+    return (lo, hi) if hi > lo else (start, start + 1)
 
 
 REPREPARE = "re-run `msctr prepare` for this dataset"
@@ -212,9 +243,13 @@ def stream_batches(
     seed: int = 0,
     epoch: int = 0,
     buffer_rows: int = 1_000_000,
+    part: tuple[int, int] = (0, 1),
 ) -> Iterator[Batch]:
     """Batches from row groups read one at a time; with shuffle, row-group order is permuted and
-    rows are mixed in a buffer of about `buffer_rows` rows. Memory stays bounded by the buffer."""
+    rows are mixed in a buffer of about `buffer_rows` rows. Memory stays bounded by the buffer.
+
+    `part=(r, n)`: share r of n of each batch (`share`). Every part reads every row group and
+    draws the same permutations, so the batches are those of one process, split n ways."""
     path = split_path(folder, split)
     with reading(path, REPREPARE):
         pf = pq.ParquetFile(path)
@@ -231,14 +266,14 @@ def stream_batches(
         # keep the remainder in the buffer so batches stay full until the very end
         usable = len(data) if final else (len(data) // batch_size) * batch_size
         for start in range(0, usable, batch_size):
-            yield data.batch(slice(start, min(start + batch_size, usable)))
+            yield data.batch(slice(*share(start, min(start + batch_size, usable), part)))
         return data.take(slice(usable, len(data)))
 
     for g in groups:
         with reading(path, REPREPARE):  # a damaged row group surfaces only when read
             table = pf.read_row_group(int(g), columns=cols)
-        part = Columns.from_arrow(table, schema)
-        buffer = part if buffer is None else Columns.concat([buffer, part])
+        group = Columns.from_arrow(table, schema)
+        buffer = group if buffer is None else Columns.concat([buffer, group])
         if len(buffer) >= buffer_rows:
             buffer = yield from emit(buffer, final=False)
     if buffer is not None and len(buffer):

@@ -6,6 +6,7 @@ weights and scores the test split; where the files go is `msctr.runs`' business.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import io
@@ -25,18 +26,21 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from msctr.data.batch import Batch
 from msctr.data.loader import Columns
-from msctr.errors import UserError
+from msctr.errors import Interrupted, UserError
 from msctr.evaluate.metrics import auc, logloss
 from msctr.io import atomic_path, exclusive_lock, sweep_stale, write_json, write_text
+from msctr.models.kernels import set_batch_share
 from msctr.models.registry import build, parse_params, split_output, training_loss
 from msctr.recipe import ModelEntry, Recipe, run_fingerprint
 from msctr.runs import RunFolder, SeedRun
-from msctr.train.optim import Optimizers, make_optimizer
+from msctr.train import distributed as dist
+from msctr.train.optim import LazyAdam, Optimizers, make_optimizer
 from msctr.train.resume import RESUME_VERSION, check_folder, clear_folder, load_state, save_state
 from msctr.train.runtime import (
     autocast,
     check_stop,
     keep_freed_memory,
+    pending_signal,
     resolve_device,
     rng_state,
     seed_everything,
@@ -57,12 +61,16 @@ def train_step(
     device: torch.device,
     precision: str,
     mark: Callable[[str], None] = _no_mark,
+    weight: float = 1.0,
+    after_backward: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """One optimisation step: forward (under autocast for bf16), the training objective,
     backward, the optimizer's step. Returns the BCE part of the loss (what the log reports).
 
     `mark` is told where the phases begin ("fwd", "bwd", "opt") and where the step ends
-    ("end"): the benchmarks time the phases through it; training passes nothing.
+    ("end"): the benchmarks time the phases through it; training passes nothing. Data
+    parallel: `weight` scales this process's loss (`distributed.Shares`), `after_backward`
+    synchronises what DDP does not (the row-sparse tables).
     """
     mark("fwd")
     with autocast(device, precision):
@@ -70,7 +78,9 @@ def train_step(
     loss, total = training_loss(out, batch.label)
     optimizer.zero_grad(set_to_none=True)
     mark("bwd")
-    total.backward()
+    (total if weight == 1.0 else total * weight).backward()
+    if after_backward is not None:
+        after_backward()
     mark("opt")
     optimizer.step()
     mark("end")
@@ -94,6 +104,25 @@ def predict(
             logit, _ = split_output(model(batch.to(device)))
             out.append(torch.sigmoid(logit.float()).cpu())
     return torch.cat(out).double().numpy()
+
+
+def predict_shared(
+    model: torch.nn.Module,
+    data: Columns,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "fp32",
+) -> np.ndarray:
+    """`predict`, with the rows split among the training processes: each scores its
+    contiguous share and every process gets all probabilities back in row order."""
+    w = dist.world()
+    if not w.parallel:
+        return predict(model, data, batch_size, device, precision)
+    lo, hi = dist.part_bounds(len(data), w.rank, w.size)
+    mine = np.zeros(0)
+    if hi > lo:
+        mine = predict(model, data.take(slice(lo, hi)), batch_size, device, precision)
+    return dist.gather_rows(torch.from_numpy(mine)).numpy()
 
 
 class EarlyStopping:
@@ -144,27 +173,51 @@ def train_epoch(
     progress: Progress | None = None,
     title: str = "",
     before_step: Callable[[int], None] | None = None,
+    shares: dist.Shares | None = None,
+    after_backward: Callable[[], None] | None = None,
 ) -> tuple[int, float, float]:
-    """Up to `steps` training steps over `batches`: (rows seen, summed BCE, seconds).
+    """Up to `steps` training steps over `batches`: (rows seen, summed BCE, seconds) of this
+    process (data parallel: its shares; `shares` weights each step's loss).
 
-    Between two steps a pending Ctrl-C/SIGTERM stops training (`check_stop`)."""
+    Between two steps a pending Ctrl-C/SIGTERM stops training (`check_stop`); data parallel,
+    every process stops at the same step (a stop on one is agreed by all)."""
     task = None
     if progress is not None:
         task = progress.add_task(title, total=steps, loss=0.0, rate=0.0)
+    parallel = shares is not None and shares.size > 1
     seen, loss_sum, tick = 0, 0.0, time.perf_counter()
-    for step, batch in enumerate(batches):
-        if step >= steps:
-            break
-        if before_step is not None:
-            before_step(step)
-        check_stop()
-        batch = batch.to(device)
-        loss = train_step(run, batch, optimizer, device, precision)
-        seen += len(batch)
-        loss_sum += loss.item() * len(batch)
-        if task is not None:
-            rate = seen / max(time.perf_counter() - tick, 1e-9)
-            progress.update(task, advance=1, loss=loss_sum / seen, rate=rate)
+    try:
+        for step, batch in enumerate(batches):
+            if step >= steps:
+                break
+            if before_step is not None:
+                before_step(step)
+            rows, weight = len(batch), 1.0
+            if parallel:
+                if dist.any_rank(pending_signal() is not None):
+                    raise Interrupted(pending_signal() or signal.SIGTERM)  # another rank's
+                rows, weight = shares.at(step)  # rows 0: a stand-in row, weight 0
+                # dropout masks: this share's rows of the whole batch's (as one process draws)
+                set_batch_share(shares.window(step))
+            check_stop()
+            batch = batch.to(device)
+            loss = train_step(
+                run,
+                batch,
+                optimizer,
+                device,
+                precision,
+                weight=weight,
+                after_backward=after_backward,
+            )
+            seen += rows
+            loss_sum += loss.item() * rows
+            if task is not None:
+                done = seen * (shares.size if parallel else 1)  # about, for the progress bar
+                rate = done / max(time.perf_counter() - tick, 1e-9)
+                progress.update(task, advance=1, loss=loss_sum / max(seen, 1), rate=rate)
+    finally:
+        set_batch_share(None)
     seconds = time.perf_counter() - tick
     if task is not None:
         progress.remove_task(task)
@@ -204,19 +257,20 @@ def fit_one(
 
     After each epoch the whole training state (weights, every optimizer's state, early
     stopping, the epoch, every random state) goes to `last.pt`; a run that finds one continues
-    from it and ends with the same metrics as if it had never stopped."""
+    from it and ends with the same metrics as if it had never stopped.
+
+    Data parallel (under torchrun, docs/distributed.md): every process trains on its share of
+    each batch, scores its share of val and test, and takes the same early-stopping decision;
+    rank 0 alone reads and writes the run's files and hands the resume state to the others."""
     t = recipe.train
+    w = dist.world()
     files = SeedRun(Path(run_dir))
     fingerprint = fingerprint or run_fingerprint(recipe, entry, data.schema)
-    device = resolve_device(t.device)
+    device = resolve_device(dist.local_device(t.device))
     seed_everything(seed)
     params = parse_params(entry.name, entry.params)
     model = build(entry.name, data.schema, params).to(device)
     optimizer = make_optimizer(model, t)
-    # the compiled module shares the model's parameters; checkpoints come from `model`
-    run = torch.compile(model) if t.compile else model
-    files.folder.mkdir(parents=True, exist_ok=True)
-    sweep_stale(files.folder)  # a checkpoint half-written by a killed earlier run
     steps_per_epoch = -(-data.train_rows // t.batch_size)
     if t.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, t.max_steps_per_epoch)
@@ -224,25 +278,26 @@ def fit_one(
     best_state = None
     lines: list[str] = []
     first_epoch, spent, checkpoint_seconds = 0, 0.0, 0.0
-    if files.resume.is_file():
-        state = load_state(files.resume, fingerprint)
+    resumed = dist.on_main(lambda: _open_run(files, fingerprint, w.size))
+    if resumed is not None:
+        state, best_state = resumed
         model.load_state_dict(state["model"])
         for opt, saved in zip(optimizer.optimizers, state["optimizers"], strict=True):
             opt.load_state_dict(saved)
         stopping.best_score, stopping.best_epoch, stopping.waited = state["stopping"]
         first_epoch, lines, spent = state["epoch"], list(state["log"]), state["seconds"]
         checkpoint_seconds = state["checkpoint_seconds"]
-        if stopping.best_epoch >= 0:  # best.pt holds the best epoch's weights (see docs)
-            if not files.checkpoint.is_file():
-                raise UserError(
-                    f"'{files.checkpoint}' is missing, so '{files.resume}' cannot be resumed; "
-                    "remove last.pt to retrain that run from its first epoch, or use --fresh"
-                )
-            best_state = torch.load(files.checkpoint, map_location=device, weights_only=True)
-        set_rng_state(state["rng"])
-    else:
-        write_json(files.fingerprint, fingerprint)
-    write_text(files.log, "".join(line + "\n" for line in lines))
+        if best_state is not None:
+            best_state = {k: v.to(device) for k, v in best_state.items()}
+        set_rng_state(state["rng_ranks"][w.rank] if w.parallel else state["rng"])
+    # the compiled module shares the model's parameters; checkpoints come from `model`.
+    # Scoring uses the model itself, never the DDP wrapper (whose forward is a collective)
+    scorer = torch.compile(model) if t.compile else model
+    sparse_tables = sparse_parameters(optimizer)
+    trained = dist.wrap(model, device, sparse_tables)
+    run = scorer if trained is model else (torch.compile(trained) if t.compile else trained)
+    sync_sparse = dist.SparseRows(sparse_tables).sync if w.parallel else None
+    shares = dist.Shares(data.train_rows, t.batch_size, w.rank, w.size)
     hook = _test_signal_hook(entry.key, seed)
     start = time.perf_counter() - spent
     for epoch in range(first_epoch, t.epochs):
@@ -251,7 +306,7 @@ def fit_one(
         model.train()
         seen, loss_sum, train_seconds = train_epoch(
             run,
-            data.train_batches(recipe, seed, epoch),
+            data.train_batches(recipe, seed, epoch, part=(w.rank, w.size)),
             steps_per_epoch,
             optimizer,
             device,
@@ -259,18 +314,26 @@ def fit_one(
             progress,
             f"{entry.key} seed {seed} epoch {epoch + 1}",
             None if hook is None else functools.partial(hook, epoch),
+            shares,
+            sync_sparse,
         )
+        seen, loss_sum, train_seconds = _all_ranks(seen, loss_sum, train_seconds)
         if not np.isfinite(loss_sum):
             raise UserError(
                 f"{entry.key} seed {seed}: the training loss became NaN/inf in epoch {epoch + 1}; "
                 "lower train.lr"
             )
-        val_p = predict(run, data.val, t.eval_batch_size, device, t.precision)
-        val = {"auc": auc(data.val_labels, val_p), "logloss": logloss(data.val_labels, val_p)}
+        dist.sync_buffers(model)  # BatchNorm statistics: the same on every rank from here
+        val_p = predict_shared(scorer, data.val, t.eval_batch_size, device, t.precision)
+        # rank 0's figures decide for all, so every rank stops at the same epoch
+        val = dist.on_main(
+            lambda p=val_p: {"auc": auc(data.val_labels, p), "logloss": logloss(data.val_labels, p)}
+        )
         improved = stopping.update(epoch, val)
         if improved:
             best_state = copy.deepcopy(model.state_dict())
-            save_checkpoint(files.checkpoint, best_state)
+            if w.main:
+                save_checkpoint(files.checkpoint, best_state)
         line = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / max(seen, 1),
@@ -280,11 +343,13 @@ def fit_one(
             "val_logloss": val["logloss"],
             "best": improved,
         }
+        if w.parallel:
+            line["processes"] = w.size
         lines.append(json.dumps(line))
         tick = time.perf_counter()
-        save_state(
-            files.resume,
-            {
+        rngs = dist.gather_objects(rng_state())  # every rank's dropout stream, on rank 0
+        if w.main:
+            state = {
                 "version": RESUME_VERSION,
                 "fingerprint": fingerprint,
                 "epoch": epoch + 1,  # epochs finished
@@ -294,16 +359,19 @@ def fit_one(
                 "log": lines,
                 "seconds": time.perf_counter() - start,
                 "checkpoint_seconds": checkpoint_seconds,
-                "rng": rng_state(),
-            },
-        )
+                "rng": rngs[0],
+            }
+            if w.parallel:
+                state["processes"] = w.size
+                state["rng_ranks"] = rngs
+            save_state(files.resume, state)
         checkpoint_seconds += time.perf_counter() - tick
-        with files.log.open("a") as fh:
-            fh.write(lines[-1] + "\n")
+        if w.main:
+            with files.log.open("a") as fh:
+                fh.write(lines[-1] + "\n")
     check_stop()
     model.load_state_dict(best_state)
-    test_p = predict(run, data.test, t.eval_batch_size, device, t.precision)
-    write_predictions(files.predictions, data.test_frame, test_p)
+    test_p = predict_shared(scorer, data.test, t.eval_batch_size, device, t.precision)
     summary = {
         "model": entry.key,
         "seed": seed,
@@ -312,12 +380,67 @@ def fit_one(
         "train_seconds": time.perf_counter() - start,
         "resume_checkpoint_seconds": checkpoint_seconds,
     }
+    if w.parallel:
+        summary["processes"] = w.size
     extra = getattr(model, "report", None)  # a model may expose extra facts (head weights, codes)
     if callable(extra):
         summary["model_report"] = extra()
-    write_text(files.summary, json.dumps(summary, indent=2) + "\n")  # last: the run is done
-    files.resume.unlink(missing_ok=True)
+    if w.main:
+        write_predictions(files.predictions, data.test_frame, test_p)
+        write_text(files.summary, json.dumps(summary, indent=2) + "\n")  # last: the run is done
+        files.resume.unlink(missing_ok=True)
+    dist.barrier()  # no rank starts the next run before rank 0 has finished this one
     return summary
+
+
+def sparse_parameters(optimizer: Optimizers) -> list[torch.nn.Parameter]:
+    """The embedding tables stepped by LazyAdam (row-sparse gradients)."""
+    return [
+        p
+        for o in optimizer.optimizers
+        if isinstance(o, LazyAdam)
+        for g in o.param_groups
+        for p in g["params"]
+    ]
+
+
+def _all_ranks(seen: int, loss_sum: float, seconds: float) -> tuple[int, float, float]:
+    """An epoch's rows and summed loss over every process; its time, the slowest one's."""
+    w = dist.world()
+    if not w.parallel:
+        return seen, loss_sum, seconds
+    total_seen, total_loss, _ = dist.all_sum([seen, loss_sum, 0.0])
+    return int(total_seen), total_loss, dist.all_max(seconds)
+
+
+def _open_run(files: SeedRun, fingerprint: dict, processes: int) -> tuple[dict, dict | None] | None:
+    """(rank 0) Make the run's folder ready; its resume state and best weights, if it has one.
+
+    A run interrupted under N processes resumes under N: each one's dropout stream is in it."""
+    files.folder.mkdir(parents=True, exist_ok=True)
+    sweep_stale(files.folder)  # a checkpoint half-written by a killed earlier run
+    if not files.resume.is_file():
+        write_json(files.fingerprint, fingerprint)
+        write_text(files.log, "")
+        return None
+    state = load_state(files.resume, fingerprint)
+    was = state.get("processes", 1)
+    if was != processes:
+        raise UserError(
+            f"'{files.resume}' was written by a run of {was} process(es), this one has "
+            f"{processes}; resume it with the same number (msctr train --nproc {was}), or remove "
+            "last.pt to retrain that run from its first epoch"
+        )
+    best_state = None
+    if state["stopping"][1] >= 0:  # best.pt holds the best epoch's weights (see docs)
+        if not files.checkpoint.is_file():
+            raise UserError(
+                f"'{files.checkpoint}' is missing, so '{files.resume}' cannot be resumed; "
+                "remove last.pt to retrain that run from its first epoch, or use --fresh"
+            )
+        best_state = torch.load(files.checkpoint, map_location="cpu", weights_only=True)
+    write_text(files.log, "".join(line + "\n" for line in state["log"]))
+    return state, best_state
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -342,10 +465,23 @@ def train_recipe(
 
     Resumes by default: finished runs are kept, an interrupted one continues from its last
     finished epoch; a run folder holding runs of a different recipe is refused (`fresh`: its
-    runs are removed first). One process at a time per run folder (a lock file)."""
+    runs are removed first). One process at a time per run folder (a lock file).
+
+    Under torchrun every process calls this: they train each run together (data parallel);
+    rank 0 alone takes the lock, checks and writes the folder and prints."""
     console = console or Console()
     # everything that can refuse the recipe runs before the run folder is touched
     resolve_device(recipe.train.device)
+    w, _ = dist.setup(recipe.train.device)
+    try:
+        if not w.main:  # rank 0 speaks for all
+            console, show_progress = Console(quiet=True), False
+        return _train_recipe(recipe, console, show_progress, fresh)
+    finally:
+        dist.teardown()
+
+
+def _train_recipe(recipe: Recipe, console: Console, show_progress: bool, fresh: bool) -> Path:
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
     keep_freed_memory()
@@ -361,29 +497,42 @@ def train_recipe(
     for entry in recipe.models:
         build(entry.name, data.schema, parse_params(entry.name, entry.params))
     folder = RunFolder(recipe.run_dir)
-    folder.root.mkdir(parents=True, exist_ok=True)
-    busy = (
-        f"another msctr (pid {{pid}}) is training into '{folder.root}' now; wait for it to end "
-        "or stop it (a crashed one holds no lock)"
-    )
-    with exclusive_lock(folder.lock, busy):
-        if fresh:
-            clear_folder(folder)
-        sweep_stale(folder.root)
-        plan = check_folder(recipe, folder, data.schema)
-        for old, new in plan.renamed:
+    with contextlib.ExitStack() as held:  # rank 0's lock on the folder, while training
+
+        def claim() -> list[tuple[str, str]]:
+            folder.root.mkdir(parents=True, exist_ok=True)
+            busy = (
+                f"another msctr (pid {{pid}}) is training into '{folder.root}' now; wait for it "
+                "to end or stop it (a crashed one holds no lock)"
+            )
+            held.enter_context(exclusive_lock(folder.lock, busy))
+            if fresh:
+                clear_folder(folder)
+            sweep_stale(folder.root)
+            plan = check_folder(recipe, folder, data.schema)
+            # recorded only now that every run in the folder is known to be this recipe's; the
+            # data path absolute, so `msctr eval` works from any folder
+            resolved = {**recipe.to_dict(), "data": str(Path(recipe.data).resolve())}
+            text = yaml.safe_dump(resolved, sort_keys=False)
+            if not folder.recipe.is_file() or folder.recipe.read_text() != text:
+                # a comparison of the recipe as it was must not pass for this one's
+                folder.results.unlink(missing_ok=True)
+                folder.report.unlink(missing_ok=True)
+                write_text(folder.recipe, text)
+            return plan.renamed
+
+        for old, new in dist.on_main(claim):
             console.print(f"renamed {old} -> {new}: the same model under a new label")
-        # recorded only now that every run in the folder is known to be this recipe's; the
-        # data path absolute, so `msctr eval` works from any folder
-        resolved = {**recipe.to_dict(), "data": str(Path(recipe.data).resolve())}
-        text = yaml.safe_dump(resolved, sort_keys=False)
-        if not folder.recipe.is_file() or folder.recipe.read_text() != text:
-            # a comparison of the recipe as it was must not pass for this one's
-            folder.results.unlink(missing_ok=True)
-            folder.report.unlink(missing_ok=True)
-            write_text(folder.recipe, text)
         _train_runs(recipe, data, folder, console, show_progress)
     return folder.root
+
+
+def _run_status(files: SeedRun) -> tuple[bool, bool]:
+    """(rank 0) Whether a run is finished, and whether it has a resume state."""
+    if files.finished:
+        files.resume.unlink(missing_ok=True)  # left if killed right at the end
+        return True, False
+    return False, files.resume.is_file()
 
 
 def _train_runs(
@@ -398,11 +547,10 @@ def _train_runs(
                 fingerprint = run_fingerprint(recipe, entry, data.schema)
                 for seed in recipe.train.seeds:
                     files = folder.seed(entry.key, seed)
-                    if files.finished:
-                        files.resume.unlink(missing_ok=True)  # left if killed right at the end
+                    finished, resumed = dist.on_main(functools.partial(_run_status, files))
+                    if finished:
                         console.print(f"[dim]kept[/] {entry.key} seed {seed}: finished earlier")
                         continue
-                    resumed = files.resume.is_file()
                     summary = fit_one(
                         recipe, entry, seed, data, files.folder, progress, fingerprint
                     )

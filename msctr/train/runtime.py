@@ -74,6 +74,11 @@ def check_stop() -> None:
         _STOP.check()
 
 
+def pending_signal() -> int | None:
+    """The signal that asked training to stop and has not been acted on yet, if any."""
+    return None if _STOP is None else _STOP.signum
+
+
 @contextlib.contextmanager
 def stop_at_step_boundaries() -> Iterator[None]:
     """Within the block, SIGINT/SIGTERM stop at the next `check_stop()`; a signal that came

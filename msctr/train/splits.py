@@ -3,6 +3,8 @@ shared by every (model, seed) run of a recipe."""
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,10 +47,16 @@ class SplitData:
         test_frame = load_eval_columns(folder, "test", schema, limit=t.eval_rows)
         return cls(schema, folder, train, val, test, val.label.numpy().astype(np.int8), test_frame)
 
-    def train_batches(self, recipe: Recipe, seed: int, epoch: int) -> Iterator[Batch]:
+    def train_batches(
+        self, recipe: Recipe, seed: int, epoch: int, part: tuple[int, int] = (0, 1)
+    ) -> Iterator[Batch]:
+        """The epoch's batches of `train.batch_size` rows in a seeded order; `part=(r, n)`:
+        process r's share of each of them (msctr.train.distributed)."""
         t = recipe.train
         if self.train is not None:
-            return self.train.batches(t.batch_size, shuffle=True, seed=seed, epoch=epoch)
+            if os.environ.get("MSCTR_TEST_SHARDS"):
+                return self._recorded(t.batch_size, seed, epoch, part)
+            return self.train.batches(t.batch_size, shuffle=True, seed=seed, epoch=epoch, part=part)
         return stream_batches(
             self.folder,
             "train",
@@ -58,7 +66,21 @@ class SplitData:
             seed,
             epoch,
             buffer_rows=t.shuffle_buffer,
+            part=part,
         )
+
+    def _recorded(self, batch_size: int, seed: int, epoch: int, part: tuple[int, int]):
+        """Test hook (docs/testing.md): MSCTR_TEST_SHARDS=<folder> makes each process append
+        the training rows of every batch it trains on, as one JSON line (epoch, step, row
+        positions), to <folder>/part_<r>_of_<n>.jsonl; the batches are those of `batches`."""
+        out = Path(os.environ["MSCTR_TEST_SHARDS"]) / f"part_{part[0]}_of_{part[1]}.jsonl"
+        assert self.train is not None
+        for step, rows in enumerate(
+            self.train.batch_rows(batch_size, shuffle=True, seed=seed, epoch=epoch, part=part)
+        ):
+            with out.open("a") as fh:
+                fh.write(json.dumps({"epoch": epoch, "step": step, "rows": rows.tolist()}) + "\n")
+            yield self.train.batch(rows)
 
     @property
     def train_rows(self) -> int:
