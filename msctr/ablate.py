@@ -55,7 +55,11 @@ def variants(entry: ModelEntry, drops: list[str]) -> list[tuple[str, list[str]]]
     return out
 
 
-def ablation_recipe(recipe: Recipe, entry: ModelEntry, drops: list[str]) -> Recipe:
+def ablation_recipe(
+    recipe: Recipe, entry: ModelEntry, drops: list[str], with_baselines: bool = False
+) -> Recipe:
+    """The full model, then each variant; with `with_baselines`, then the recipe's other
+    models too (the mechanism recipes' strongest baseline), all tested against the full model."""
     base_drop = list(entry.params.get("drop", []))
     full = ModelEntry(entry.name, entry.key, copy.deepcopy(entry.params))
     models = [full]
@@ -63,6 +67,8 @@ def ablation_recipe(recipe: Recipe, entry: ModelEntry, drops: list[str]) -> Reci
         params = copy.deepcopy(entry.params)
         params["drop"] = base_drop + [g for g in group if g not in base_drop]
         models.append(ModelEntry(entry.name, f"{entry.key} {suffix}", params))
+    if with_baselines:
+        models += [copy.deepcopy(m) for m in recipe.models if m.key != entry.key]
     r = copy.deepcopy(recipe)
     # the name must stay a valid recipe name: labels may hold "(", " ", "/"
     r.name = f"{recipe.name}-ablate-{re.sub(r'[^A-Za-z0-9_.-]+', '_', entry.key).strip('_')}"
@@ -163,10 +169,15 @@ def plot(result: dict, path: Path) -> None:
 
 
 def run_ablation(
-    recipe: Recipe, drops: list[str], model: str | None, console: Console, fresh: bool = False
+    recipe: Recipe,
+    drops: list[str],
+    model: str | None,
+    console: Console,
+    with_baselines: bool = False,
+    fresh: bool = False,
 ) -> dict:
     entry = pick_model(recipe, model)
-    r = ablation_recipe(recipe, entry, drops)
+    r = ablation_recipe(recipe, entry, drops, with_baselines)
     run_dir = train_recipe(r, console, fresh=fresh)
     result = summarize(run_dir)
     table = ablation_table(result, entry.key)

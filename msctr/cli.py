@@ -116,22 +116,38 @@ def prepare_synthetic(
     rows: Annotated[int, typer.Option(help="Number of impressions to generate.")] = 200_000,
     scenarios: Annotated[int, typer.Option(help="Number of explicit scenarios.")] = 5,
     seed: Annotated[int, typer.Option(help="Random seed of the generator.")] = 0,
+    structure: Annotated[
+        str | None,
+        typer.Option(
+            help="Plant one paper's mechanism structure instead of the default click model's: "
+            "hierrec (implicit sub-scenarios), sfpnet (scenario-dependent sequence and field "
+            "importance), hmdn (nested partitions and clusters) or none (the negative "
+            "control). Left out: the default data. See docs/synthetic.md."
+        ),
+    ] = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Generate planted-signal data (known click probabilities) and prepare it.
 
     Example: msctr prepare synthetic --out data/synthetic --rows 200000 --scenarios 5 --seed 0
+
+    Example: msctr prepare synthetic --out data/mechanisms/hierrec --rows 60000 --structure hierrec
     """
     from msctr.data.prepare import check_out, prepare
-    from msctr.data.sources.synthetic import generate
+    from msctr.data.sources.synthetic import STRUCTURES, generate
 
     if rows < 1000:
         raise UserError(f"--rows must be at least 1000 (got {rows}) so every split has rows")
     if scenarios < 1:
         raise UserError(f"--scenarios must be at least 1 (got {scenarios})")
+    if structure is not None and structure not in STRUCTURES:
+        raise UserError(
+            f"--structure {structure!r} is not one of {', '.join(STRUCTURES)}; "
+            "leave it out for the default data"
+        )
     check_out(out, overwrite)  # before the generator's minutes, not after
     with console.status("generating and preparing synthetic data"):
-        table = generate(rows=rows, scenarios=scenarios, seed=seed)
+        table = generate(rows=rows, scenarios=scenarios, seed=seed, structure=structure)
         schema = prepare(table, out, seed=seed, overwrite=overwrite)
     report_prepared(schema, out)
 
@@ -434,6 +450,13 @@ def ablate(
         str | None,
         typer.Option(help="Which of the recipe's models (default: the last one with switches)."),
     ] = None,
+    with_baselines: Annotated[
+        bool,
+        typer.Option(
+            help="Also train the recipe's other models, each compared with the full model "
+            "like the variants (the mechanism recipes' strongest baseline)."
+        ),
+    ] = False,
     set_: Sets = None,
     smoke: Annotated[bool, typer.Option(help="A few batches, one seed, small eval.")] = False,
     fresh: Fresh = False,
@@ -442,13 +465,15 @@ def ablate(
     Resumes like `train`: each variant is a run of the ablation's run folder.
 
     Example: msctr ablate recipes/synthetic/sfpnet.yaml --drop rtm --drop sam
+
+    Example: msctr ablate recipes/mechanisms/hierrec.yaml --drop all --with-baselines
     """
     from msctr.ablate import run_ablation
     from msctr.recipe import load_recipe
 
     r = load_recipe(recipe, set_ or [], smoke=smoke)
     try:
-        run_ablation(r, drop or [], model, console, fresh=fresh)
+        run_ablation(r, drop or [], model, console, with_baselines, fresh=fresh)
     except Interrupted as e:
         e.resume = resume_command()
         raise

@@ -124,3 +124,24 @@ def test_ablation_of_a_label_with_parentheses_is_a_valid_recipe():
     assert ablated.name == "x-ablate-HMDN_MMoE"
     again = recipe_from_dict(ablated.to_dict())  # what `msctr eval` reads back
     assert [m.key for m in again.models] == ["HMDN(MMoE)", "HMDN(MMoE) w/o rq"]
+
+
+def test_with_baselines_keeps_the_recipes_other_models_after_the_variants():
+    """The mechanism recipes' shape: the full model, each variant, then the strongest
+    baseline, every one tested against the full model."""
+    from msctr.ablate import ablation_recipe
+
+    r = recipe_from_dict(
+        {
+            "name": "m",
+            "data": "d",
+            "models": [{"name": "mmoe", "label": "MMoE"}, {"name": "hierrec", "label": "HR"}],
+        }
+    )
+    plain = ablation_recipe(r, r.models[1], ["all"])
+    assert [m.key for m in plain.models] == ["HR", "HR w/o mi", "HR w/o i", "HR w/o e"]
+    kept = ablation_recipe(r, r.models[1], ["all"], with_baselines=True)
+    assert [m.key for m in kept.models] == [*(m.key for m in plain.models), "MMoE"]
+    assert kept.models[-1].name == "mmoe" and kept.eval.baselines == ["HR"]
+    again = recipe_from_dict(kept.to_dict())  # what `msctr eval` reads back
+    assert [m.key for m in again.models] == [m.key for m in kept.models]

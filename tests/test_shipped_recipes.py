@@ -46,15 +46,21 @@ def synthetic(tmp_path_factory) -> Path:
     return out
 
 
-SYNTHETIC = [p for p in RECIPES if p.parent.name == "synthetic"]
+# the mechanism recipes run on synthetic data too (`prepare synthetic --structure`), whose
+# schema is the default data's: the same fixture checks their models
+SYNTHETIC = [p for p in RECIPES if p.parent.name in ("synthetic", "mechanisms")]
 
 
-@pytest.mark.parametrize("path", SYNTHETIC, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", SYNTHETIC, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_synthetic_recipes_models_run_on_synthetic_data(path, synthetic):
     """Each model of a synthetic recipe builds on the synthetic dataset (field names in its
     params exist there) and scores a batch of it with finite logits."""
     r = load_recipe(path)
-    assert Path(r.data).name == "synthetic"
+    if path.parent.name == "mechanisms":  # data/mechanisms/<its structure>
+        assert Path(r.data).parent.name == "mechanisms" and Path(r.data).name == path.stem
+        assert r.mirrors and r.train.seeds == [0, 1, 2, 3, 4]
+    else:
+        assert Path(r.data).name == "synthetic"
     schema = Schema.load(synthetic)
     batch = next(load_columns(synthetic, "val", schema).batches(64))
     for m in r.models:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import polars as pl
 import pytest
 from scipy import stats
+from sklearn.metrics import roc_auc_score
 
 from msctr.data.sources.base import SourceTable
 from msctr.data.sources.synthetic import (
@@ -13,15 +16,19 @@ from msctr.data.sources.synthetic import (
     CARD,
     GENDERS,
     ITEM_TYPES,
+    MECHANISM_TERMS,
     MODE_TABLE,
     NOISE_FIELDS,
+    STRUCTURES,
     bayes_auc,
     bayes_metrics,
     draw_parameters,
+    draw_structure,
     generate,
     scenario_names,
     scenario_shares,
     simulate,
+    term_shares,
     to_frame,
 )
 from msctr.errors import UserError
@@ -253,3 +260,139 @@ def test_more_scenarios_and_stable_parameters():
 def test_bad_arguments_are_user_errors(kwargs: dict):
     with pytest.raises(UserError):
         generate(**kwargs)
+
+
+# -- planted mechanism structures (--structure) ------------------------------------------------
+def frame_digest(df: pl.DataFrame) -> str:
+    """md5 over every column's values: numbers as bytes, texts joined, lists flattened."""
+    h = hashlib.md5()
+    for name in df.columns:
+        col = df[name]
+        h.update(name.encode())
+        if col.dtype == pl.String:
+            h.update("\x00".join(col.to_list()).encode())
+        elif isinstance(col.dtype, pl.List):
+            h.update(col.list.len().to_numpy().tobytes() + col.explode().to_numpy().tobytes())
+        else:
+            h.update(col.to_numpy().tobytes())
+    return h.hexdigest()
+
+
+# the default data, as made before --structure existed (generator version 1): the option
+# must leave it byte for byte as it was
+DEFAULT_DIGEST = "28e6fe6ff873986918b4a628250f476f"
+
+
+def test_default_data_is_unchanged_by_the_structure_option():
+    df = generate(rows=3_000, seed=1).frame.collect()
+    assert frame_digest(df) == DEFAULT_DIGEST
+    assert "structure" not in generate(rows=3_000, seed=1).info
+
+
+# each structure's planted term(s) and its share of the Bayes AUC on the test rows (AUC drop
+# when removed), seed 0, 60,000 rows: the figures docs/synthetic.md gives
+DOCUMENTED_SHARES = {
+    "hierrec": {"hierrec_sub": 0.096},
+    "sfpnet": {"sfpnet_fields": 0.084, "sfpnet_seq": 0.040},
+    "hmdn": {"hmdn_nested": 0.147},
+    "none": {},
+}
+DOCUMENTED_BAYES = {"hierrec": 0.806, "sfpnet": 0.826, "hmdn": 0.899, "none": 0.738}
+
+
+@pytest.fixture(scope="module")
+def structured() -> dict:
+    return {s: simulate(60_000, seed=0, structure=s) for s in STRUCTURES}
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_structure_plants_its_documented_share(structured, structure):
+    sim = structured[structure]
+    planted = set(DOCUMENTED_SHARES[structure])
+    assert not set(MECHANISM_TERMS) & set(sim.terms)  # the default's weak versions are gone
+    assert {t for t in sim.terms if t.startswith(("hierrec", "sfpnet", "hmdn"))} == planted
+    shares = term_shares(sim)
+    for term, share in DOCUMENTED_SHARES[structure].items():
+        assert abs(shares[term] - share) < 0.005, (term, shares[term])
+    perm = np.lexsort((sim.user, sim.time_ms))
+    test = perm[int(len(perm) * 0.9) :]
+    bayes = roc_auc_score(sim.label[test], sim.true_prob[test])
+    assert abs(bayes - DOCUMENTED_BAYES[structure]) < 0.005
+    # the share is the drop from the Bayes AUC with the term to the AUC without it
+    total = np.sum(list(sim.terms.values()), axis=0)[test]
+    for term in planted:
+        without = roc_auc_score(sim.label[test], total - sim.terms[term][test])
+        assert shares[term] == pytest.approx(bayes - without, abs=1e-9)
+
+
+def test_structures_keep_the_world_and_change_only_the_click_model(structured):
+    """Same users, items, impressions, uniform draws and ordinary terms: a structure's data
+    differs from `none` only by its planted terms (and the clicks and histories they move)."""
+    none = structured["none"]
+    for s in ("hierrec", "sfpnet", "hmdn"):
+        sim = structured[s]
+        for a in ("user", "item", "scenario", "time_ms"):
+            np.testing.assert_array_equal(getattr(sim, a), getattr(none, a))
+        for t in none.terms:
+            np.testing.assert_array_equal(sim.terms[t], none.terms[t])
+    default = simulate(60_000, seed=0)
+    np.testing.assert_array_equal(default.item, none.item)
+    np.testing.assert_array_equal(default.terms["affinity"], none.terms["affinity"])
+
+
+def test_hierrec_structure_sub_scenarios_depend_on_the_tab(structured):
+    sim = structured["hierrec"]
+    W = sim.world
+    combo = W.users["user_active_degree"][sim.user] * 3 + W.items["item_type"][sim.item]
+    sub = sim.latent["subscenario"]
+    table = np.full((5, 12), -1)
+    table[sim.scenario, combo] = sub
+    assert (table >= 0).all() and np.array_equal(table[sim.scenario, combo], sub)  # a function
+    for s in range(5):
+        assert np.array_equal(np.bincount(table[s], minlength=4), [3, 3, 3, 3])
+    assert len({tuple(row) for row in table}) == 5  # every tab deals the combos afresh
+
+
+def test_sfpnet_structure_sequence_sign_follows_the_tab(structured):
+    """From the frame alone: the target's category among the recent clicks lowers the click
+    rate in featured and discover, raises it in follow and live."""
+    df = to_frame(structured["sfpnet"]).with_columns(
+        match=pl.col("hist_item_cat").list.head(10).list.contains(pl.col("item_cat"))
+    )
+    g = df.group_by("tab", "match").agg(pl.col("is_click").mean()).sort("tab", "match")
+    lift = np.diff(logit(g["is_click"].to_numpy().reshape(5, 2)), axis=1)[:, 0]
+    featured, follow, discover, nearby, live = lift
+    assert featured < nearby - 0.3 and discover < nearby - 0.3
+    assert follow > nearby + 0.5 and live > nearby + 0.5
+
+
+def test_hmdn_structure_nests_clusters_in_partitions(structured):
+    sim = structured["hmdn"]
+    u = sim.world.users
+    pop = u["gender"][sim.user] * CARD["city"] + u["city"][sim.user]
+    leaf, part = sim.latent["leaf"], sim.latent["partition"]
+    table = np.full((5, 18), -1)
+    table[sim.scenario, pop] = leaf
+    assert np.array_equal(table[sim.scenario, pop], leaf)  # (tab, gender, city) -> cluster
+    assert np.array_equal(part, leaf // 2)  # two clusters inside each partition
+    assert len({tuple(row) for row in table}) == 5
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_structure_data_is_deterministic_by_seed(structure):
+    a = generate(rows=3_000, seed=1, structure=structure)
+    b = generate(rows=3_000, seed=1, structure=structure).frame.collect()
+    c = generate(rows=3_000, seed=2, structure=structure).frame.collect()
+    assert a.frame.collect().equals(b) and not b.equals(c)
+    assert a.info["structure"] == structure
+    # tab s's draws do not depend on how many tabs there are
+    if structure != "none":
+        d5, d8 = draw_structure(structure, 5, 0), draw_structure(structure, 8, 0)
+        for k, v in d5.items():
+            if isinstance(v, np.ndarray) and v.shape[:1] == (5,):
+                np.testing.assert_array_equal(v, d8[k][:5])
+
+
+def test_unknown_structure_is_a_user_error():
+    with pytest.raises(UserError, match="hierrec, sfpnet, hmdn, none"):
+        generate(rows=1_000, structure="star")

@@ -172,6 +172,11 @@ class HierRec(nn.Module):
         self.heads = 1 if "mi" in p.drop else p.heads
         self.head_weights_from = p.head_weights_from
         self.embedding = FeatureEmbedding(schema, d, include_scenario=False)
+        # e_s conditions every generated layer and the head weights; the reference draws it
+        # Xavier-uniform (bound sqrt(6 / (S + d)), 0.53 for 5 x 16), not the shared N(0, 0.01):
+        # from 0.01 the explicit SOM and the heads start (and stay) nearly the same in every
+        # scenario (docs/models/hierrec.md, "Initialisation")
+        nn.init.xavier_uniform_(self.embedding.scenario_table.weight)
         I = self.embedding.num_fields
         self.num_scenarios = schema.num_scenarios
         self.num_common_fields, self.dim = I, d

@@ -280,11 +280,16 @@ class SFPNet(nn.Module):
         self.dropout = Dropout(p.dropout)
         self.out = nn.Linear(p.hidden[-1] if p.hidden else h0, 1)
 
-        # paper: Xavier initialization; embeddings keep the shared FeatureEmbedding init
+        # paper: Xavier initialization of the parameters. The scenario table, which feeds
+        # every SAM and S-DNN gate, gets it too (bound sqrt(6 / (S + d))): from the shared
+        # N(0, 0.01) the gates start alike in every scenario and Adam's small steps keep them
+        # so for many epochs (docs/models/sfpnet.md). The shared feature table keeps the shared
+        # init, whose scale Xavier over its many rows would give anyway.
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
+        nn.init.xavier_uniform_(self.embedding.scenario_table.weight)
 
     def behaviors(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """b_j = mean of the behavior's attribute embeddings: ([B, Lb, d], mask [B, Lb])."""

@@ -20,7 +20,7 @@ once), never a Python loop per row or per user.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
@@ -112,6 +112,7 @@ CARD = {
     "hour_bucket": 6,
     "fans_user_num_range": 6,
     "register_days_range": 6,
+    "duration_bucket": 6,
 }
 PROBS = {
     "gender": [0.46, 0.46, 0.08],
@@ -299,6 +300,8 @@ class Simulation:
     true_prob: np.ndarray  # [rows]
     label: np.ndarray  # [rows] int8
     start: np.ndarray  # [n_users] first row of each user
+    structure: str | None = None  # the planted mechanism structure (None: the default model)
+    latent: dict[str, np.ndarray] = field(default_factory=dict)  # its hidden row labels
 
     def history(self, length: int) -> np.ndarray:
         """[rows, length] row indices of each row's earlier clicks by its user, most recent
@@ -412,8 +415,20 @@ def _draw_impressions(W: World, user: np.ndarray, rng: np.random.Generator) -> n
     return order[pos]
 
 
-def simulate(rows: int = 200_000, scenarios: int = 5, seed: int = 0) -> Simulation:
-    """Draw the world, the impressions and the clicks; `generate` turns this into a frame."""
+def simulate(
+    rows: int = 200_000, scenarios: int = 5, seed: int = 0, structure: str | None = None
+) -> Simulation:
+    """Draw the world, the impressions and the clicks; `generate` turns this into a frame.
+
+    `structure` None is the default click model. A name of STRUCTURES keeps the same users,
+    items, impressions and uniform draws but swaps the click model's mechanism terms (mode,
+    cluster, sequence) for one paper's planted structure, or for none of them ("none").
+    """
+    if structure is not None and structure not in STRUCTURES:
+        raise UserError(
+            f"--structure {structure!r} is not one of {', '.join(STRUCTURES)}; "
+            "leave it out for the default data"
+        )
     if rows < 1_000:
         raise UserError(f"--rows {rows} is too small for the synthetic data; use at least 1000")
     if not 1 <= scenarios <= 64:
@@ -424,11 +439,27 @@ def simulate(rows: int = 200_000, scenarios: int = 5, seed: int = 0) -> Simulati
     W = _draw_world(P, rows, seed)
     imp = _draw_timeline(P, W, rows, seed)
     terms, cat, mode, cluster = _static_terms(P, W, imp)
+    seq_cat, seq_item, latent = P.seq_cat, P.seq_item, {}
+    if structure is not None:
+        for name in MECHANISM_TERMS:
+            terms.pop(name, None)
+        zero = np.zeros(scenarios)
+        seq_cat, seq_item = zero, zero
+        if structure != "none":
+            extra, seq, latent = STRUCTURE_TERMS[structure](
+                draw_structure(structure, scenarios, seed), W, imp
+            )
+            terms.update(extra)
+            if seq is not None:
+                seq_cat, seq_item = seq
     m_cat, m_item, true_prob, label = _sequential_clicks(
-        P, W.counts, imp, np.sum(list(terms.values()), axis=0), cat
+        seq_cat, seq_item, W.counts, imp, np.sum(list(terms.values()), axis=0), cat
     )
-    terms["seq_cat"] = P.seq_cat[imp.scenario] * m_cat
-    terms["seq_item"] = P.seq_item[imp.scenario] * m_item
+    if structure is None:
+        terms["seq_cat"] = seq_cat[imp.scenario] * m_cat
+        terms["seq_item"] = seq_item[imp.scenario] * m_item
+    elif seq_cat.any() or seq_item.any():
+        terms["sfpnet_seq"] = seq_cat[imp.scenario] * m_cat + seq_item[imp.scenario] * m_item
     return Simulation(
         params=P,
         world=W,
@@ -445,6 +476,8 @@ def simulate(rows: int = 200_000, scenarios: int = 5, seed: int = 0) -> Simulati
         true_prob=true_prob,
         label=label,
         start=imp.start,
+        structure=structure,
+        latent=latent,
     )
 
 
@@ -540,10 +573,16 @@ def _static_terms(
 
 
 def _sequential_clicks(
-    P: PlantedParams, counts: np.ndarray, imp: _Timeline, static: np.ndarray, cat: np.ndarray
+    seq_cat: np.ndarray,
+    seq_item: np.ndarray,
+    counts: np.ndarray,
+    imp: _Timeline,
+    static: np.ndarray,
+    cat: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Clicks that depend on each user's earlier clicks, one vectorized step per event index:
     (category-history match, item-history match, true probability, label), row order.
+    `seq_cat` / `seq_item` [S] are the scenarios' weights of the two history matches.
 
     Users are ranked by event count, so the users active at step k are ranks [0, n_k); rows
     are laid out step-major (step k's rows are one contiguous slice, in rank order), so
@@ -567,7 +606,7 @@ def _sequential_clicks(
 
     static_sm, draw_sm = step_major(static), step_major(imp.draw)
     cat_sm, item_sm = step_major(cat), step_major(item)
-    kappa_sm, lam_sm = step_major(P.seq_cat[scen]), step_major(P.seq_item[scen])
+    kappa_sm, lam_sm = step_major(seq_cat[scen]), step_major(seq_item[scen])
     m_cat, m_item = np.zeros(rows), np.zeros(rows, bool)
     p_all, y_all = np.empty(rows), np.zeros(rows, bool)
     # the last HISTORY_WINDOW clicked (item, category) per user rank, most recent first;
@@ -590,35 +629,204 @@ def _sequential_clicks(
     return m_cat[sm], m_item[sm], p_all[sm], y_all[sm].astype(np.int8)
 
 
+# -- planted mechanism structures (`msctr prepare synthetic --structure`) --------------------
+# Each option keeps the default data's users, items, impressions and uniform draws, removes the
+# default's three weak mechanism terms (MECHANISM_TERMS) and plants one paper's structure at
+# full strength; "none" plants nothing in their place: the negative control. docs/synthetic.md
+# gives each formula and its share of the Bayes AUC.
+STRUCTURES = ("hierrec", "sfpnet", "hmdn", "none")
+MECHANISM_TERMS = ("mode", "cluster", "seq_cat", "seq_item")
+
+# HierRec (Section 1, Figure 1): implicit sub-scenarios inside each explicit one. In tab s the
+# 12 combos user_active_degree x item_type are dealt 3 each to SUBSCENARIOS sub-scenarios (a
+# fresh deal per tab, so the same combo is a different sub-scenario in another tab);
+# sub-scenario k has its own interaction of the two fields SUB_PAIRS[k] (one table per k).
+SUBSCENARIOS = 4
+SUB_PAIRS = (
+    ("age_group", "music_type"),
+    ("device_tier", "item_cat"),
+    ("register_days_range", "hour_bucket"),
+    ("fans_user_num_range", "duration_bucket"),
+)
+SUB_PAIR_STD = 1.0
+SUB_SHIFT_STD = 0.3  # the sub-scenario's offset within its tab
+
+# SFPNet (Section 3, SAM and RTM): how much the behaviour sequence matters to the target, and
+# in which direction, depends on the tab; so does the importance of each of SFP_FIELDS.
+SFP_SEQ_CAT = np.array([-2.0, 3.5, -2.5, 0.0, 3.0])  # per archetype: weight of m_cat
+SFP_SEQ_ITEM = np.array([-1.0, 1.5, -1.5, 0.0, 2.0])  # ... and of m_item
+SFP_FIELDS = (
+    "age_group",
+    "device_tier",
+    "register_days_range",
+    "fans_user_num_range",
+    "music_type",
+    "upload_type",
+    "hour_bucket",
+    "duration_bucket",
+)
+SFP_EFFECT_STD = 0.3  # each field's main-effect table E_f, shared by the tabs
+SFP_WEIGHT_STD = 1.0  # the tab's importance w[s, f] of field f (sign included)
+
+# HMDN (Section 2): in tab s the gender x city populations fall into HMDN_PARTITIONS
+# partitions of HMDN_CLUSTERS clusters each (3 populations per cluster); each cluster has its
+# own click function offset + coef . (z_dur, affinity_z, position_z), its coefficients those
+# of its partition plus its own deviation.
+HMDN_PARTITIONS = 3
+HMDN_CLUSTERS = 2
+HMDN_PART_SHIFT_STD = 0.5
+HMDN_PART_COEF_STD = 0.6
+HMDN_CLUSTER_SHIFT_STD = 0.35
+HMDN_CLUSTER_COEF_STD = 0.4
+
+
+def draw_structure(structure: str, scenarios: int, seed: int) -> dict[str, np.ndarray]:
+    """The drawn tables of a planted structure; tab s's draws do not depend on `scenarios`.
+
+    Streams [seed, 7, j] and [seed, 8, j, s] (j = the structure's index) are new, so the
+    default data's draws are untouched.
+    """
+    j = STRUCTURES.index(structure)
+    rg = np.random.default_rng([seed, 7, j])
+    tabs = [np.random.default_rng([seed, 8, j, s]) for s in range(scenarios)]
+    if structure == "hierrec":
+        combos = CARD["user_active_degree"] * CARD["item_type"]
+        deal = np.repeat(np.arange(SUBSCENARIOS), combos // SUBSCENARIOS)
+        return {
+            "tables": [rg.normal(0.0, SUB_PAIR_STD, (CARD[a], CARD[b])) for a, b in SUB_PAIRS],
+            "sub": np.array([r.permutation(deal) for r in tabs]).reshape(scenarios, combos),
+            "shift": np.array([r.normal(0.0, SUB_SHIFT_STD, SUBSCENARIOS) for r in tabs]).reshape(
+                scenarios, SUBSCENARIOS
+            ),
+        }
+    if structure == "sfpnet":
+        return {
+            "effects": [rg.normal(0.0, SFP_EFFECT_STD, CARD[f]) for f in SFP_FIELDS],
+            "weight": np.array(
+                [r.normal(0.0, SFP_WEIGHT_STD, len(SFP_FIELDS)) for r in tabs]
+            ).reshape(scenarios, len(SFP_FIELDS)),
+            "seq_cat": SFP_SEQ_CAT[np.arange(scenarios) % 5],
+            "seq_item": SFP_SEQ_ITEM[np.arange(scenarios) % 5],
+        }
+    if structure == "hmdn":
+        pops = CARD["gender"] * CARD["city"]
+        leaves = HMDN_PARTITIONS * HMDN_CLUSTERS
+        leaf, shift, coef = [], [], []
+        for r in tabs:
+            leaf.append(r.permutation(np.repeat(np.arange(leaves), pops // leaves)))
+            p_shift = r.normal(0.0, HMDN_PART_SHIFT_STD, HMDN_PARTITIONS)
+            p_coef = r.normal(0.0, HMDN_PART_COEF_STD, (HMDN_PARTITIONS, 3))
+            part = np.arange(leaves) // HMDN_CLUSTERS  # leaf -> its partition
+            shift.append(p_shift[part] + r.normal(0.0, HMDN_CLUSTER_SHIFT_STD, leaves))
+            coef.append(p_coef[part] + r.normal(0.0, HMDN_CLUSTER_COEF_STD, (leaves, 3)))
+        return {
+            "leaf": np.array(leaf).reshape(scenarios, pops),
+            "shift": np.array(shift).reshape(scenarios, leaves),
+            "coef": np.array(coef).reshape(scenarios, leaves, 3),
+        }
+    return {}
+
+
+def _row_values(name: str, W: World, imp: _Timeline) -> np.ndarray:
+    """Each row's code of a user, item or context field."""
+    if name in W.users:
+        return W.users[name][imp.user]
+    if name in W.items:
+        return W.items[name][imp.item]
+    return imp.context[name]
+
+
+def _hierrec_terms(D: dict, W: World, imp: _Timeline) -> tuple:
+    combo = (
+        W.users["user_active_degree"][imp.user] * CARD["item_type"] + W.items["item_type"][imp.item]
+    )
+    sub = D["sub"][imp.scenario, combo]  # the row's implicit sub-scenario in its tab
+    term = D["shift"][imp.scenario, sub]
+    for k, (a, b) in enumerate(SUB_PAIRS):  # SUBSCENARIOS lookups over all rows
+        term = term + (sub == k) * D["tables"][k][_row_values(a, W, imp), _row_values(b, W, imp)]
+    return {"hierrec_sub": term}, None, {"subscenario": sub}
+
+
+def _sfpnet_terms(D: dict, W: World, imp: _Timeline) -> tuple:
+    term = np.zeros(len(imp.user))
+    for f, name in enumerate(SFP_FIELDS):  # one lookup over all rows per field
+        term += D["weight"][imp.scenario, f] * D["effects"][f][_row_values(name, W, imp)]
+    return {"sfpnet_fields": term}, (D["seq_cat"], D["seq_item"]), {}
+
+
+def _hmdn_terms(D: dict, W: World, imp: _Timeline) -> tuple:
+    u = W.users
+    pop = u["gender"][imp.user] * CARD["city"] + u["city"][imp.user]
+    leaf = D["leaf"][imp.scenario, pop]
+    aff = AFFINITY_SCALE * np.einsum("rk,rk->r", W.user_factor[imp.user], W.item_factor[imp.item])
+    x = np.stack([duration_z(W.duration[imp.item]), aff / 0.5, (imp.position - 3.0) / 3.0], axis=1)
+    coef = D["coef"][imp.scenario, leaf]  # [rows, 3]
+    term = D["shift"][imp.scenario, leaf] + np.einsum("rk,rk->r", coef, x)
+    latent = {"partition": leaf // HMDN_CLUSTERS, "leaf": leaf}
+    return {"hmdn_nested": term}, None, latent
+
+
+STRUCTURE_TERMS = {"hierrec": _hierrec_terms, "sfpnet": _sfpnet_terms, "hmdn": _hmdn_terms}
+
+
+def term_shares(
+    sim: Simulation, names: list[str] | tuple[str, ...] | None = None, test_share: float = 0.1
+) -> dict[str, float]:
+    """Each term's share of the Bayes AUC on the test rows (the last `test_share` of the log,
+    as `prepare` splits it): AUC of true_prob minus AUC of sigmoid(logit - term), labels
+    unchanged. `names` may join several terms with "+" to remove them together."""
+    from sklearn.metrics import roc_auc_score
+
+    perm = np.lexsort((sim.user, sim.time_ms))  # log order
+    n = len(perm)
+    test = perm[int(n * (1.0 - test_share)) :]
+    y = sim.label[test]
+    total = np.sum(list(sim.terms.values()), axis=0)[test]
+    full = roc_auc_score(y, total)
+    out = {}
+    for group in names if names is not None else list(sim.terms):
+        minus = sum(sim.terms[t][test] for t in group.split("+"))
+        out[group] = float(full - roc_auc_score(y, total - minus))
+    return out
+
+
 # -- the frame ---------------------------------------------------------------------------------
 def generate(
-    rows: int = 200_000, scenarios: int = 5, seed: int = 0, seq_len: int = 20
+    rows: int = 200_000,
+    scenarios: int = 5,
+    seed: int = 0,
+    seq_len: int = 20,
+    structure: str | None = None,
 ) -> SourceTable:
     """`rows` impressions over `scenarios` tabs as a SourceTable; same arguments, same frame.
 
     The default size trains 5 models x 3 seeds in a few minutes on 2 CPU cores and still
-    leaves 20k test rows (see docs/synthetic.md).
+    leaves 20k test rows (see docs/synthetic.md). `structure` plants one paper's mechanism
+    structure instead of the default's (see `simulate`).
     """
     if seq_len < 1:
         raise UserError(f"--seq-len {seq_len} is too small; use at least 1")
-    sim = simulate(rows, scenarios, seed)
+    sim = simulate(rows, scenarios, seed, structure)
+    info = {
+        "rows": rows,
+        "scenarios": scenarios,
+        "seed": seed,
+        "seq_len": seq_len,
+        "generator_version": GENERATOR_VERSION,
+        "users": len(sim.world.counts),
+        "items": len(sim.world.item_bias),
+        "authors": len(sim.world.author_bias),
+        "noise_fields": list(NOISE_FIELDS),
+    }
+    if structure is not None:  # absent from the default data's info, which stays as it was
+        info["structure"] = structure
     return SourceTable(
         frame=to_frame(sim, seq_len).lazy(),
         fields=field_map(seq_len),
         name="synthetic",
         split="sequential",
         scenario_names=scenario_names(scenarios),
-        info={
-            "rows": rows,
-            "scenarios": scenarios,
-            "seed": seed,
-            "seq_len": seq_len,
-            "generator_version": GENERATOR_VERSION,
-            "users": len(sim.world.counts),
-            "items": len(sim.world.item_bias),
-            "authors": len(sim.world.author_bias),
-            "noise_fields": list(NOISE_FIELDS),
-        },
+        info=info,
     )
 
 
