@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import signal
+import sys
+
 import numpy as np
 import polars as pl
 import pytest
 import torch
 from typer.testing import CliRunner
 
+from msctr import cli
 from msctr.cli import app
 from msctr.data.batch import Batch
 from msctr.data.schema import DenseField, Schema, Sequence, SequenceField, SparseField
@@ -170,3 +174,22 @@ def load_shared(src: torch.nn.Module, dst: torch.nn.Module) -> list[str]:
     shared = [k for k, v in mine.items() if k in theirs and theirs[k].shape == v.shape]
     dst.load_state_dict({**mine, **{k: theirs[k] for k in shared}})
     return shared
+
+
+def run_main(capsys, *args: str) -> tuple[int, str, str]:
+    """`msctr ARGS` through the real entry point (as the console script runs it), in-process:
+    (exit code, stdout, stderr). The entry point's signal handlers are undone afterwards."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    old_argv = sys.argv
+    sys.argv = ["msctr", *args]
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv = old_argv
+        for s, h in saved.items():
+            signal.signal(s, h)
+    out = capsys.readouterr()
+    return code, out.out, out.err

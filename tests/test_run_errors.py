@@ -17,9 +17,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
-from conftest import invoke
-
-from msctr import cli
+from conftest import invoke, run_main
 
 RECIPE = """
 name: errs
@@ -45,25 +43,6 @@ def trained(tmp_path_factory, data_dir) -> tuple[Path, Path]:
     recipe.write_text(RECIPE.format(data=data_dir, out=root / "run"))
     invoke("train", str(recipe), "--no-eval")
     return recipe, root / "run"
-
-
-def run_main(capsys, *args: str) -> tuple[int, str, str]:
-    """`msctr ARGS` through the real entry point (as the console script runs it), in-process:
-    (exit code, stdout, stderr). The entry point's signal handlers are undone afterwards."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    old_argv = sys.argv
-    sys.argv = ["msctr", *args]
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    finally:
-        sys.argv = old_argv
-        for s, h in saved.items():
-            signal.signal(s, h)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def one_line_error(capsys, needle: str, *args: str) -> str:

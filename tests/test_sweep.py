@@ -1,14 +1,11 @@
 import json
-import signal
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import invoke
+from conftest import invoke, run_main
 from scipy import stats as sps
 
-from msctr import cli
 from msctr.evaluate.report import ModelRuns
 from msctr.recipe import recipe_from_dict
 from msctr.sweep import against_best, axis_kind, parse_value, plan, split_values
@@ -31,23 +28,6 @@ def recipe(tmp_path_factory) -> Path:
     path = root / "swp.yaml"
     path.write_text(RECIPE.format(data=root / "d", out=root / "run"))
     return path
-
-
-def run_main(capsys, *args: str) -> tuple[int, str, str]:
-    """`msctr ARGS` through the real entry point: (exit code, stdout, stderr)."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    old_argv, sys.argv = sys.argv, ["msctr", *args]
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    finally:
-        sys.argv = old_argv
-        for s, h in saved.items():
-            signal.signal(s, h)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_smoke_sweep_writes_table_results_report_and_figure(recipe):
