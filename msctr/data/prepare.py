@@ -585,9 +585,15 @@ def _fit_encoders(
     f = table.fields
     train = frame.filter(pl.col(SPLIT) == "train")
     if table.scenario_order == "first_seen":
-        seen = frame.select(pl.col(f.scenario).unique(maintain_order=True)).collect().to_series()
-        trained = train.select(pl.col(f.scenario).unique()).collect().to_series()
-        scen_values = seen.filter(seen.is_in(trained.implode()))
+        # one pass: each value's first row in table order, kept when training holds it
+        firsts = (
+            frame.group_by(f.scenario)
+            .agg(pl.col(ROW).min().alias("first"), (pl.col(SPLIT) == "train").any().alias("in"))
+            .filter(pl.col("in"))
+            .sort("first")
+            .collect()
+        )
+        scen_values = firsts.get_column(f.scenario)
     else:
         scen_values = train.select(pl.col(f.scenario).unique().sort()).collect().to_series()
     if len(scen_values) == 0:
