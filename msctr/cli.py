@@ -6,6 +6,8 @@ import os
 import shlex
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -68,6 +70,17 @@ def resume_command() -> str:
         if "--nproc" not in sys.argv:
             line += f" --nproc {processes}"
     return line
+
+
+@contextmanager
+def resumable() -> Iterator[None]:
+    """A command that resumes: when it is interrupted, main()'s message gives the command
+    line that continues it."""
+    try:
+        yield
+    except Interrupted as e:
+        e.resume = resume_command()
+        raise
 
 
 Overwrite = Annotated[
@@ -348,11 +361,8 @@ def train(
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise UserError("--nproc is for starting torchrun; under torchrun, leave it out")
         raise typer.Exit(_torchrun(nproc, _without_nproc(sys.argv[1:])))
-    try:
+    with resumable():
         run_dir = train_recipe(r, console, fresh=fresh)
-    except Interrupted as e:
-        e.resume = resume_command()
-        raise
     if _rank() != 0:  # data parallel: rank 0 reports
         return
     console.print(f"[green]runs in[/] {run_dir}")
@@ -472,11 +482,8 @@ def ablate(
     from msctr.recipe import load_recipe
 
     r = load_recipe(recipe, set_ or [], smoke=smoke)
-    try:
+    with resumable():
         run_ablation(r, drop or [], model, console, with_baselines, fresh=fresh)
-    except Interrupted as e:
-        e.resume = resume_command()
-        raise
 
 
 @app.command()
@@ -510,11 +517,8 @@ def sweep(
     from msctr.sweep import run_sweep
 
     r = load_recipe(recipe, set_ or [], smoke=smoke)
-    try:
+    with resumable():
         run_sweep(r, vary, model, console, fresh=fresh)
-    except Interrupted as e:
-        e.resume = resume_command()
-        raise
 
 
 @app.command("bench-inference")
