@@ -108,11 +108,9 @@ def clear_folder(folder: RunFolder) -> None:
         return
     for model in folder.models():
         shutil.rmtree(model)
+    ours = {folder.recipe, folder.results, folder.report, folder.bench}
     for path in folder.root.iterdir():
-        if path.is_file() and (
-            path.name in ("recipe.yaml", "results.json", "report.md", "bench.json")
-            or path.suffix == ".png"
-        ):
+        if path.is_file() and (path in ours or path.suffix == ".png"):
             path.unlink()
 
 
