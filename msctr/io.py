@@ -16,7 +16,7 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -254,11 +254,6 @@ def scratch_dir(beside: str | Path) -> Iterator[Path]:
         except BaseException:
             discard(work)
             raise
-
-
-def write_atomic(path: str | Path, writer: Callable[[Path], Any]) -> None:
-    with atomic_path(path) as tmp:
-        writer(tmp)
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -19,6 +19,44 @@ from msctr.data.schema import DenseField, Schema, Sequence, SequenceField, Spars
 torch.set_num_threads(1)
 
 
+# small but complete configuration of every model (2 PLE levels, 2 STAR hidden layers), for
+# tests that run each model on a few rows
+SMALL = {
+    "shared_bottom": {"embed_dim": 8, "bottom_hidden": [32], "tower_hidden": [16]},
+    "mmoe": {"embed_dim": 8, "num_experts": 3, "expert_hidden": [32], "tower_hidden": [16]},
+    "ple": {
+        "embed_dim": 8,
+        "shared_experts": 2,
+        "specific_experts": 2,
+        "expert_hidden": [32],
+        "tower_hidden": [16],
+    },
+    "star": {"embed_dim": 8, "hidden": [32, 16], "aux_hidden": [8]},
+    "dnn": {"embed_dim": 8, "hidden": [32, 16]},
+    "pepnet": {"embed_dim": 8, "hidden": [32, 16]},
+    "adasparse": {"embed_dim": 8, "hidden": [32, 16]},
+    "hierrec": {"embed_dim": 8, "heads": 2},
+    "sfpnet": {"embed_dim": 8, "hidden": [32, 16], "din_hidden": [16]},
+    "hmdn": {"embed_dim": 8, "hidden": [32, 16], "depth": 3, "codebook_size": 16},
+    "deepfm": {"embed_dim": 8, "hidden": [32, 16]},
+    "wide_deep": {"embed_dim": 8, "hidden": [32, 16], "cross_fields": [["f0", "f3"]]},
+    "dcn": {"embed_dim": 8, "hidden": [32, 16], "num_cross_layers": 2},
+    # AESM2 keeps per-scenario gates but is not in ROUTED: its expert selection compares an
+    # expert's gate under the row's scenario with its gates under every other scenario, so
+    # every row reads all S gates by the paper's rule (docs/models/aesm2.md)
+    "aesm2": {"embed_dim": 8, "num_experts": 4, "expert_hidden": [32], "tower_hidden": [16]},
+    "maria": {
+        "embed_dim": 8,
+        "fs_hidden": 16,
+        "refine_dim": 4,
+        "fcm_dim": 4,
+        "num_experts": 3,
+        "expert_hidden": [32],
+        "tower_hidden": [16],
+    },
+}
+
+
 def make_schema(
     num_scenarios: int = 3,
     n_sparse: int = 6,

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from conftest import assert_trains, make_batch, make_schema, train_and_auc
+from conftest import SMALL, assert_trains, make_batch, make_schema, train_and_auc
 
 from msctr.errors import UserError
 from msctr.models.kernels import scenario_batch_norm_reference
@@ -12,20 +12,7 @@ from msctr.models.registry import build
 from msctr.models.scenario import DENSE_SELECT, ScenarioGroups
 from msctr.models.star import PartitionedNorm
 
-# small but complete configurations (2 PLE levels, 2 star hidden layers)
-SMALL = {
-    "shared_bottom": {"embed_dim": 8, "bottom_hidden": [32], "tower_hidden": [16]},
-    "mmoe": {"embed_dim": 8, "num_experts": 3, "expert_hidden": [32], "tower_hidden": [16]},
-    "ple": {
-        "embed_dim": 8,
-        "shared_experts": 2,
-        "specific_experts": 2,
-        "expert_hidden": [32],
-        "tower_hidden": [16],
-    },
-    "star": {"embed_dim": 8, "hidden": [32, 16], "aux_hidden": [8]},
-}
-MODELS = list(SMALL)
+MODELS = ["shared_bottom", "mmoe", "ple", "star"]
 # parameters that must be per scenario (first dimension = scenario) in each model
 SCENARIO_PARTS = {
     "shared_bottom": ["towers."],
