@@ -298,12 +298,12 @@ def test_default_data_is_unchanged_by_the_structure_option():
 # each structure's planted term(s) and its share of the Bayes AUC on the test rows (AUC drop
 # when removed), seed 0, 60,000 rows: the figures docs/synthetic.md gives
 DOCUMENTED_SHARES = {
-    "hierrec": {"hierrec_sub": 0.096},
+    "hierrec": {"hierrec_sub": 0.081},
     "sfpnet": {"sfpnet_fields": 0.084, "sfpnet_seq": 0.040},
     "hmdn": {"hmdn_nested": 0.147},
     "none": {},
 }
-DOCUMENTED_BAYES = {"hierrec": 0.806, "sfpnet": 0.826, "hmdn": 0.899, "none": 0.738}
+DOCUMENTED_BAYES = {"hierrec": 0.802, "sfpnet": 0.826, "hmdn": 0.899, "none": 0.738}
 
 
 @pytest.fixture(scope="module")

@@ -640,22 +640,13 @@ MECHANISM_TERMS = ("mode", "cluster", "seq_cat", "seq_item")
 # HierRec (Section 1, Figure 1): implicit sub-scenarios inside each explicit one. In tab s the
 # 12 combos user_active_degree x item_type are dealt 3 each to SUBSCENARIOS sub-scenarios (a
 # fresh deal per tab, so the same combo is a different sub-scenario in another tab);
-# sub-scenario k has its own interaction of the two fields SUB_PAIRS[k] (one table per k).
+# sub-scenario k has its own feature interactions: its own importance w[k, f] (sign included)
+# of each field f of HIERREC_FIELDS, whose value effects E_f are shared, as HierRec's implicit
+# heads weigh the fields (Eq. 6). A first version gave sub-scenario k a pair table of two
+# fields of its own instead; at the mechanism recipes' 60,000 rows no model learned any of it
+# before the id embeddings overfit (docs/mechanisms.md), so the experiment could not speak.
 SUBSCENARIOS = 4
-SUB_PAIRS = (
-    ("age_group", "music_type"),
-    ("device_tier", "item_cat"),
-    ("register_days_range", "hour_bucket"),
-    ("fans_user_num_range", "duration_bucket"),
-)
-SUB_PAIR_STD = 1.0
-SUB_SHIFT_STD = 0.3  # the sub-scenario's offset within its tab
-
-# SFPNet (Section 3, SAM and RTM): how much the behaviour sequence matters to the target, and
-# in which direction, depends on the tab; so does the importance of each of SFP_FIELDS.
-SFP_SEQ_CAT = np.array([-2.0, 3.5, -2.5, 0.0, 3.0])  # per archetype: weight of m_cat
-SFP_SEQ_ITEM = np.array([-1.0, 1.5, -1.5, 0.0, 2.0])  # ... and of m_item
-SFP_FIELDS = (
+HIERREC_FIELDS = (
     "age_group",
     "device_tier",
     "register_days_range",
@@ -665,6 +656,15 @@ SFP_FIELDS = (
     "hour_bucket",
     "duration_bucket",
 )
+HIERREC_EFFECT_STD = 0.4  # each field's value effects E_f, shared by the sub-scenarios
+HIERREC_WEIGHT_STD = 1.0  # the sub-scenario's importance w[k, f] of field f
+SUB_SHIFT_STD = 0.3  # the sub-scenario's offset within its tab
+
+# SFPNet (Section 3, SAM and RTM): how much the behaviour sequence matters to the target, and
+# in which direction, depends on the tab; so does the importance of each of SFP_FIELDS.
+SFP_SEQ_CAT = np.array([-2.0, 3.5, -2.5, 0.0, 3.0])  # per archetype: weight of m_cat
+SFP_SEQ_ITEM = np.array([-1.0, 1.5, -1.5, 0.0, 2.0])  # ... and of m_item
+SFP_FIELDS = HIERREC_FIELDS  # the same eight fields, read the SFPNet way
 SFP_EFFECT_STD = 0.3  # each field's main-effect table E_f, shared by the tabs
 SFP_WEIGHT_STD = 1.0  # the tab's importance w[s, f] of field f (sign included)
 
@@ -693,7 +693,8 @@ def draw_structure(structure: str, scenarios: int, seed: int) -> dict[str, np.nd
         combos = CARD["user_active_degree"] * CARD["item_type"]
         deal = np.repeat(np.arange(SUBSCENARIOS), combos // SUBSCENARIOS)
         return {
-            "tables": [rg.normal(0.0, SUB_PAIR_STD, (CARD[a], CARD[b])) for a, b in SUB_PAIRS],
+            "effects": [rg.normal(0.0, HIERREC_EFFECT_STD, CARD[f]) for f in HIERREC_FIELDS],
+            "weight": rg.normal(0.0, HIERREC_WEIGHT_STD, (SUBSCENARIOS, len(HIERREC_FIELDS))),
             "sub": np.array([r.permutation(deal) for r in tabs]).reshape(scenarios, combos),
             "shift": np.array([r.normal(0.0, SUB_SHIFT_STD, SUBSCENARIOS) for r in tabs]).reshape(
                 scenarios, SUBSCENARIOS
@@ -742,8 +743,8 @@ def _hierrec_terms(D: dict, W: World, imp: _Timeline) -> tuple:
     )
     sub = D["sub"][imp.scenario, combo]  # the row's implicit sub-scenario in its tab
     term = D["shift"][imp.scenario, sub]
-    for k, (a, b) in enumerate(SUB_PAIRS):  # SUBSCENARIOS lookups over all rows
-        term = term + (sub == k) * D["tables"][k][_row_values(a, W, imp), _row_values(b, W, imp)]
+    for f, name in enumerate(HIERREC_FIELDS):  # one lookup over all rows per field
+        term = term + D["weight"][sub, f] * D["effects"][f][_row_values(name, W, imp)]
     return {"hierrec_sub": term}, None, {"subscenario": sub}
 
 
