@@ -274,7 +274,7 @@ def frame_digest(df: pl.DataFrame) -> str:
         elif isinstance(col.dtype, pl.List):
             h.update(col.list.len().to_numpy().tobytes() + col.explode().to_numpy().tobytes())
         elif col.dtype.is_float():
-            # to 8 decimals: numpy's exp/log differ in the last bit between SIMD builds
+            # to 8 decimals: numpy's exp/log may differ in the last bit between SIMD builds
             # (AVX2 vs AVX-512 machines), which must not count as a change of the data
             h.update(np.round(col.to_numpy(), 8).tobytes())
         else:
@@ -283,9 +283,10 @@ def frame_digest(df: pl.DataFrame) -> str:
 
 
 # the default data, as made before --structure existed (generator version 1): the option
-# must leave it as it was (every integer, label and list exactly, floats to 8 decimals; the
-# digest was re-taken with that rounding on an AVX-512 machine, where the exact-bytes digest
-# of the AVX2 machine that set it differed only by numpy's last-bit exp/log differences)
+# must leave it as it was (every integer, label and list exactly, floats to 8 decimals). The
+# digest was re-taken with that rounding on an AVX-512 machine, where the AVX2 machine's
+# exact-bytes digest failed with unchanged generator code (taken to be numpy's last-bit
+# exp/log differences between SIMD builds; the old float bytes were not at hand to compare)
 DEFAULT_DIGEST = "da7d10374ce9806367786bf2931e0d3c"
 
 

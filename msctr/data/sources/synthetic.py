@@ -737,21 +737,29 @@ def _row_values(name: str, W: World, imp: _Timeline) -> np.ndarray:
     return imp.context[name]
 
 
+def _weighted_effects(
+    start: np.ndarray, D: dict, group: np.ndarray, W: World, imp: _Timeline
+) -> np.ndarray:
+    """start + sum_f D["weight"][group, f] * D["effects"][f][x_f] over HIERREC_FIELDS (=
+    SFP_FIELDS): each row's field effects weighed by its group's row of importances (the
+    implicit sub-scenario for hierrec, the tab for sfpnet). One lookup over all rows per field."""
+    term = start
+    for f, name in enumerate(HIERREC_FIELDS):
+        term = term + D["weight"][group, f] * D["effects"][f][_row_values(name, W, imp)]
+    return term
+
+
 def _hierrec_terms(D: dict, W: World, imp: _Timeline) -> tuple:
     combo = (
         W.users["user_active_degree"][imp.user] * CARD["item_type"] + W.items["item_type"][imp.item]
     )
     sub = D["sub"][imp.scenario, combo]  # the row's implicit sub-scenario in its tab
-    term = D["shift"][imp.scenario, sub]
-    for f, name in enumerate(HIERREC_FIELDS):  # one lookup over all rows per field
-        term = term + D["weight"][sub, f] * D["effects"][f][_row_values(name, W, imp)]
+    term = _weighted_effects(D["shift"][imp.scenario, sub], D, sub, W, imp)
     return {"hierrec_sub": term}, None, {"subscenario": sub}
 
 
 def _sfpnet_terms(D: dict, W: World, imp: _Timeline) -> tuple:
-    term = np.zeros(len(imp.user))
-    for f, name in enumerate(SFP_FIELDS):  # one lookup over all rows per field
-        term += D["weight"][imp.scenario, f] * D["effects"][f][_row_values(name, W, imp)]
+    term = _weighted_effects(np.zeros(len(imp.user)), D, imp.scenario, W, imp)
     return {"sfpnet_fields": term}, (D["seq_cat"], D["seq_item"]), {}
 
 
