@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -22,8 +23,9 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from msctr.errors import RankError, UserError
+from msctr.errors import Interrupted, RankError, UserError
 from msctr.train.optim import LazyAdam
+from msctr.train.runtime import check_stop, pending_signal
 
 T = TypeVar("T")
 
@@ -175,6 +177,18 @@ def on_main(fn: Callable[[], T]) -> T:
 def barrier() -> None:
     if _WORLD.parallel:
         dist.barrier()
+
+
+def stop_together() -> None:
+    """A step boundary: raise the pending Ctrl-C/SIGTERM, if any (`runtime.check_stop`). Data
+    parallel, the ranks first agree whether any of them has one (one small all-reduce) and all
+    stop here together: a rank that stopped alone, its signal a moment ahead of the others',
+    would leave them in their next collective (gloo: "Connection closed by peer", a traceback
+    on the terminal). So every rank must call it the same number of times."""
+    if not _WORLD.parallel:
+        check_stop()
+    elif any_rank(pending_signal() is not None):
+        raise Interrupted(pending_signal() or signal.SIGTERM)  # another rank's, if not ours
 
 
 def all_sum(values: list[float]) -> list[float]:

@@ -26,7 +26,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from msctr.data.batch import Batch
 from msctr.data.loader import Columns
-from msctr.errors import Interrupted, UserError
+from msctr.errors import UserError
 from msctr.evaluate.metrics import auc, logloss
 from msctr.io import atomic_path, exclusive_lock, sweep_stale, write_json, write_text
 from msctr.models.kernels import set_batch_share
@@ -40,7 +40,6 @@ from msctr.train.runtime import (
     autocast,
     check_stop,
     keep_freed_memory,
-    pending_signal,
     resolve_device,
     rng_state,
     seed_everything,
@@ -94,13 +93,16 @@ def predict(
     batch_size: int,
     device: torch.device,
     precision: str = "fp32",
+    stops: bool = True,
 ) -> np.ndarray:
-    """Click probabilities for every row of `data`, in row order."""
+    """Click probabilities for every row of `data`, in row order; a pending Ctrl-C stops
+    between two batches (`stops`; predict_shared's processes stop together instead)."""
     model.eval()
     out = []
     with autocast(device, precision):
         for batch in data.batches(batch_size):
-            check_stop()
+            if stops:
+                check_stop()
             logit, _ = split_output(model(batch.to(device)))
             out.append(torch.sigmoid(logit.float()).cpu())
     return torch.cat(out).double().numpy()
@@ -114,14 +116,17 @@ def predict_shared(
     precision: str = "fp32",
 ) -> np.ndarray:
     """`predict`, with the rows split among the training processes: each scores its
-    contiguous share and every process gets all probabilities back in row order."""
+    contiguous share and every process gets all probabilities back in row order. A pending
+    Ctrl-C stops all processes before the pass (`dist.stop_together`), not between its
+    batches: the shares' batch counts may differ, and a process must not stop alone."""
     w = dist.world()
     if not w.parallel:
         return predict(model, data, batch_size, device, precision)
+    dist.stop_together()
     lo, hi = dist.part_bounds(len(data), w.rank, w.size)
     mine = np.zeros(0)
     if hi > lo:
-        mine = predict(model, data.take(slice(lo, hi)), batch_size, device, precision)
+        mine = predict(model, data.take(slice(lo, hi)), batch_size, device, precision, False)
     return dist.gather_rows(torch.from_numpy(mine)).numpy()
 
 
@@ -179,8 +184,8 @@ def train_epoch(
     """Up to `steps` training steps over `batches`: (rows seen, summed BCE, seconds) of this
     process (data parallel: its shares; `shares` weights each step's loss).
 
-    Between two steps a pending Ctrl-C/SIGTERM stops training (`check_stop`); data parallel,
-    every process stops at the same step (a stop on one is agreed by all)."""
+    Between two steps a pending Ctrl-C/SIGTERM stops training (`dist.stop_together`); data
+    parallel, every process stops at the same step (a stop on one is agreed by all)."""
     task = None
     if progress is not None:
         task = progress.add_task(title, total=steps, loss=0.0, rate=0.0)
@@ -192,14 +197,12 @@ def train_epoch(
                 break
             if before_step is not None:
                 before_step(step)
+            dist.stop_together()
             rows, weight = len(batch), 1.0
             if parallel:
-                if dist.any_rank(pending_signal() is not None):
-                    raise Interrupted(pending_signal() or signal.SIGTERM)  # another rank's
                 rows, weight = shares.at(step)  # rows 0: a stand-in row, weight 0
                 # dropout masks: this share's rows of the whole batch's (as one process draws)
                 set_batch_share(shares.window(step))
-            check_stop()
             batch = batch.to(device)
             loss = train_step(
                 run,
@@ -369,7 +372,7 @@ def fit_one(
         if w.main:
             with files.log.open("a") as fh:
                 fh.write(lines[-1] + "\n")
-    check_stop()
+    dist.stop_together()
     model.load_state_dict(best_state)
     test_p = predict_shared(scorer, data.test, t.eval_batch_size, device, t.precision)
     summary = {
