@@ -360,7 +360,10 @@ def train(
     if nproc > 1:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise UserError("--nproc is for starting torchrun; under torchrun, leave it out")
-        raise typer.Exit(_torchrun(nproc, _without_nproc(sys.argv[1:])))
+        from msctr.train.launch import torchrun
+
+        with resumable():  # a stop of any of its processes is reported here, once
+            raise typer.Exit(torchrun(nproc, _without_nproc(sys.argv[1:])))
     with resumable():
         run_dir = train_recipe(r, console, fresh=fresh)
     if _rank() != 0:  # data parallel: rank 0 reports
@@ -386,33 +389,6 @@ def _without_nproc(args: list[str]) -> list[str]:
         elif not a.startswith("--nproc="):
             out.append(a)
     return out
-
-
-def _torchrun(nproc: int, args: list[str]) -> int:
-    """`torchrun --nproc-per-node N -m msctr <args>` on this machine; its exit status.
-
-    Ctrl-C reaches torchrun and its workers (one process group): this process only waits,
-    and hands a SIGTERM it gets on to torchrun."""
-    import subprocess
-
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc}",
-        "-m",
-        "msctr",
-        *args,
-    ]
-    proc = subprocess.Popen(cmd)
-    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    old_term = signal.signal(signal.SIGTERM, lambda s, f: proc.send_signal(s))
-    try:
-        return proc.wait()
-    finally:
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)
 
 
 def _wrote_results(run_dir: Path) -> None:
@@ -600,7 +576,10 @@ def main() -> None:
         err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except Interrupted as e:
-        if _rank() != 0:  # rank 0 says it for all
+        from msctr.train.launch import launched_by_msctr
+
+        # rank 0 says it for all; under `train --nproc N`, the launcher, once all have ended
+        if _rank() != 0 or launched_by_msctr():
             sys.exit(128 + e.signum)
         name = signal.Signals(e.signum).name
         resume = getattr(e, "resume", None)

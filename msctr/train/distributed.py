@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from msctr.errors import Interrupted, RankError, UserError
+from msctr.train.launch import end_with_agent
 from msctr.train.optim import LazyAdam
 from msctr.train.runtime import check_stop, pending_signal
 
@@ -67,6 +68,7 @@ def setup(device_name: str) -> tuple[World, str]:
     global _WORLD
     if not launched():
         return _WORLD, device_name
+    end_with_agent()  # a killed torchrun leaves no rank training (and rank 0 holding the lock)
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = device_name.startswith("cuda")

@@ -1,0 +1,208 @@
+"""`msctr train --nproc N`: the torchrun it starts, and processes that end with their launcher.
+
+Three levels of processes: the launcher (the `msctr train ... --nproc N` the user started),
+torchrun's agent (`python -m msctr.train.launch`: torch's own agent, run quietly), and the N
+training processes (workers), which the agent starts each in a session of its own.
+
+- **Ctrl-C, SIGTERM.** The agent runs in a session of its own, so a terminal's Ctrl-C reaches
+  the launcher alone, and a signal sent to the launcher's pid alone does the same: the
+  launcher hands it to the agent, the agent to every worker, and the workers stop together at
+  the next step boundary. The launcher then prints the one `interrupted (...)` line (rank 0
+  leaves it to the launcher) and exits 128 + the signal. A second signal ends the agent at
+  once, and the workers with it.
+- **SIGKILL of the launcher** (or of the agent). No process can act on its own SIGKILL, so
+  each level asks the kernel to SIGKILL it when its parent ends (Linux's PR_SET_PDEATHSIG):
+  the agent dies with the launcher, each worker with the agent, and the run folder's lock
+  (held by rank 0) goes with them. The same command resumes. Without PR_SET_PDEATHSIG (not
+  Linux) the workers of a killed launcher run on; docs/distributed.md says how to stop them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from msctr.errors import Interrupted
+
+LAUNCHER_PID = "MSCTR_LAUNCHER_PID"  # set by the launcher for the agent and the workers
+AGENT_PID = "MSCTR_AGENT_PID"  # set by the agent for its workers
+# the signals that stop a run (torch's agent also handles SIGHUP and SIGQUIT and exits
+# 128 + the signal for those too)
+STOPS = (signal.SIGINT, signal.SIGTERM)
+_AGENT_STOPS = (*STOPS, signal.SIGHUP, signal.SIGQUIT)
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _env_pid(name: str) -> int | None:
+    value = os.environ.get(name, "")
+    return int(value) if value.isdigit() else None
+
+
+def launched_by_msctr() -> bool:
+    """A worker of `msctr train --nproc N`: its launcher, not rank 0, reports an interrupt."""
+    return _env_pid(LAUNCHER_PID) is not None
+
+
+def user_pid() -> int:
+    """The process the user started for this run, the one to stop: the launcher of
+    `--nproc N`, else this process (rank 0 under a torchrun of one's own stops every rank)."""
+    return _env_pid(LAUNCHER_PID) or os.getpid()
+
+
+def die_with_parent(parent: int | None) -> None:
+    """Have the kernel SIGKILL this process when its parent ends, in any way (Linux's
+    PR_SET_PDEATHSIG). `parent`, when known, is the pid of the parent that started this
+    process: if it ended before the request was made, this process was handed to another
+    parent already and ends now. Elsewhere than Linux: nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):  # no usable libc: as elsewhere
+        return
+    if parent is not None and os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def end_with_agent() -> None:
+    """A worker started by a torchrun agent (`--nproc N`'s or one's own torchrun) ends with
+    it: a killed agent leaves no worker training and holding the run folder's lock. The
+    agent passes its pid down for the check against the start-up race: the workers ask only
+    after their imports, seconds after they started."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        die_with_parent(_env_pid(AGENT_PID))
+
+
+def torchrun(nproc: int, args: list[str]) -> int:
+    """Run `torchrun --standalone --nproc-per-node N -m msctr ARGS` as the agent below; its
+    exit status. Raises `Interrupted` when the run was stopped by a signal (sent to this
+    process, its process group, the agent or the workers), once every process has ended."""
+    cmd = [sys.executable, "-m", "msctr.train.launch", "--standalone"]
+    cmd += [f"--nproc-per-node={nproc}", "-m", "msctr", *args]
+    got: list[int] = []  # the signals this process received, in order
+    unsent: list[int] = []  # those that came before the agent existed
+    proc: subprocess.Popen | None = None
+
+    def forward(signum: int, frame) -> None:
+        got.append(signum)
+        if proc is None:
+            unsent.append(signum)
+        else:
+            proc.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in STOPS}
+    try:
+        env = {**os.environ, LAUNCHER_PID: str(os.getpid())}
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+        for s in unsent:
+            proc.send_signal(s)
+        code = proc.wait()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if proc is not None and proc.poll() is None:  # only when this process fails itself
+            proc.kill()
+            proc.wait()
+    if got:
+        raise Interrupted(got[0])
+    if code < 0:  # the agent was killed (its workers died with it)
+        raise Interrupted(-code)
+    if code - 128 in _AGENT_STOPS:  # the agent or a worker was stopped by a signal
+        raise Interrupted(code - 128)
+    return code
+
+
+def _stop(signum: int, frame) -> None:
+    raise Interrupted(signum)
+
+
+def _agent(argv: list[str]) -> int:
+    """torch's elastic agent (torchrun) with `argv`, quiet: rank 0 and the launcher say what
+    happened in one line, instead of torch's log lines and tracebacks. Returns the exit
+    status: 0, the first failed worker's status, or 128 + the signal that stopped the run."""
+    die_with_parent(_env_pid(LAUNCHER_PID))
+    os.environ[AGENT_PID] = str(os.getpid())  # for the workers' start-up check
+    for s in _AGENT_STOPS:  # torch's own handlers replace these once the workers start
+        signal.signal(s, _stop)
+    logging.disable(logging.CRITICAL)  # this process runs torch's agent alone
+    try:
+        from torch.distributed.elastic.multiprocessing.api import SignalException
+        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+        from torch.distributed.run import parse_args, run
+
+        try:
+            run(parse_args(argv))
+        except SignalException as e:  # torch's agent stopped the workers with it, and waited
+            return 128 + int(e.sigval)
+        except ChildFailedError as e:
+            return _failed(e)
+        return 0
+    except Interrupted as e:  # before the workers started, or a second signal (torch's
+        return 128 + e.signum  # handler raises it as SignalException, caught above)
+    finally:
+        for s in _AGENT_STOPS:  # ending already: a further signal must not cut that short
+            signal.signal(s, signal.SIG_IGN)
+        _end_children()
+
+
+def _failed(e) -> int:
+    """A worker failed: its exit status, when it said why itself (a one-line error or a
+    traceback); killed by a signal from outside (say, out of memory), one line here."""
+    rank, failure = e.get_first_failure()
+    if failure.exitcode > 0:
+        return failure.exitcode
+    name = signal.Signals(-failure.exitcode).name
+    print(
+        f"error: training process {rank} (pid {failure.pid}) was killed by {name} from outside "
+        "msctr (out of memory?) and the others were stopped; run the same command to resume",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _end_children() -> None:
+    """SIGKILL what is left of the workers (after a second signal, torch's agent stopped
+    waiting for them), each worker's session with it, and reap them: when this process has
+    ended, so have they, and the run folder's lock is free."""
+    me = str(os.getpid())
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                # "pid (comm) state ppid ...": comm may hold spaces and parentheses
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):  # not a process, or it ended meanwhile
+            continue
+        if fields[1] != me:
+            continue
+        pid = int(entry)
+        for kill in (os.killpg, os.kill):  # a worker leads a session of its own (torch's way)
+            try:
+                kill(pid, signal.SIGKILL)
+                break
+            except OSError:
+                pass
+        _reap(pid, seconds=5.0)
+
+
+def _reap(pid: int, seconds: float) -> None:
+    """Wait for child `pid` to end, for at most `seconds` (a process in uninterruptible sleep
+    outlives its SIGKILL for a while: the agent must not hang on it)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        except ChildProcessError:  # reaped by torch meanwhile
+            return
+        time.sleep(0.02)
+
+
+if __name__ == "__main__":
+    sys.exit(_agent(sys.argv[1:]))
