@@ -14,6 +14,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import time
 from collections.abc import Iterator
@@ -269,13 +270,36 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def describe_process(pid: int) -> str:
+    """What process `pid` is, for a message: `msctr train r.yaml --nproc 2 (pid 1234)` from
+    its command line where the system shows it (Linux's /proc), else `pid 1234`."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            argv = [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
+    except OSError:  # not Linux, or it ended meanwhile
+        argv = []
+    for i, arg in enumerate(argv):  # `python -m msctr ...`, `.../bin/msctr ...`
+        if arg in ("msctr", "msctr.cli") and i > 0 and argv[i - 1] == "-m":
+            argv = ["msctr", *argv[i + 1 :]]
+            break
+        if os.path.basename(arg) == "msctr":
+            argv = ["msctr", *argv[i + 1 :]]
+            break
+    if not argv:
+        return f"pid {pid}"
+    command = " ".join(shlex.join(argv).split())  # one line, even for `python -c "..."`
+    return f"{command[:200]}{'...' if len(command) > 200 else ''} (pid {pid})"
+
+
 @contextmanager
-def exclusive_lock(path: str | Path, busy: str) -> Iterator[None]:
-    """Hold an exclusive lock on `path` (a file holding the holder's pid) while the block runs;
-    when another process holds it, a UserError: `busy`, with that process's pid put in for
-    `{pid}`. The lock is fcntl.flock's, which the kernel releases when the holder exits in any
-    way (SIGKILL and power loss included), so a crashed process never leaves it stuck; the
-    file itself stays (removing it would race with the next taker)."""
+def exclusive_lock(path: str | Path, busy: str, owner: int | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on `path` while the block runs; the file holds the pid of
+    `owner` (default: this process), the process to stop to free it. When another process
+    holds it, a UserError: `busy`, with the pid in the file put in for `{pid}` and what that
+    process is (`describe_process`) for `{holder}`. The lock is fcntl.flock's, which the
+    kernel releases when the holder exits in any way (SIGKILL and power loss included), so a
+    crashed process never leaves it stuck; the file itself stays (removing it would race with
+    the next taker)."""
     try:
         import fcntl
     except ImportError:  # not a POSIX system: no lock
@@ -287,10 +311,13 @@ def exclusive_lock(path: str | Path, busy: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise UserError(busy.format(pid=holder)) from None
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            if not holder.isdigit():  # written by nothing yet, or by something else
+                raise UserError(busy.format(pid="?", holder="pid unknown")) from None
+            pid = int(holder)
+            raise UserError(busy.format(pid=pid, holder=describe_process(pid))) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, f"{owner or os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the lock

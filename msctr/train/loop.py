@@ -34,6 +34,7 @@ from msctr.models.registry import build, parse_params, split_output, training_lo
 from msctr.recipe import ModelEntry, Recipe, run_fingerprint
 from msctr.runs import RunFolder, SeedRun
 from msctr.train import distributed as dist
+from msctr.train.launch import user_pid
 from msctr.train.optim import LazyAdam, Optimizers, make_optimizer
 from msctr.train.resume import RESUME_VERSION, check_folder, clear_folder, load_state, save_state
 from msctr.train.runtime import (
@@ -505,10 +506,12 @@ def _train_recipe(recipe: Recipe, console: Console, show_progress: bool, fresh: 
         def claim() -> list[tuple[str, str]]:
             folder.root.mkdir(parents=True, exist_ok=True)
             busy = (
-                f"another msctr (pid {{pid}}) is training into '{folder.root}' now; wait for it "
-                "to end or stop it (a crashed one holds no lock)"
+                f"{{holder}} is training into '{folder.root}' now; wait for it to end, or stop "
+                "it: Ctrl-C where it runs, or kill -INT {pid} (it stops at the next step and "
+                "says how to resume; a crashed one holds no lock)"
             )
-            held.enter_context(exclusive_lock(folder.lock, busy))
+            # the pid to stop: under --nproc its launcher, which stops every process
+            held.enter_context(exclusive_lock(folder.lock, busy, owner=user_pid()))
             if fresh:
                 clear_folder(folder)
             sweep_stale(folder.root)
