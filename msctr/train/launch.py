@@ -90,25 +90,31 @@ def torchrun(nproc: int, args: list[str]) -> int:
     unsent: list[int] = []  # those that came before the agent existed
     proc: subprocess.Popen | None = None
 
+    def hand_on(signum: int, first: bool) -> None:
+        if first:  # the agent stops the workers at their next step boundary
+            proc.send_signal(signum)
+        else:  # a second signal stops at once: every file is written atomically anyway
+            _kill([*_descendants(proc.pid), proc.pid])
+
     def forward(signum: int, frame) -> None:
         got.append(signum)
         if proc is None:
             unsent.append(signum)
         else:
-            proc.send_signal(signum)
+            hand_on(signum, first=len(got) == 1)
 
     old = {s: signal.signal(s, forward) for s in STOPS}
     try:
         env = {**os.environ, LAUNCHER_PID: str(os.getpid())}
         proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-        for s in unsent:
-            proc.send_signal(s)
+        for i, s in enumerate(unsent):
+            hand_on(s, first=i == 0)
         code = proc.wait()
     finally:
         for s, h in old.items():
             signal.signal(s, h)
         if proc is not None and proc.poll() is None:  # only when this process fails itself
-            proc.kill()
+            _kill([*_descendants(proc.pid), proc.pid])
             proc.wait()
     if got:
         raise Interrupted(got[0])
@@ -144,12 +150,12 @@ def _agent(argv: list[str]) -> int:
         except ChildFailedError as e:
             return _failed(e)
         return 0
-    except Interrupted as e:  # before the workers started, or a second signal (torch's
-        return 128 + e.signum  # handler raises it as SignalException, caught above)
+    except Interrupted as e:  # before the workers started
+        return 128 + e.signum
     finally:
         for s in _AGENT_STOPS:  # ending already: a further signal must not cut that short
             signal.signal(s, signal.SIG_IGN)
-        _end_children()
+        _kill(_descendants(os.getpid()))  # left only if torch's agent failed itself
 
 
 def _failed(e) -> int:
@@ -167,39 +173,46 @@ def _failed(e) -> int:
     return 1
 
 
-def _end_children() -> None:
-    """SIGKILL what is left of the workers (after a second signal, torch's agent stopped
-    waiting for them), each worker's session with it, and reap them: when this process has
-    ended, so have they, and the run folder's lock is free."""
-    me = str(os.getpid())
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                # "pid (comm) state ppid ...": comm may hold spaces and parentheses
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):  # not a process, or it ended meanwhile
-            continue
-        if fields[1] != me:
-            continue
-        pid = int(entry)
-        for kill in (os.killpg, os.kill):  # a worker leads a session of its own (torch's way)
+def _stat(pid: int | str) -> list[str]:
+    """/proc/PID/stat's fields after the command name (state, ppid, ...); [] if none."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()  # the name may hold ") "
+    except (OSError, IndexError):
+        return []
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process below `root`, by parent pid (Linux's /proc; elsewhere none): the agent's
+    workers run in sessions of their own, so no process group holds them all."""
+    if not os.path.isdir("/proc"):
+        return []
+    parent = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (fields := _stat(entry)):
+            parent[int(entry)] = int(fields[1])
+    found, frontier = [], {root}
+    while frontier:
+        frontier = {p for p, pp in parent.items() if pp in frontier}
+        found += sorted(frontier)
+    return found
+
+
+def _kill(pids: list[int], seconds: float = 5.0) -> None:
+    """SIGKILL `pids`, each with its process group (a worker leads a session of its own,
+    with whatever it started), and wait until none runs, for at most `seconds`: a process
+    that has exited holds no lock, reaped or not (its parent, or init, reaps it)."""
+    for pid in pids:
+        for kill in (os.killpg, os.kill):
             try:
                 kill(pid, signal.SIGKILL)
                 break
-            except OSError:
+            except OSError:  # not a group leader, or gone already
                 pass
-        _reap(pid, seconds=5.0)
-
-
-def _reap(pid: int, seconds: float) -> None:
-    """Wait for child `pid` to end, for at most `seconds` (a process in uninterruptible sleep
-    outlives its SIGKILL for a while: the agent must not hang on it)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return
-        except ChildProcessError:  # reaped by torch meanwhile
+        left = [p for p in pids if _stat(p)[:1] not in ([], ["Z"], ["X"])]
+        if not left:
             return
         time.sleep(0.02)
 
