@@ -8,8 +8,8 @@ training processes (workers), which the agent starts each in a session of its ow
   the launcher alone, and a signal sent to the launcher's pid alone does the same: the
   launcher hands it to the agent, the agent to every worker, and the workers stop together at
   the next step boundary. The launcher then prints the one `interrupted (...)` line (rank 0
-  leaves it to the launcher) and exits 128 + the signal. A second signal ends the agent at
-  once, and the workers with it.
+  leaves it to the launcher) and exits 128 + the signal. A second signal makes the launcher
+  SIGKILL the agent and the workers at once.
 - **SIGKILL of the launcher** (or of the agent). No process can act on its own SIGKILL, so
   each level asks the kernel to SIGKILL it when its parent ends (Linux's PR_SET_PDEATHSIG):
   the agent dies with the launcher, each worker with the agent, and the run folder's lock
