@@ -56,18 +56,24 @@ def recipe(tmp: Path, data: Path, epochs: int) -> Path:
 
 def start_time(pid: int) -> int | None:
     """The kernel's start time of `pid` (so that a reused pid is not taken for it); None when
-    no such process runs (a zombie counts as ended)."""
+    no thread of it runs. A killed process's first thread can be a zombie while the others
+    still exit and hold its files (the run folder's lock): those count."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
+            started = int(fh.read().rsplit(")", 1)[1].split()[19])
+        threads = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return None
-    return None if fields[0] in "ZX" else int(fields[19])
+    return started if any(state(f"{pid}/task/{t}") not in "ZX" for t in threads) else None
 
 
-def state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat") as fh:
-        return fh.read().rsplit(")", 1)[1].split()[0]
+def state(pid: int | str) -> str:
+    """The state letter of /proc/`pid`/stat (`pid` may be 'PID/task/TID'); X when gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "X"
 
 
 def descendants(root: int) -> dict[int, int]:
