@@ -22,6 +22,7 @@ from torch import nn
 from msctr.config import from_dict
 from msctr.data.schema import Schema
 from msctr.errors import UserError
+from msctr.models.blocks import at_least_fp32
 
 
 class ModelOutput(NamedTuple):
@@ -158,5 +159,5 @@ def training_loss(
     """The training objective of a model output: (BCE of the logit in fp32, that BCE plus the
     model's auxiliary loss, if it has one). The second is what training minimizes."""
     logit, aux = split_output(out)
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(logit.float(), label)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(at_least_fp32(logit), label)
     return loss, loss if aux is None else loss + aux
