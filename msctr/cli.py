@@ -15,7 +15,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from msctr.errors import Interrupted, RankError, UserError
+from msctr.errors import Interrupted, RankError, UserError, raise_interrupted
+from msctr.io import discard_pending
 
 console = Console()
 err_console = Console(stderr=True)
@@ -576,13 +577,9 @@ def bench_inference(
     render(run_bench(r, cfg, console), console)
 
 
-def _interrupt(signum: int, frame) -> None:
-    raise Interrupted(signum)
-
-
 def main() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _interrupt)
+        signal.signal(sig, raise_interrupted)
     try:
         app()
     except UserError as e:
@@ -611,6 +608,11 @@ def main() -> None:
             soft_wrap=True,
         )
         sys.exit(128 + e.signum)
+    finally:
+        # what an interrupted cleanup left (io.discard_pending), with a second Ctrl-C ignored
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        discard_pending()
 
 
 if __name__ == "__main__":
