@@ -147,16 +147,6 @@ def test_recipe_name_dotdot_is_the_current_folder(capsys, monkeypatch, tmp_path,
     assert snapshot(tmp_path) == before
 
 
-def test_eval_refuses_a_folder_msctr_did_not_write(capsys, tmp_path, data_dir):
-    folder = tmp_path / "mine"
-    folder.mkdir()
-    # a hand-written recipe named recipe.yaml: eval would put results.json beside it
-    write_recipe(folder, data_dir, folder).rename(folder / "recipe.yaml")
-    before = snapshot(folder)
-    one_line_error(capsys, "is not a run folder msctr wrote", "eval", str(folder))
-    assert snapshot(folder) == before
-
-
 # -- 3. --out FILE is replaced only when msctr wrote it ----------------------------------------
 
 BENCH = ["--batch-sizes", "4", "--repeats", "1", "--min-time", "0", "--rows", "64"]

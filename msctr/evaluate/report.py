@@ -81,11 +81,6 @@ def load_run(run_dir: Path, data: Path | None = None) -> tuple[Recipe, Schema]:
         raise UserError(
             f"'{run_dir}' is not a training run (no recipe.yaml); run `msctr train` first"
         )
-    if RunFolder(run_dir).recorded_models() is None:  # eval writes results.json, report.md
-        raise UserError(
-            f"'{run_dir}' is not a run folder msctr wrote (its recipe.yaml is no recipe msctr "
-            "recorded), so eval writes nothing there; give the run folder `msctr train` made"
-        )
     with reading(path, "restore it or retrain the recipe into a fresh run folder"):
         raw = yaml.safe_load(path.read_text())
     if not isinstance(raw, dict):
