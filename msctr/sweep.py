@@ -31,7 +31,7 @@ from msctr.evaluate.report import BAYES, ModelRuns, compare, summarize
 from msctr.io import atomic_path, write_json, write_text
 from msctr.models.registry import build, parse_params
 from msctr.recipe import Recipe, recipe_from_dict
-from msctr.runs import RunFolder
+from msctr.runs import RunFolder, check_sweep_folder
 from msctr.tables import Table, print_tables
 from msctr.train.loop import train_recipe
 from msctr.train.runtime import resolve_device
@@ -147,6 +147,11 @@ def locate(recipe: Recipe, key: str, model: str | None) -> tuple[int, str]:
             "evaluation; vary a model's params or a train key"
         )
     picked = _model_index(recipe, model, "--model") if model is not None else None
+    if parts[0] == "models" and parts[2:] == ["label"]:
+        raise UserError(
+            f"--vary {key}: a label names the model's folder and table row, it is no setting "
+            "to sweep (each value already gets a run folder of its own)"
+        )
     if parts[0] == "models":
         if len(parts) < 3:
             raise UserError(
@@ -434,6 +439,8 @@ def run_sweep(
     sweep's table, figure and report."""
     p = plan(recipe, vary, model)
     check_builds(p)
+    # every value's run folder, before the first value trains
+    check_sweep_folder(p.folder, [pt.folder for pt in p.points], inputs=(recipe.data,))
     for pt in p.points:
         console.print(f"[bold]{p.key} = {pt.text}[/]")
         train_recipe(pt.recipe, console, fresh=fresh)

@@ -237,6 +237,8 @@ def test_stale_checkpoint_temp_of_a_dead_process_is_swept(capsys, tmp_path, data
     recipe = recipe_with(tmp_path, data_dir)
     seed_dir = tmp_path / "run-smoke" / "DNN" / "seed_0"
     seed_dir.mkdir(parents=True)
+    # as a killed train leaves it: the manifest (msctr.runs) is written before model folders
+    (tmp_path / "run-smoke" / ".msctr-run.json").write_text('{"models": ["DNN"]}')
     dead = seed_dir / ".best.pt.9999999-0badc0de.tmp"  # pid above Linux's pid_max
     dead.write_bytes(b"half a checkpoint")
     mine = seed_dir / f".best.pt.{os.getpid()}-0badc0de.tmp"  # a live process's: kept

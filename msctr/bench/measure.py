@@ -38,6 +38,7 @@ from msctr.bench.results import (
     Summary,
     VariantBench,
     VariantFailed,
+    is_bench_file,
 )
 from msctr.data.batch import Batch
 from msctr.data.loader import Columns, load_columns
@@ -46,8 +47,9 @@ from msctr.errors import UserError
 from msctr.evaluate.metrics import auc
 from msctr.io import write_json
 from msctr.models.registry import build, parse_params, split_output
+from msctr.paths import check_out_file
 from msctr.recipe import ModelEntry, Recipe
-from msctr.runs import RunFolder
+from msctr.runs import RunFolder, check_run_folder
 from msctr.train.runtime import keep_freed_memory
 
 # name -> (precision, compiled)
@@ -314,6 +316,7 @@ def bench_model(
 def run_bench(recipe: Recipe, cfg: BenchConfig, console: Console | None = None) -> BenchResult:
     console = console or Console()
     check_config(cfg)
+    check_bench_out(recipe, cfg)  # before the minutes of measuring, not after
     device = bench_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -357,6 +360,21 @@ def run_bench(recipe: Recipe, cfg: BenchConfig, console: Console | None = None) 
     write_json(out, result.to_dict())
     result.path = str(out)
     return result
+
+
+def check_bench_out(recipe: Recipe, cfg: BenchConfig) -> None:
+    """bench.json goes to `--out` or the run folder; a file there is replaced only when it is
+    a bench.json msctr wrote (msctr.paths)."""
+    if cfg.out is not None:
+        check_out_file(cfg.out, "--out", "bench.json", is_bench_file, inputs=(recipe.data,))
+        return
+    check_run_folder(recipe.run_dir, inputs=(recipe.data,))
+    path = RunFolder(recipe.run_dir).bench
+    if os.path.lexists(path) and not (path.is_file() and is_bench_file(path)):
+        raise UserError(
+            f"'{path}' is not a bench.json msctr wrote, so it is not replaced; move it away, "
+            "or give --out PATH for the benchmark"
+        )
 
 
 def add_increase(result: BenchResult, recipe: Recipe) -> None:

@@ -8,7 +8,6 @@ dataset msctr prepared (or the user says --overwrite). Same input and seed -> by
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -31,6 +30,7 @@ from msctr.io import (
     scratch_dir,
     sweep_stale,
 )
+from msctr.paths import refuse_protected
 
 ROW = "__row"
 SPLIT = "__split"
@@ -67,21 +67,7 @@ def check_out(
     given = str(out)
     out = Path(os.path.abspath(out))
     hint = "give a new folder for the dataset, e.g. --out data/mine"
-    dangers = [("the current folder", Path.cwd())]
-    dangers += [(f"the input '{p}'", p) for p in inputs if p is not None]
-    with contextlib.suppress(RuntimeError):  # no home folder known: nothing to protect
-        dangers.append(("your home folder", Path.home()))
-    for name, danger in dangers:
-        danger = danger.resolve()
-        if out.resolve() == danger:
-            raise UserError(f"--out '{given}' is {name}; {hint}")
-        if danger.is_relative_to(out.resolve()):
-            raise UserError(f"--out '{given}' contains {name}; {hint}")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UserError(f"--out '{given}': '{parent}' is a file, not a folder; {hint}")
-            break
+    refuse_protected(out, f"--out '{given}'", hint, inputs)
     sweep_stale(out.parent, out.name)
     sweep_stale(out.parent, f"{out.name}.work")
     if overwrite or not os.path.lexists(out):

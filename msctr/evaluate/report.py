@@ -96,7 +96,7 @@ def load_run(run_dir: Path, data: Path | None = None) -> tuple[Recipe, Schema]:
 
 
 def check_belongs(
-    run: SeedRun, recipe: Recipe, entry: ModelEntry, schema: Schema, run_dir: Path
+    run: SeedRun, recipe: Recipe, entry: ModelEntry, schema: Schema, run_dir: Path, data: Path
 ) -> None:
     """A run is evaluated only if it was trained by the folder's recorded recipe: its
     fingerprint (written when it started) agrees on every result-affecting key. Runs of an
@@ -106,6 +106,14 @@ def check_belongs(
     with reading(run.fingerprint, "retrain the recipe with `msctr train --fresh`"):
         got = json.loads(run.fingerprint.read_text())
     change = fingerprint_change(got, run_fingerprint(recipe, entry, schema), entry.key)
+    if change is not None and change[0].startswith("data"):
+        # the runs are sound, for the data they were trained on: say which data, no --fresh
+        raise UserError(
+            f"'{run.folder}' was trained on other data than the dataset '{data}' holds now "
+            f"(prepared_md5 {change[1]} there, {change[2]} in '{data}'): the dataset was "
+            "prepared again since, or --data points at another one; give --data the dataset "
+            "the runs were trained on, or retrain the recipe on this one into a new run folder"
+        )
     if change is not None:
         key, was, now = change
         raise UserError(
@@ -115,7 +123,7 @@ def check_belongs(
 
 
 def collect(
-    run_dir: Path, recipe: Recipe, schema: Schema, partial: bool = False
+    run_dir: Path, recipe: Recipe, schema: Schema, partial: bool = False, data: Path | None = None
 ) -> tuple[list[ModelRuns], list[str]]:
     """Every (model, seed) run the recipe asks for, with its test metrics, and the runs that
     are missing. A missing run is an error unless `partial`: statistics over a silently
@@ -129,7 +137,7 @@ def collect(
             if not run.predictions.is_file():
                 missing.append(f"{entry.key} seed {seed}")
                 continue
-            check_belongs(run, recipe, entry, schema, run_dir)
+            check_belongs(run, recipe, entry, schema, run_dir, data or Path(recipe.data))
             m = run_metrics(read_predictions(run.predictions), schema.num_scenarios)
             write_json(run.metrics, m)
             seeds.append(seed)
@@ -189,7 +197,7 @@ def compare(model: ModelRuns, ref: ModelRuns, alpha: float, test: str = "welch")
 def summarize(run_dir: str | Path, partial: bool = False, data: Path | None = None) -> dict:
     run_dir = Path(run_dir)
     recipe, schema = load_run(run_dir, data)
-    models, missing = collect(run_dir, recipe, schema, partial)
+    models, missing = collect(run_dir, recipe, schema, partial, data)
     keys = [m.key for m in models]
     alpha = recipe.eval.significance
     base_key = recipe.eval.baseline or keys[0]

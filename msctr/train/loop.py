@@ -32,7 +32,7 @@ from msctr.io import atomic_path, exclusive_lock, sweep_stale, write_json, write
 from msctr.models.kernels import set_batch_share
 from msctr.models.registry import build, parse_params, split_output, training_loss
 from msctr.recipe import ModelEntry, Recipe, run_fingerprint
-from msctr.runs import RunFolder, SeedRun
+from msctr.runs import RunFolder, SeedRun, check_labels, check_run_folder, model_folder
 from msctr.train import distributed as dist
 from msctr.train.optim import LazyAdam, Optimizers, make_optimizer
 from msctr.train.resume import RESUME_VERSION, check_folder, clear_folder, load_state, save_state
@@ -300,9 +300,14 @@ def fit_one(
     shares = dist.Shares(data.train_rows, t.batch_size, w.rank, w.size)
     hook = _test_signal_hook(entry.key, seed)
     start = time.perf_counter() - spent
+    streamed = data.train is None  # read from disk each epoch: check it is the same data
+    run_name = f"{entry.key} seed {seed}"
     for epoch in range(first_epoch, t.epochs):
         if stopping.stop:
             break
+        if streamed:
+            when = f"before epoch {epoch + 1} of {run_name}"
+            dist.on_main(lambda when=when: data.check_unchanged(when))
         model.train()
         seen, loss_sum, train_seconds = train_epoch(
             run,
@@ -318,6 +323,9 @@ def fit_one(
             sync_sparse,
         )
         seen, loss_sum, train_seconds = _all_ranks(seen, loss_sum, train_seconds)
+        if streamed:  # prepared again during the epoch: the epoch is not kept
+            when = f"in epoch {epoch + 1} of {run_name}"
+            dist.on_main(lambda when=when: data.check_unchanged(when))
         if not np.isfinite(loss_sum):
             raise UserError(
                 f"{entry.key} seed {seed}: the training loss became NaN/inf in epoch {epoch + 1}; "
@@ -472,6 +480,8 @@ def train_recipe(
     console = console or Console()
     # everything that can refuse the recipe runs before the run folder is touched
     resolve_device(recipe.train.device)
+    check_labels(e.key for e in recipe.models)
+    check_run_folder(recipe.run_dir, inputs=(recipe.data,))
     w, _ = dist.setup(recipe.train.device)
     try:
         if not w.main:  # rank 0 speaks for all
@@ -497,6 +507,7 @@ def _train_recipe(recipe: Recipe, console: Console, show_progress: bool, fresh: 
     for entry in recipe.models:
         build(entry.name, data.schema, parse_params(entry.name, entry.params))
     folder = RunFolder(recipe.run_dir)
+    wanted = [model_folder(e.key) for e in recipe.models]
     with contextlib.ExitStack() as held:  # rank 0's lock on the folder, while training
 
         def claim() -> list[tuple[str, str]]:
@@ -510,6 +521,8 @@ def _train_recipe(recipe: Recipe, console: Console, show_progress: bool, fresh: 
                 clear_folder(folder)
             sweep_stale(folder.root)
             plan = check_folder(recipe, folder, data.schema)
+            # before any model folder is made: what msctr made here, it knows by name
+            folder.record_models([*(m.name for m in folder.models()), *wanted])
             # recorded only now that every run in the folder is known to be this recipe's; the
             # data path absolute, so `msctr eval` works from any folder
             resolved = {**recipe.to_dict(), "data": str(Path(recipe.data).resolve())}
