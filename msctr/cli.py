@@ -14,8 +14,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from msctr.errors import Interrupted, RankError, UserError
+
+try:  # typer 0.2x carries its own copy of click
+    from typer._click.exceptions import UsageError as UsageError
+except ImportError:  # older typer uses click itself
+    from click.exceptions import UsageError as UsageError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -580,16 +586,40 @@ def _interrupt(signum: int, frame) -> None:
     raise Interrupted(signum)
 
 
+def print_error(message: str) -> None:
+    """One `error: ...` line on stderr, the message printed literally: it carries user text
+    (column names, paths, labels) that rich would otherwise read as markup ('[bold]click'
+    styled away, '[/x]' crashing the printer) or as emoji codes."""
+    err_console.print(
+        Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True
+    )
+
+
+def usage_message(e: UsageError) -> str:
+    """A command-line usage error (a bad option value, a missing argument, an unknown flag)
+    as one line with the fix, like every other user error: not click's boxed usage block
+    and exit code 2."""
+    command = e.ctx.command_path if e.ctx is not None else "msctr"
+    return f"{e.format_message().rstrip('.')}; see {command} --help"
+
+
 def main() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _interrupt)
     try:
-        app()
+        # not standalone: click's usage errors reach the handler below instead of being
+        # printed as a box; `--help` and typer.Exit come back as an exit code
+        code = app(standalone_mode=False, prog_name="msctr")
+    except UsageError as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # `msctr`, `msctr prepare`: help shown
+            sys.exit(e.exit_code)
+        print_error(usage_message(e))
+        sys.exit(1)
     except UserError as e:
         # under torchrun every rank meets the same error and rank 0 says it, unless it is
         # one process's own
         if _rank() == 0 or isinstance(e, RankError):
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            print_error(str(e))
         sys.exit(1)
     except OSError as e:
         from msctr.io import os_error_message
@@ -597,7 +627,7 @@ def main() -> None:
         message = os_error_message(e)
         if message is None:
             raise
-        err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        print_error(message)
         sys.exit(1)
     except Interrupted as e:
         if _rank() != 0:  # rank 0 says it for all
@@ -605,12 +635,16 @@ def main() -> None:
         name = signal.Signals(e.signum).name
         resume = getattr(e, "resume", None)
         err_console.print(
-            f"interrupted ({name}): no file was left half-written"
-            + (f"; resume with: {resume}" if resume else ""),
+            Text(
+                f"interrupted ({name}): no file was left half-written"
+                + (f"; resume with: {resume}" if resume else "")
+            ),
             highlight=False,
             soft_wrap=True,
         )
         sys.exit(128 + e.signum)
+    if isinstance(code, int) and code:  # typer.Exit(code), e.g. torchrun's exit status
+        sys.exit(code)
 
 
 if __name__ == "__main__":
