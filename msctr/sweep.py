@@ -24,7 +24,7 @@ import numpy as np
 import yaml
 from rich.console import Console
 
-from msctr.config import set_path
+from msctr.config import parse_yaml, set_path
 from msctr.data.schema import Schema
 from msctr.errors import UserError
 from msctr.evaluate.report import BAYES, ModelRuns, compare, summarize
@@ -86,7 +86,7 @@ def split_values(text: str) -> list[str]:
 def parse_value(text: str) -> Any:
     """A value as a YAML scalar (or list), with YAML 1.1's '1e-3' read as the number it is."""
     try:
-        value = yaml.safe_load(text)
+        value = parse_yaml(text)
     except yaml.YAMLError:
         raise UserError(f"--vary: value {text!r} is not valid YAML") from None
     if isinstance(value, str) and _NUMBER.fullmatch(value):

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import yaml
 from rich.console import Console
 
+from msctr.config import parse_yaml
 from msctr.data import schema as S
 from msctr.data.schema import Schema
 from msctr.errors import UserError
@@ -82,7 +82,7 @@ def load_run(run_dir: Path, data: Path | None = None) -> tuple[Recipe, Schema]:
             f"'{run_dir}' is not a training run (no recipe.yaml); run `msctr train` first"
         )
     with reading(path, "restore it or retrain the recipe into a fresh run folder"):
-        raw = yaml.safe_load(path.read_text())
+        raw = parse_yaml(path.read_bytes().decode("utf-8"))
     if not isinstance(raw, dict):
         raise UserError(f"'{path}' is not a recipe (not a YAML mapping); retrain the recipe")
     recipe = recipe_from_dict(raw, where=str(path))
