@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -115,14 +116,21 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         raise UserError(f"{where} must be an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads "1e-3" as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML reads "1e-3" as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise UserError(f"{where} must be a number, got {value!r}")
+        if number is None:
+            raise UserError(f"{where} must be a number, got {value!r}")
+        # one rule for every float key (rates, weights, temperatures, epsilons): .nan or
+        # .inf is never a setting, and would pass every `x > 0` check after it
+        if not math.isfinite(number):
+            raise UserError(f"{where} must be a finite number, got {number}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

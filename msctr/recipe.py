@@ -110,6 +110,17 @@ class EvalConfig:
             raise UserError(
                 f"{where}.metrics: unknown metric(s) {unknown}; choose from {list(TABLE_METRICS)}"
             )
+        for key in ("metrics", "baselines"):
+            values = getattr(self, key)
+            twice = sorted({v for v in values if values.count(v) > 1})
+            if twice:
+                raise UserError(f"{where}.{key} lists {twice} more than once; list each once")
+        # a p-value threshold: at 1 or above every comparison would be marked significant
+        if not 0.0 < self.significance < 1.0:
+            raise UserError(
+                f"{where}.significance is the p-value below which a difference is marked "
+                f"significant, so it must be in (0, 1), e.g. 0.05; got {self.significance}"
+            )
 
 
 @dataclass
