@@ -48,6 +48,13 @@ def variants(entry: ModelEntry, drops: list[str]) -> list[tuple[str, list[str]]]
     out: list[tuple[str, list[str]]] = []
     for d in drops:
         names = list(spec.switches) if d == "all" else [[p for p in d.split("+") if p]]
+        if d != "all" and not names[0]:
+            # it would train the full model again and show it as an ablation row
+            raise UserError(
+                f"--drop {d!r} names no switch; give one or more joined by '+', e.g. "
+                f"--drop {'+'.join(list(spec.switches)[:2])}; {entry.name}'s switches are: "
+                f"{', '.join(spec.switches)}"
+            )
         for group in [[n] for n in names] if d == "all" else names:
             check_switches(spec, group)
             if group not in [g for _, g in out]:

@@ -190,6 +190,10 @@ def summarize(run_dir: str | Path, partial: bool = False, data: Path | None = No
     run_dir = Path(run_dir)
     recipe, schema = load_run(run_dir, data)
     models, missing = collect(run_dir, recipe, schema, partial)
+    # a folder trained before `train` refused such test rows
+    M.check_test_labels(
+        models[0].predictions(models[0].seeds[0])[S.LABEL].to_numpy(), recipe.train.eval_rows
+    )
     keys = [m.key for m in models]
     alpha = recipe.eval.significance
     base_key = recipe.eval.baseline or keys[0]

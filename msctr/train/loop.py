@@ -26,8 +26,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from msctr.data.batch import Batch
 from msctr.data.loader import Columns
+from msctr.data.schema import LABEL
 from msctr.errors import Interrupted, UserError
-from msctr.evaluate.metrics import auc, logloss
+from msctr.evaluate.metrics import auc, check_test_labels, logloss, one_class
 from msctr.io import atomic_path, exclusive_lock, sweep_stale, write_json, write_text
 from msctr.models.kernels import set_batch_share
 from msctr.models.registry import build, parse_params, split_output, training_loss
@@ -487,13 +488,13 @@ def _train_recipe(recipe: Recipe, console: Console, show_progress: bool, fresh: 
     keep_freed_memory()
     data = SplitData.load(recipe)
     stop = recipe.train.early_stopping
-    if stop.metric == "auc" and len(np.unique(data.val_labels)) < 2:
+    if stop.metric == "auc" and (why := one_class(data.val_labels)):
         # AUC is undefined on one class: every epoch would tie and epoch 1 would be kept
         raise UserError(
-            f"the validation split has only label {int(data.val_labels[0])}, so its AUC is "
-            "undefined and cannot pick the best epoch; use train.early_stopping.metric: "
-            "logloss, or prepare more rows"
+            f"the validation split has {why}, so its AUC is undefined and cannot pick the "
+            "best epoch; use train.early_stopping.metric: logloss, or prepare more rows"
         )
+    check_test_labels(data.test_frame[LABEL].to_numpy(), recipe.train.eval_rows)
     for entry in recipe.models:
         build(entry.name, data.schema, parse_params(entry.name, entry.params))
     folder = RunFolder(recipe.run_dir)
