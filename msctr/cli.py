@@ -55,6 +55,12 @@ Sets = Annotated[
 ]
 
 
+def seed_option(help: str) -> typer.models.OptionInfo:
+    """A random seed: the generators take an unsigned 32-bit seed (numpy's, Polars' shuffle),
+    so a negative or larger one is refused as a bad option value, before any work."""
+    return typer.Option(help=help, min=0, max=2**32 - 1)
+
+
 Fresh = Annotated[
     bool,
     typer.Option(
@@ -134,7 +140,7 @@ def prepare_synthetic(
     ),
     rows: Annotated[int, typer.Option(help="Number of impressions to generate.")] = 200_000,
     scenarios: Annotated[int, typer.Option(help="Number of explicit scenarios.")] = 5,
-    seed: Annotated[int, typer.Option(help="Random seed of the generator.")] = 0,
+    seed: Annotated[int, seed_option("Random seed of the generator.")] = 0,
     structure: Annotated[
         str | None,
         typer.Option(
@@ -185,7 +191,7 @@ def prepare_table(
     session: Annotated[str | None, typer.Option(help="Session column (S-GAUC groups).")] = None,
     order: Annotated[str | None, typer.Option(help="Column giving log order.")] = None,
     split: Annotated[str, typer.Option(help="sequential | random")] = "sequential",
-    seed: Annotated[int, typer.Option(help="Seed for a random split.")] = 0,
+    seed: Annotated[int, seed_option("Seed for a random split.")] = 0,
     overwrite: Overwrite = False,
 ) -> None:
     """Prepare any table given a field map.
@@ -231,7 +237,7 @@ def prepare_kuairand(
         int, typer.Option(help="Minutes of inactivity that end a session; 0: user x date.")
     ] = 0,
     order: Annotated[str, typer.Option(help="Row order of the split: log | time.")] = "log",
-    seed: Annotated[int, typer.Option(help="Seed of the random split (scenario-wise).")] = 0,
+    seed: Annotated[int, seed_option("Seed of the random split (scenario-wise).")] = 0,
     cache_dir: Annotated[
         Path | None, typer.Option(help="Download cache (default $MSCTR_CACHE or ~/.cache/msctr).")
     ] = None,
@@ -296,7 +302,7 @@ def prepare_aliccp(
     val_fraction: Annotated[float, typer.Option(help="Share of raw train for val.")] = 0.1,
     seq_len: Annotated[int, typer.Option(help="Entries kept per history; 0: none.")] = 20,
     dense: Annotated[bool, typer.Option(help="Add the D-value columns as dense inputs.")] = False,
-    seed: Annotated[int, typer.Option(help="Seed of the val split.")] = 0,
+    seed: Annotated[int, seed_option("Seed of the val split.")] = 0,
     overwrite: Overwrite = False,
 ) -> None:
     """Ali-CCP from the raw Tianchi files (streamed), or from the processed 33-column CSVs.
