@@ -104,6 +104,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise UserError(f"{where} must be a mapping, got {value!r}")
+        if len(args) == 2:  # dict[str, list[int]]: every value checked as its type says
+            return {k: _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
         return dict(value)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)

@@ -223,7 +223,7 @@ def test_truncated_split_streamed(capsys, tmp_path, data_copy):
 
 @pytest.mark.parametrize(
     "text, needle",
-    [("{not json", "schema.json' is unreadable"), ('{"version": 1}', "not a complete")],
+    [("{not json", "schema.json' is unreadable"), ('{"version": 1}', "not a valid msctr schema")],
 )
 def test_invalid_schema_json(capsys, tmp_path, data_copy, text, needle):
     (data_copy / "schema.json").write_text(text)
