@@ -31,8 +31,16 @@ from msctr.errors import Interrupted, UserError
 from msctr.evaluate.metrics import auc, check_test_labels, logloss, one_class
 from msctr.io import atomic_path, exclusive_lock, sweep_stale, write_json, write_text
 from msctr.models.kernels import set_batch_share
-from msctr.models.registry import build, parse_params, split_output, training_loss
+from msctr.models.registry import (
+    TRAIN_COPIES,
+    build,
+    check_memory,
+    parse_params,
+    split_output,
+    training_loss,
+)
 from msctr.recipe import ModelEntry, Recipe, run_fingerprint
+from msctr.resources import check_threads
 from msctr.runs import RunFolder, SeedRun
 from msctr.train import distributed as dist
 from msctr.train.optim import LazyAdam, Optimizers, make_optimizer
@@ -484,6 +492,7 @@ def train_recipe(
 
 def _train_recipe(recipe: Recipe, console: Console, show_progress: bool, fresh: bool) -> Path:
     if recipe.train.threads:
+        check_threads(recipe.train.threads, "train.threads")
         torch.set_num_threads(recipe.train.threads)
     keep_freed_memory()
     data = SplitData.load(recipe)
@@ -495,8 +504,8 @@ def _train_recipe(recipe: Recipe, console: Console, show_progress: bool, fresh: 
             "best epoch; use train.early_stopping.metric: logloss, or prepare more rows"
         )
     check_test_labels(data.test_frame[LABEL].to_numpy(), recipe.train.eval_rows)
-    for entry in recipe.models:
-        build(entry.name, data.schema, parse_params(entry.name, entry.params))
+    for entry in recipe.models:  # every model's shape, built without allocating it
+        check_memory(entry.name, data.schema, entry.params, TRAIN_COPIES, recipe.train.device)
     folder = RunFolder(recipe.run_dir)
     with contextlib.ExitStack() as held:  # rank 0's lock on the folder, while training
 
