@@ -237,6 +237,18 @@ def summarize(run_dir: str | Path, partial: bool = False, data: Path | None = No
     return result
 
 
+def auc_axis(means: list[float], stds: list[float], pad: float) -> tuple[float, float] | None:
+    """The y range of an AUC figure (mean ± std per bar or point, plus `pad` of the span on
+    each side) over the finite values only; None when there is none, so the caller writes no
+    figure instead of failing in matplotlib on a nan limit."""
+    spans = [(m - s, m + s) for m, s in zip(means, stds, strict=True) if math.isfinite(m + s)]
+    if not spans:
+        return None
+    lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
+    margin = max(hi - lo, 1e-3) * pad
+    return lo - margin, hi + margin
+
+
 def plot_head_weights(model: ModelRuns, schema: Schema, run_dir: Path) -> Path | None:
     """HierRec's head-by-field weights per scenario (the paper's Figure 6), first seed."""
     run = model.run(model.seeds[0]).summary
