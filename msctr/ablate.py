@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from msctr.errors import UserError
 from msctr.evaluate.report import REPORT, TERMINAL, CellStyle, auc_axis, summarize
@@ -206,7 +207,7 @@ def run_ablation(
         + ("\n\n![overall AUC](ablation.png)\n" if plotted else "\n"),
     )
     if plotted:
-        console.print(f"wrote {report} and {figure}")
+        console.print(f"wrote {escape(str(report))} and {escape(str(figure))}")
     else:
-        console.print(f"wrote {report}; no figure: no variant's test AUC is a number")
+        console.print(f"wrote {escape(str(report))}; no figure: no variant's test AUC is a number")
     return result

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -106,17 +107,17 @@ Overwrite = Annotated[
 
 def report_prepared(schema, out: Path) -> None:
     print_scenario_stats(schema)
-    console.print(f"[green]wrote[/] {out}")
+    console.print(f"[green]wrote[/] {escape(str(out))}")
 
 
 def print_scenario_stats(schema) -> None:
-    table = Table(title=f"{schema.source}: rows and CTR per scenario", header_style="bold")
+    table = Table(title=Text(f"{schema.source}: rows and CTR per scenario"), header_style="bold")
     table.add_column("scenario")
     for split in ("train", "val", "test"):
         table.add_column(f"{split} rows", justify="right")
         table.add_column(f"{split} CTR", justify="right")
     for k, name in enumerate(schema.scenario_names):
-        cells = [name]
+        cells = [Text(name)]  # the data's own names, printed literally
         for split in ("train", "val", "test"):
             n, c = schema.scenario_counts[split][k], schema.scenario_clicks[split][k]
             cells += [f"{n:,}", f"{c / n:.4f}" if n else "-"]
@@ -384,7 +385,7 @@ def train(
         run_dir = train_recipe(r, console, fresh=fresh)
     if _rank() != 0:  # data parallel: rank 0 reports
         return
-    console.print(f"[green]runs in[/] {run_dir}")
+    console.print(f"[green]runs in[/] {escape(str(run_dir))}")
     if evaluate:
         render_table(summarize(run_dir), console)
         _wrote_results(run_dir)
@@ -438,7 +439,7 @@ def _wrote_results(run_dir: Path) -> None:
     from msctr.runs import RunFolder
 
     folder = RunFolder(run_dir)
-    console.print(f"wrote {folder.results} and {folder.report}")
+    console.print(f"wrote {escape(str(folder.results))} and {escape(str(folder.report))}")
 
 
 @app.command("eval")

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import yaml
 from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
 
 from msctr.config import parse_yaml, set_path
 from msctr.data.schema import Schema
@@ -437,7 +439,7 @@ def run_sweep(
     p = plan(recipe, vary, model)
     check_builds(p)
     for pt in p.points:
-        console.print(f"[bold]{p.key} = {pt.text}[/]")
+        console.print(f"[bold]{escape(p.key)} = {escape(pt.text)}[/]")
         train_recipe(pt.recipe, console, fresh=fresh)
     summaries = [summarize(pt.folder) for pt in p.points]  # each value's own report too
     rows, first = [s["models"][0] for s in summaries], summaries[0]
@@ -479,9 +481,6 @@ def run_sweep(
     figure = folder.figure("sweep.png")
     plotted = plot(result, figure)
     write_text(folder.report, render_markdown(result, table))
-    console.print(
-        f"wrote {folder.results}, {folder.report} and {figure}"
-        if plotted
-        else f"wrote {folder.results} and {folder.report}; no figure: no value's AUC is a number"
-    )
+    wrote = f"wrote {folder.results}, {folder.report}" + (f" and {figure}" if plotted else "")
+    console.print(Text(wrote + ("" if plotted else "; no figure: no value's AUC is a number")))
     return result

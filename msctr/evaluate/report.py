@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 from rich.console import Console
+from rich.markup import escape
 
 from msctr.config import parse_yaml
 from msctr.data import schema as S
@@ -380,7 +381,7 @@ def render_table(result: dict, console: Console) -> None:
     print_tables(console, *tables)
     console.print(_terminal_legend(result, mwu="MWU p" in tables[0].header))
     if result.get("missing_runs"):
-        console.print(f"[bold yellow]{_partial(result)}[/]", highlight=False)
+        console.print(f"[bold yellow]{escape(_partial(result))}[/]", highlight=False)
     if "paper" in result:
         if result["paper"]["shown"]:
             console.print()

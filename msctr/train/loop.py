@@ -22,6 +22,7 @@ import polars as pl
 import torch
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from msctr.data.batch import Batch
@@ -532,7 +533,9 @@ def _train_recipe(recipe: Recipe, console: Console, show_progress: bool, fresh: 
             return plan.renamed
 
         for old, new in dist.on_main(claim):
-            console.print(f"renamed {old} -> {new}: the same model under a new label")
+            console.print(
+                f"renamed {escape(old)} -> {escape(new)}: the same model under a new label"
+            )
         _train_runs(recipe, data, folder, console, show_progress)
     return folder.root
 
@@ -559,14 +562,16 @@ def _train_runs(
                     files = folder.seed(entry.key, seed)
                     finished, resumed = dist.on_main(functools.partial(_run_status, files))
                     if finished:
-                        console.print(f"[dim]kept[/] {entry.key} seed {seed}: finished earlier")
+                        console.print(
+                            f"[dim]kept[/] {escape(entry.key)} seed {seed}: finished earlier"
+                        )
                         continue
                     summary = fit_one(
                         recipe, entry, seed, data, files.folder, progress, fingerprint
                     )
                     how = "resumed and trained" if resumed else "trained"
                     console.print(
-                        f"[green]{how}[/] {entry.key} seed {seed}: "
+                        f"[green]{how}[/] {escape(entry.key)} seed {seed}: "
                         f"best epoch {summary['best_epoch']}, {summary['train_seconds']:.1f}s"
                     )
     finally:
