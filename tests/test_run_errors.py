@@ -101,7 +101,7 @@ def test_model_param_out_of_range(capsys, tmp_path, data_dir, model, key, value,
         ("train.seeds=[0,0]", "more than once"),
         ("train.seeds=[-1]", "seeds must be integers in [0, 2**32)"),
         ("train.early_stopping.patience=0", "patience must be at least 1"),
-        ("train.lr=.inf", "lr must be a positive number"),
+        ("train.lr=.inf", "lr must be a finite number"),
     ],
 )
 def test_train_key_out_of_range(capsys, tmp_path, data_dir, override, needle):
@@ -223,7 +223,7 @@ def test_truncated_split_streamed(capsys, tmp_path, data_copy):
 
 @pytest.mark.parametrize(
     "text, needle",
-    [("{not json", "schema.json' is unreadable"), ('{"version": 1}', "not a complete")],
+    [("{not json", "schema.json' is unreadable"), ('{"version": 1}', "not a valid msctr schema")],
 )
 def test_invalid_schema_json(capsys, tmp_path, data_copy, text, needle):
     (data_copy / "schema.json").write_text(text)

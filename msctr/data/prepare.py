@@ -546,6 +546,20 @@ def _prepare(
     return schema
 
 
+def _check_scalar(f: FieldMap, types: pl.Schema) -> None:
+    """Every role but a sequence's takes one value per row: a list (or struct) column given
+    as, say, a sparse field would reach the encoder and fail there with Polars' traceback."""
+    roles = {f.label: "the label", f.scenario: "the scenario column"}
+    roles |= {c: "a sparse field" for c in f.sparse} | {c: "a dense field" for c in f.dense}
+    roles |= {c: f"the {r} column" for r in ("user", "session", "order") if (c := getattr(f, r))}
+    for column, role in roles.items():
+        if types[column].is_nested():
+            raise UserError(
+                f"column '{column}' holds {types[column]} values, not one value per row, so it "
+                f"cannot be {role}; give a column with one value per row"
+            )
+
+
 def _check_source(table: SourceTable, frame: pl.LazyFrame) -> tuple[int, pl.Expr, dict]:
     """The checks that need the data: rows, labels, scenario nulls, dense types. Returns the
     row count, the label's 0/1 expression and each dense column as float64."""
@@ -554,6 +568,7 @@ def _check_source(table: SourceTable, frame: pl.LazyFrame) -> tuple[int, pl.Expr
     n, null_scenarios = frame.select(pl.len(), pl.col(f.scenario).null_count()).collect().row(0)
     if n == 0:
         raise UserError(f"{table.name}: the table has no rows (only a header?); give rows")
+    _check_scalar(f, types)
     label_codes = _label_codes(f.label, types[f.label])
     _check_labels(frame, f.label, label_codes)
     if null_scenarios:

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import yaml
 from rich.console import Console
+from rich.markup import escape
 
+from msctr.config import parse_yaml
 from msctr.data import schema as S
 from msctr.data.schema import Schema
 from msctr.errors import UserError
@@ -82,7 +83,7 @@ def load_run(run_dir: Path, data: Path | None = None) -> tuple[Recipe, Schema]:
             f"'{run_dir}' is not a training run (no recipe.yaml); run `msctr train` first"
         )
     with reading(path, "restore it or retrain the recipe into a fresh run folder"):
-        raw = yaml.safe_load(path.read_text())
+        raw = parse_yaml(path.read_bytes().decode("utf-8"))
     if not isinstance(raw, dict):
         raise UserError(f"'{path}' is not a recipe (not a YAML mapping); retrain the recipe")
     recipe = recipe_from_dict(raw, where=str(path))
@@ -198,6 +199,10 @@ def summarize(run_dir: str | Path, partial: bool = False, data: Path | None = No
     run_dir = Path(run_dir)
     recipe, schema = load_run(run_dir, data)
     models, missing = collect(run_dir, recipe, schema, partial, data)
+    # a folder trained before `train` refused such test rows
+    M.check_test_labels(
+        models[0].predictions(models[0].seeds[0])[S.LABEL].to_numpy(), recipe.train.eval_rows
+    )
     keys = [m.key for m in models]
     alpha = recipe.eval.significance
     base_key = recipe.eval.baseline or keys[0]
@@ -239,6 +244,18 @@ def summarize(run_dir: str | Path, partial: bool = False, data: Path | None = No
     write_json(RunFolder(run_dir).results, result)
     write_text(RunFolder(run_dir).report, render_markdown(result))
     return result
+
+
+def auc_axis(means: list[float], stds: list[float], pad: float) -> tuple[float, float] | None:
+    """The y range of an AUC figure (mean ± std per bar or point, plus `pad` of the span on
+    each side) over the finite values only; None when there is none, so the caller writes no
+    figure instead of failing in matplotlib on a nan limit."""
+    spans = [(m - s, m + s) for m, s in zip(means, stds, strict=True) if math.isfinite(m + s)]
+    if not spans:
+        return None
+    lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
+    margin = max(hi - lo, 1e-3) * pad
+    return lo - margin, hi + margin
 
 
 def plot_head_weights(model: ModelRuns, schema: Schema, run_dir: Path) -> Path | None:
@@ -372,7 +389,7 @@ def render_table(result: dict, console: Console) -> None:
     print_tables(console, *tables)
     console.print(_terminal_legend(result, mwu="MWU p" in tables[0].header))
     if result.get("missing_runs"):
-        console.print(f"[bold yellow]{_partial(result)}[/]", highlight=False)
+        console.print(f"[bold yellow]{escape(_partial(result))}[/]", highlight=False)
     if "paper" in result:
         if result["paper"]["shown"]:
             console.print()
