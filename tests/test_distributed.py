@@ -139,6 +139,7 @@ def two(tmp_path_factory, data_dir) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one(two):
     one_rows, two_rows = two["rows"]
     # each rank's shares: disjoint, together each step's batch of one process, the same steps
@@ -180,6 +181,7 @@ def test_torchrun_two_processes_match_one(two):
         assert log[0]["train_loss"] == pytest.approx(ref[0]["train_loss"], rel=1e-5), label
 
 
+@pytest.mark.slow
 def test_an_interrupted_two_process_run_resumes_on_every_rank(capsys, two, data_dir):
     tmp = two["tmp"]
     recipe = write_recipe(tmp, data_dir, "again")

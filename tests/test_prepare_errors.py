@@ -7,6 +7,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -99,6 +100,7 @@ def table_args(path: Path, out: Path, *extra: str, dense: bool = True) -> list[s
 # -- 1. an existing --out ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_folder_of_the_users_files_is_refused_and_kept(tmp_path):
     keep = tmp_path / "keep"
     keep.mkdir()
@@ -218,6 +220,7 @@ def test_nan_and_null_are_missing_and_never_poison_the_column(tmp_path):
     assert x.std() > 0.5  # the other rows keep their standardized values
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("rows", "where", "via_main"), [([7], "1 in train", True), ([2950, 2990], "2 in test", False)]
 )
@@ -307,25 +310,27 @@ def temp_appeared(folder: Path, with_content: bool):
 @pytest.mark.slow
 @pytest.mark.parametrize("old_dataset", [False, True], ids=["new", "replacing"])
 def test_ctrl_c_at_any_moment_leaves_nothing_behind(tmp_path, old_dataset, busy_machine):
-    """Ctrl-C at 10 moments of one `prepare`, with the machine busy: 6 spread over the whole
-    run from the moment msctr's handler is in, twice the instant its temporary folder
-    appears (the mkdir/cleanup race of issue 22), twice once a split is being written.
+    """Ctrl-C at 7 moments of one `prepare`, with the machine busy: 5 spread over the whole
+    run from the moment msctr's handler is in, the instant its temporary folder appears (the
+    mkdir/cleanup race of issue 22), and once a split is being written into it.
     Every time: no temporary file or folder, exit 130 (or 0 when the run had finished) with
     one line, and X is either what it was before or
     the whole new dataset."""
+    if old_dataset:
+        ok(synthetic(tmp_path / "old"))
     whole, duration = interrupted_prepare(tmp_path / "timing", lambda _: False)
     assert whole.returncode == 0, whole.stderr
-    spread = [k * duration / 5 for k in range(6)]
+    spread = [k * duration / 4 for k in range(5)]
     moments = [lambda folder, d=d: lambda t: t >= d for d in spread]
-    moments += 2 * [
+    moments += [
         lambda folder: temp_appeared(folder, False),
         lambda folder: temp_appeared(folder, True),
     ]
     for i, moment in enumerate(moments):
         folder = tmp_path / f"try{i}"
         folder.mkdir()
-        if old_dataset:
-            ok(synthetic(folder / "X"))
+        if old_dataset:  # a smaller one than the new: a mix of the two would show
+            shutil.copytree(tmp_path / "old", folder / "X")
         before = snapshot(folder)
         proc, _ = interrupted_prepare(folder, moment(folder))
         where = f"moment {i}: {proc.stderr}"
@@ -456,6 +461,7 @@ def test_float_and_boolean_labels_are_ordinary_encodings(tmp_path, kind):
         assert b.dtype == pl.Int8 and a.equals(b)
 
 
+@pytest.mark.slow
 def test_text_labels_are_one_line(tmp_path):
     frame = clicks().with_columns(
         pl.when(pl.col("click") == 1).then(pl.lit("yes")).otherwise(pl.lit("no")).alias("click")

@@ -253,6 +253,7 @@ def _limit_file_size() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
 
 
+@pytest.mark.slow
 def test_disk_full_while_training(tmp_path, data_dir):
     recipe = recipe_with(tmp_path, data_dir)
     proc = subprocess.run(
@@ -278,6 +279,7 @@ def test_no_permission_to_write(capsys, tmp_path, data_dir, monkeypatch):
     one_line_error(capsys, "no permission to write", "train", str(recipe), "--smoke")
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_training_says_so_and_leaves_no_temp(capsys, tmp_path, data_dir):
     recipe = recipe_with(tmp_path, data_dir)
     proc = subprocess.Popen(
