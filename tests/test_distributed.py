@@ -15,8 +15,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from conftest import invoke
-from test_run_errors import one_line_error
+from conftest import invoke, one_line_error
 
 from msctr.data.loader import load_columns, share, stream_batches
 from msctr.data.schema import Schema

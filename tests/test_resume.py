@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import invoke
-from test_run_errors import one_line_error, run_main
+from conftest import invoke, one_line_error, run_main
 
 from msctr.io import exclusive_lock
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
-from conftest import invoke, run_main
+from conftest import invoke, one_line_error, run_main
 
 RECIPE = """
 name: errs
@@ -43,16 +43,6 @@ def trained(tmp_path_factory, data_dir) -> tuple[Path, Path]:
     recipe.write_text(RECIPE.format(data=data_dir, out=root / "run"))
     invoke("train", str(recipe), "--no-eval")
     return recipe, root / "run"
-
-
-def one_line_error(capsys, needle: str, *args: str) -> str:
-    code, out, err = run_main(capsys, *args)
-    assert code == 1, (code, out, err)
-    assert "Traceback" not in out + err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), err
-    assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def recipe_with(tmp_path: Path, data_dir: Path, text: str = RECIPE) -> Path:

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import invoke, run_main
+from conftest import invoke, one_line_error, run_main
 
 from msctr.data.prepare import prepare
 from msctr.data.sources.synthetic import generate
@@ -43,16 +43,6 @@ def write_recipe(tmp_path: Path, data: Path, out: Path | str, text: str = RECIPE
     path = tmp_path / "r.yaml"
     path.write_text(text.format(data=data, out=out))
     return path
-
-
-def one_line_error(capsys, needle: str, *args: str) -> str:
-    code, out, err = run_main(capsys, *args)
-    assert code == 1, (code, out, err)
-    assert "Traceback" not in out + err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), err
-    assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def snapshot(folder: Path) -> dict[str, bytes | None]:

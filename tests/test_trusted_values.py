@@ -11,7 +11,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
-from conftest import invoke, run_main
+from conftest import invoke, one_line_error, run_main
 
 from msctr.evaluate.report import auc_axis
 
@@ -53,16 +53,6 @@ def table(tmp_path_factory) -> Path:
         }
     ).write_parquet(path)
     return path
-
-
-def one_line_error(capsys, needle: str, *args: str) -> str:
-    code, out, err = run_main(capsys, *args)
-    assert code == 1, (code, out, err)
-    assert "Traceback" not in out + err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), err
-    assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 # -- the command line: usage errors and user text printed literally ---------------------------
