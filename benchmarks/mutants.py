@@ -70,10 +70,13 @@ MUTANTS = [
     Mutant(
         "engine_select_on_test",
         LOOP,
-        "val_p = predict(run, data.val, t.eval_batch_size, device, t.precision)\n"
-        '        val = {"auc": auc(data.val_labels, val_p), '
-        '"logloss": logloss(data.val_labels, val_p)}',
-        "val_p = predict(run, data.test, t.eval_batch_size, device, t.precision)\n"
+        "val_p = predict_shared(scorer, data.val, t.eval_batch_size, device, t.precision)\n"
+        "        # rank 0's figures decide for all, so every rank stops at the same epoch\n"
+        "        val = dist.on_main(\n"
+        '            lambda p=val_p: {"auc": auc(data.val_labels, p), '
+        '"logloss": logloss(data.val_labels, p)}\n'
+        "        )",
+        "val_p = predict_shared(scorer, data.test, t.eval_batch_size, device, t.precision)\n"
         '        _y = data.test_frame["label"].to_numpy().astype(np.int8)\n'
         '        val = {"auc": auc(_y, val_p), "logloss": logloss(_y, val_p)}',
         "early stopping reads the test split instead of validation",

@@ -1,6 +1,32 @@
-"""`python -m msctr`: the command line, also what `torchrun -m msctr ...` starts per process."""
+"""The command line's entry point: the `msctr` console script, `python -m msctr`, and what
+`torchrun -m msctr ...` starts per process.
 
-from msctr.cli import main
+The handler for Ctrl-C and SIGTERM goes in before the command line's own imports (typer, rich,
+the commands' modules: a tenth of a second or more), so an interrupt that early is one line
+and exit 128 + signal too, not an import's traceback. Only the interpreter's own start is
+left before it.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+from msctr.errors import Interrupted, raise_interrupted
+
+
+def run() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, raise_interrupted)
+    try:
+        from msctr.cli import main
+
+        main()
+    except Interrupted as e:  # before main() handles interrupts itself, or after
+        name = signal.Signals(e.signum).name
+        print(f"interrupted ({name}): no file was left half-written", file=sys.stderr)
+        sys.exit(128 + e.signum)
+
 
 if __name__ == "__main__":
-    main()
+    run()

@@ -8,9 +8,10 @@ import re
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from msctr.errors import UserError
-from msctr.evaluate.report import REPORT, TERMINAL, CellStyle, summarize
+from msctr.evaluate.report import REPORT, TERMINAL, CellStyle, auc_axis, summarize
 from msctr.io import atomic_path, write_text
 from msctr.models.registry import check_switches, get_spec
 from msctr.recipe import ModelEntry, Recipe
@@ -48,6 +49,13 @@ def variants(entry: ModelEntry, drops: list[str]) -> list[tuple[str, list[str]]]
     out: list[tuple[str, list[str]]] = []
     for d in drops:
         names = list(spec.switches) if d == "all" else [[p for p in d.split("+") if p]]
+        if d != "all" and not names[0]:
+            # it would train the full model again and show it as an ablation row
+            raise UserError(
+                f"--drop {d!r} names no switch; give one or more joined by '+', e.g. "
+                f"--drop {'+'.join(list(spec.switches)[:2])}; {entry.name}'s switches are: "
+                f"{', '.join(spec.switches)}"
+            )
         for group in [[n] for n in names] if d == "all" else names:
             check_switches(spec, group)
             if group not in [g for _, g in out]:
@@ -138,7 +146,8 @@ def ablation_tables(result: dict, key: str) -> list[Table]:
     ]
 
 
-def plot(result: dict, path: Path) -> None:
+def plot(result: dict, path: Path) -> bool:
+    """The ablation bar chart; False (and no file) when no AUC is a number."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -147,6 +156,9 @@ def plot(result: dict, path: Path) -> None:
     names = [r["model"] for r in result["models"]]
     means = [r["auc"]["mean"] for r in result["models"]]
     stds = [r["auc"]["std"] for r in result["models"]]
+    limits = auc_axis(means, stds, pad=0.3)
+    if limits is None:
+        return False
     fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(names), 3.6))
     ax.bar(
         range(len(names)),
@@ -156,16 +168,14 @@ def plot(result: dict, path: Path) -> None:
         color=["#3b6ea8"] + ["#c0c7d0"] * (len(names) - 1),
     )
     ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
-    lo = min(m - s for m, s in zip(means, stds))
-    hi = max(m + s for m, s in zip(means, stds))
-    pad = max(hi - lo, 1e-3) * 0.3
-    ax.set_ylim(lo - pad, hi + pad)
+    ax.set_ylim(*limits)
     ax.set_ylabel("test AUC (mean ± std over seeds)")
     ax.set_title(result["recipe"])
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
+    return True
 
 
 def run_ablation(
@@ -187,14 +197,17 @@ def run_ablation(
         f"{result['alpha']} (Welch t-test over seeds, or DeLong's test for a single run)."
     )
     report = RunFolder(run_dir).report
+    figure = RunFolder(run_dir).figure("ablation.png")
+    plotted = plot(result, figure)
     write_text(
         report,
         report.read_text()
         + "\n## Ablation\n\n"
         + table.to_markdown()
-        + "\n\n![overall AUC](ablation.png)\n",
+        + ("\n\n![overall AUC](ablation.png)\n" if plotted else "\n"),
     )
-    figure = RunFolder(run_dir).figure("ablation.png")
-    plot(result, figure)
-    console.print(f"wrote {report} and {figure}")
+    if plotted:
+        console.print(f"wrote {escape(str(report))} and {escape(str(figure))}")
+    else:
+        console.print(f"wrote {escape(str(report))}; no figure: no variant's test AUC is a number")
     return result

@@ -13,9 +13,17 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from msctr.errors import Interrupted, RankError, UserError
+from msctr.errors import Interrupted, RankError, UserError, raise_interrupted
+from msctr.io import discard_pending
+
+try:  # typer 0.2x carries its own copy of click
+    from typer._click.exceptions import UsageError as UsageError
+except ImportError:  # older typer uses click itself
+    from click.exceptions import UsageError as UsageError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -47,6 +55,12 @@ Sets = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a recipe key, e.g. --set train.lr=0.002 (repeatable)."),
 ]
+
+
+def seed_option(help: str) -> typer.models.OptionInfo:
+    """A random seed: the generators take an unsigned 32-bit seed (numpy's, Polars' shuffle),
+    so a negative or larger one is refused as a bad option value, before any work."""
+    return typer.Option(help=help, min=0, max=2**32 - 1)
 
 
 Fresh = Annotated[
@@ -94,17 +108,17 @@ Overwrite = Annotated[
 
 def report_prepared(schema, out: Path) -> None:
     print_scenario_stats(schema)
-    console.print(f"[green]wrote[/] {out}")
+    console.print(f"[green]wrote[/] {escape(str(out))}")
 
 
 def print_scenario_stats(schema) -> None:
-    table = Table(title=f"{schema.source}: rows and CTR per scenario", header_style="bold")
+    table = Table(title=Text(f"{schema.source}: rows and CTR per scenario"), header_style="bold")
     table.add_column("scenario")
     for split in ("train", "val", "test"):
         table.add_column(f"{split} rows", justify="right")
         table.add_column(f"{split} CTR", justify="right")
     for k, name in enumerate(schema.scenario_names):
-        cells = [name]
+        cells = [Text(name)]  # the data's own names, printed literally
         for split in ("train", "val", "test"):
             n, c = schema.scenario_counts[split][k], schema.scenario_clicks[split][k]
             cells += [f"{n:,}", f"{c / n:.4f}" if n else "-"]
@@ -121,6 +135,11 @@ def print_scenario_stats(schema) -> None:
     )
 
 
+# the generated table alone holds about 530 bytes a row (39 columns, behavior sequences
+# included; measured at 20k and 40k rows), and generating it needs more at its peak
+SYNTHETIC_ROW_BYTES = 500
+
+
 @prepare_app.command("synthetic")
 def prepare_synthetic(
     out: Annotated[Path, typer.Option(help="Folder to write the prepared dataset to.")] = Path(
@@ -128,7 +147,7 @@ def prepare_synthetic(
     ),
     rows: Annotated[int, typer.Option(help="Number of impressions to generate.")] = 200_000,
     scenarios: Annotated[int, typer.Option(help="Number of explicit scenarios.")] = 5,
-    seed: Annotated[int, typer.Option(help="Random seed of the generator.")] = 0,
+    seed: Annotated[int, seed_option("Random seed of the generator.")] = 0,
     structure: Annotated[
         str | None,
         typer.Option(
@@ -148,9 +167,11 @@ def prepare_synthetic(
     """
     from msctr.data.prepare import check_out, prepare
     from msctr.data.sources.synthetic import STRUCTURES, generate
+    from msctr.resources import need_memory
 
     if rows < 1000:
         raise UserError(f"--rows must be at least 1000 (got {rows}) so every split has rows")
+    need_memory(rows * SYNTHETIC_ROW_BYTES, f"--rows {rows}", "generate fewer rows")
     if scenarios < 1:
         raise UserError(f"--scenarios must be at least 1 (got {scenarios})")
     if structure is not None and structure not in STRUCTURES:
@@ -179,7 +200,7 @@ def prepare_table(
     session: Annotated[str | None, typer.Option(help="Session column (S-GAUC groups).")] = None,
     order: Annotated[str | None, typer.Option(help="Column giving log order.")] = None,
     split: Annotated[str, typer.Option(help="sequential | random")] = "sequential",
-    seed: Annotated[int, typer.Option(help="Seed for a random split.")] = 0,
+    seed: Annotated[int, seed_option("Seed for a random split.")] = 0,
     overwrite: Overwrite = False,
 ) -> None:
     """Prepare any table given a field map.
@@ -225,7 +246,7 @@ def prepare_kuairand(
         int, typer.Option(help="Minutes of inactivity that end a session; 0: user x date.")
     ] = 0,
     order: Annotated[str, typer.Option(help="Row order of the split: log | time.")] = "log",
-    seed: Annotated[int, typer.Option(help="Seed of the random split (scenario-wise).")] = 0,
+    seed: Annotated[int, seed_option("Seed of the random split (scenario-wise).")] = 0,
     cache_dir: Annotated[
         Path | None, typer.Option(help="Download cache (default $MSCTR_CACHE or ~/.cache/msctr).")
     ] = None,
@@ -290,7 +311,7 @@ def prepare_aliccp(
     val_fraction: Annotated[float, typer.Option(help="Share of raw train for val.")] = 0.1,
     seq_len: Annotated[int, typer.Option(help="Entries kept per history; 0: none.")] = 20,
     dense: Annotated[bool, typer.Option(help="Add the D-value columns as dense inputs.")] = False,
-    seed: Annotated[int, typer.Option(help="Seed of the val split.")] = 0,
+    seed: Annotated[int, seed_option("Seed of the val split.")] = 0,
     overwrite: Overwrite = False,
 ) -> None:
     """Ali-CCP from the raw Tianchi files (streamed), or from the processed 33-column CSVs.
@@ -368,7 +389,7 @@ def train(
         run_dir = train_recipe(r, console, fresh=fresh)
     if _rank() != 0:  # data parallel: rank 0 reports
         return
-    console.print(f"[green]runs in[/] {run_dir}")
+    console.print(f"[green]runs in[/] {escape(str(run_dir))}")
     if evaluate:
         render_table(summarize(run_dir), console)
         _wrote_results(run_dir)
@@ -395,7 +416,7 @@ def _wrote_results(run_dir: Path) -> None:
     from msctr.runs import RunFolder
 
     folder = RunFolder(run_dir)
-    console.print(f"wrote {folder.results} and {folder.report}")
+    console.print(f"wrote {escape(str(folder.results))} and {escape(str(folder.report))}")
 
 
 @app.command("eval")
@@ -552,20 +573,42 @@ def bench_inference(
     render(run_bench(r, cfg, console), console)
 
 
-def _interrupt(signum: int, frame) -> None:
-    raise Interrupted(signum)
+def print_error(message: str) -> None:
+    """One `error: ...` line on stderr, the message printed literally: it carries user text
+    (column names, paths, labels) that rich would otherwise read as markup ('[bold]click'
+    styled away, '[/x]' crashing the printer) or as emoji codes."""
+    err_console.print(
+        Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True
+    )
+
+
+def usage_message(e: UsageError) -> str:
+    """A command-line usage error (a bad option value, a missing argument, an unknown flag)
+    as one line with the fix, like every other user error: not click's boxed usage block
+    and exit code 2."""
+    command = e.ctx.command_path if e.ctx is not None else "msctr"
+    return f"{e.format_message().rstrip('.')}; see {command} --help"
 
 
 def main() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _interrupt)
+        signal.signal(sig, raise_interrupted)
     try:
-        app()
+        # not standalone: click's usage errors reach the handler below instead of being
+        # printed as a box; `--help` and typer.Exit come back as an exit code
+        code = app(standalone_mode=False, prog_name="msctr")
+        if isinstance(code, int) and code:  # typer.Exit(code), e.g. torchrun's exit status
+            sys.exit(code)
+    except UsageError as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # `msctr`, `msctr prepare`: help shown
+            sys.exit(e.exit_code)
+        print_error(usage_message(e))
+        sys.exit(1)
     except UserError as e:
         # under torchrun every rank meets the same error and rank 0 says it, unless it is
         # one process's own
         if _rank() == 0 or isinstance(e, RankError):
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            print_error(str(e))
         sys.exit(1)
     except OSError as e:
         from msctr.io import os_error_message
@@ -573,7 +616,7 @@ def main() -> None:
         message = os_error_message(e)
         if message is None:
             raise
-        err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        print_error(message)
         sys.exit(1)
     except Interrupted as e:
         from msctr.train.launch import launched_by_msctr
@@ -584,12 +627,19 @@ def main() -> None:
         name = signal.Signals(e.signum).name
         resume = getattr(e, "resume", None)
         err_console.print(
-            f"interrupted ({name}): no file was left half-written"
-            + (f"; resume with: {resume}" if resume else ""),
+            Text(
+                f"interrupted ({name}): no file was left half-written"
+                + (f"; resume with: {resume}" if resume else "")
+            ),
             highlight=False,
             soft_wrap=True,
         )
         sys.exit(128 + e.signum)
+    finally:
+        # what an interrupted cleanup left (io.discard_pending), with a second Ctrl-C ignored
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        discard_pending()
 
 
 if __name__ == "__main__":

@@ -1,16 +1,72 @@
-"""Typed dataclasses from plain dicts (YAML), with one-line errors for bad keys and types."""
+"""Typed dataclasses from plain dicts (YAML), with one-line errors for bad keys and types;
+the YAML reader every msctr YAML goes through."""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
+from pathlib import Path
 from typing import Any, TypeVar
+
+import yaml
 
 from msctr.errors import UserError
 
 T = TypeVar("T")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping: YAML itself forbids it,
+    but PyYAML keeps the last value, so a recipe with two `train:` blocks would silently
+    lose the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may repeat keys
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the constructor below says so
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key '{key}' is given twice (first at line {first.start_mark.line + 1}); "
+                    "keep one of them",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """`yaml.safe_load` that refuses duplicate keys (a yaml.YAMLError, as a syntax error is)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """A YAML file the user wrote, parsed; not UTF-8 or not valid YAML (a duplicate key
+    included) is a one-line UserError naming `what` and the line."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise UserError(
+            f"{what} is not UTF-8 text (byte {e.object[e.start]:#x} at line {line}); "
+            "save it as UTF-8"
+        ) from None
+    try:
+        return parse_yaml(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{what} is not valid YAML{at}: {getattr(e, 'problem', e)}") from None
 
 
 def _suggest(key: str, valid: list[str]) -> str:
@@ -48,6 +104,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise UserError(f"{where} must be a mapping, got {value!r}")
+        if len(args) == 2:  # dict[str, list[int]]: every value checked as its type says
+            return {k: _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
         return dict(value)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
@@ -60,14 +118,21 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         raise UserError(f"{where} must be an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads "1e-3" as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML reads "1e-3" as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise UserError(f"{where} must be a number, got {value!r}")
+        if number is None:
+            raise UserError(f"{where} must be a number, got {value!r}")
+        # one rule for every float key (rates, weights, temperatures, epsilons): .nan or
+        # .inf is never a setting, and would pass every `x > 0` check after it
+        if not math.isfinite(number):
+            raise UserError(f"{where} must be a finite number, got {number}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

@@ -23,6 +23,11 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
+def raise_interrupted(signum: int, frame: object) -> None:
+    """The CLI's handler for SIGINT and SIGTERM."""
+    raise Interrupted(signum)
+
+
 class RankError(UserError):
     """A `UserError` that one process of a data-parallel run meets on its own (its GPU, say):
     printed by that process. Other `UserError`s meet every process alike and rank 0 prints."""

@@ -32,6 +32,20 @@ def tmp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
 
 
+# this process's temporary files and folders that are neither in place nor removed yet: the
+# CLI removes what is still here on its way out (`discard_pending`), so a cleanup that an
+# interrupt skipped (one landing inside a context manager's own machinery, or a second Ctrl-C
+# during the cleanup) is done once more, with further interrupts ignored
+_PENDING: set[Path] = set()
+
+
+def discard_pending() -> None:
+    """Remove every temporary path this process made and did not finish or remove."""
+    for path in list(_PENDING):
+        _discard(path)
+        _PENDING.discard(path)
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -190,12 +204,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_sibling(path)
+    _PENDING.add(tmp)
     try:
         yield tmp
         share_like_new(tmp)
         os.replace(tmp, path)
+        _PENDING.discard(tmp)
     except BaseException as e:
         _remove(tmp)
+        _PENDING.discard(tmp)
         err = as_os_error(e, path)  # reported with the file it was writing
         if err is None or err is e:
             raise
@@ -210,18 +227,21 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_sibling(path)
-    tmp.mkdir()
     old: Path | None = None
+    _PENDING.add(tmp)  # before it exists: from here on something removes it
     try:
+        tmp.mkdir()  # inside the try: an interrupt right after the mkdir still removes it
         yield tmp
         share_like_new(tmp)
         if os.path.lexists(path):
             old = tmp_sibling(path)
             path.rename(old)
             tmp.rename(path)
+            _PENDING.discard(tmp)
             _remove(old)
         else:
             tmp.rename(path)
+            _PENDING.discard(tmp)
     except BaseException:
         try:  # in this frame: a pending second interrupt fires on entering a function
             _undo_swap(tmp, old, path)
@@ -238,6 +258,7 @@ def _undo_swap(tmp: Path, old: Path | None, path: Path) -> None:
         else:  # between the two renames: put the previous content back, or the next run's
             old.rename(path)  # sweep would take it for a dead process's temporary folder
     discard(tmp)
+    _PENDING.discard(tmp)
 
 
 @contextmanager
@@ -246,8 +267,9 @@ def scratch_dir(beside: str | Path) -> Iterator[Path]:
     beside = Path(beside)
     beside.parent.mkdir(parents=True, exist_ok=True)
     work = tmp_sibling(beside.with_name(f"{beside.name}.work"))
-    work.mkdir()
+    _PENDING.add(work)
     try:
+        work.mkdir()  # inside the try, as in atomic_dir
         yield work
     finally:
         try:  # in this frame: a pending second interrupt fires on entering a function
@@ -255,6 +277,7 @@ def scratch_dir(beside: str | Path) -> Iterator[Path]:
         except BaseException:
             discard(work)
             raise
+        _PENDING.discard(work)
 
 
 def write_text(path: str | Path, text: str) -> None:

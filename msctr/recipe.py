@@ -16,7 +16,7 @@ from typing import Literal
 
 import yaml
 
-from msctr.config import from_dict, set_path
+from msctr.config import from_dict, parse_yaml, read_yaml, set_path
 from msctr.data.schema import Schema
 from msctr.errors import UserError
 from msctr.models.registry import parse_params
@@ -110,6 +110,17 @@ class EvalConfig:
             raise UserError(
                 f"{where}.metrics: unknown metric(s) {unknown}; choose from {list(TABLE_METRICS)}"
             )
+        for key in ("metrics", "baselines"):
+            values = getattr(self, key)
+            twice = sorted({v for v in values if values.count(v) > 1})
+            if twice:
+                raise UserError(f"{where}.{key} lists {twice} more than once; list each once")
+        # a p-value threshold: at 1 or above every comparison would be marked significant
+        if not 0.0 < self.significance < 1.0:
+            raise UserError(
+                f"{where}.significance is the p-value below which a difference is marked "
+                f"significant, so it must be in (0, 1), e.g. 0.05; got {self.significance}"
+            )
 
 
 @dataclass
@@ -199,7 +210,7 @@ class Recipe:
 def _parse_value(text: str):
     """`--set` values are YAML scalars or lists: 3, 1e-3, true, [0,1,2], hello."""
     try:
-        return yaml.safe_load(text)
+        return parse_yaml(text)
     except yaml.YAMLError:
         return text
 
@@ -219,14 +230,7 @@ def load_recipe(
     path = Path(path)
     if not path.is_file():
         raise UserError(f"recipe file '{path}' not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(
-            f"recipe '{path}' is not valid YAML{at}: {getattr(e, 'problem', e)}"
-        ) from None
+    raw = read_yaml(path, f"recipe '{path}'")
     if not isinstance(raw, dict):
         raise UserError(f"recipe '{path}' must be a YAML mapping (name:, data:, models:, ...)")
     raw.setdefault("name", path.stem)

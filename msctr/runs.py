@@ -11,17 +11,40 @@
     runs/<recipe>/<model>/seed_<k>/last.pt         resume state after the last finished epoch
                                                    (only while the run is unfinished)
     runs/<recipe>/.lock                            held (flock) by the `msctr train` writing here
+    runs/<recipe>/.msctr-run.json                  the model folders msctr made here (see below)
+    runs/<recipe>/head_weights_<model>.png, ablation.png, bench.json   eval, ablate, bench
 
 `<model>` is the model's label with every character a folder name should not hold replaced
 (see `model_folder`). Training writes these paths, evaluation and benchmarks read them; all
 ask this module.
+
+What msctr wrote, and so may replace or delete (`--fresh`), it knows by name: the files
+above, and the model folders listed in `.msctr-run.json` (for a run folder from before that
+file: the model folders of its recorded recipe). A copy of a model folder, notes, anything
+else a user keeps in a run folder is never touched. A folder that is not a run folder msctr
+wrote, and holds anything, is refused as a run folder (`check_run_folder`).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
+
+from msctr.errors import UserError
+from msctr.io import read_json, write_json
+from msctr.paths import refuse_protected
+
+MANIFEST = ".msctr-run.json"
+LOCK = ".lock"
+# what msctr writes directly in a run folder (besides model folders and head_weights_*.png)
+RUN_FILES = ("recipe.yaml", "results.json", "report.md", "bench.json", "ablation.png")
+SWEEP_FILES = ("results.json", "report.md", "sweep.png")
+_SEED = re.compile(r"seed_\d+")
+_FIGURE = re.compile(r"head_weights_.+\.png")
 
 
 def model_folder(key: str) -> str:
@@ -65,6 +88,19 @@ class SeedRun:
         return self.folder / "last.pt"
 
     @property
+    def files(self) -> tuple[Path, ...]:
+        """Every file msctr writes in a run's folder."""
+        return (
+            self.log,
+            self.checkpoint,
+            self.predictions,
+            self.metrics,
+            self.summary,
+            self.fingerprint,
+            self.resume,
+        )
+
+    @property
     def finished(self) -> bool:
         """run.json is written last: a run that has it is complete."""
         return self.summary.is_file() and self.predictions.is_file()
@@ -103,19 +139,53 @@ class RunFolder:
     def lock(self) -> Path:
         return self.root / ".lock"
 
+    @property
+    def manifest(self) -> Path:
+        return self.root / MANIFEST
+
+    def recorded_models(self) -> list[str] | None:
+        """The model folders msctr made here (those may be renamed or removed): the manifest's,
+        or, in a run folder from before the manifest, its recorded recipe's models. None when
+        the folder is no run folder msctr wrote."""
+        if self.manifest.is_file():
+            try:
+                names = read_json(self.manifest)["models"]
+            except (OSError, ValueError, KeyError, TypeError):
+                names = None
+            if isinstance(names, list) and all(isinstance(n, str) for n in names):
+                return [n for n in names if _safe_folder(n)]
+            raise UserError(
+                f"'{self.manifest}' is damaged; it lists the model folders msctr made in "
+                f"'{self.root}': restore it, or move your files out and remove the folder"
+            )
+        recipe = _written_recipe(self.recipe)
+        if recipe is None:
+            return None
+        labels = [m.get("label") or m.get("name") for m in recipe["models"]]
+        return [model_folder(k) for k in labels if isinstance(k, str)]
+
+    def record_models(self, names: Iterable[str]) -> None:
+        """Write the manifest: `names` are the model folders msctr made (or is about to make)
+        here. Written before a folder is made or renamed, so it never misses one."""
+        write_json(self.manifest, {"written_by": "msctr", "models": sorted(set(names))})
+
     def models(self) -> list[Path]:
-        """The model folders present: those holding `seed_<k>` folders."""
-        if not self.root.is_dir():
-            return []
+        """The model folders msctr made here that are present."""
         return sorted(
-            p
-            for p in self.root.iterdir()
-            if p.is_dir() and not p.name.startswith(".") and any(p.glob("seed_*"))
+            self.root / n for n in self.recorded_models() or [] if (self.root / n).is_dir()
         )
 
     @staticmethod
     def seed_runs(model: Path) -> list[SeedRun]:
-        return [SeedRun(p) for p in sorted(model.glob("seed_*")) if p.is_dir()]
+        """The `seed_<k>` folders of a model folder (a user's `seed_0_old` is not one)."""
+        return [
+            SeedRun(p) for p in sorted(model.iterdir()) if p.is_dir() and _SEED.fullmatch(p.name)
+        ]
+
+    def figures(self) -> list[Path]:
+        """The figures eval and ablate write here."""
+        names = [f"head_weights_{m}.png" for m in self.recorded_models() or []]
+        return [self.root / n for n in ["ablation.png", *names]]
 
     def model(self, key: str) -> Path:
         return self.root / model_folder(key)
@@ -125,3 +195,104 @@ class RunFolder:
 
     def figure(self, name: str) -> Path:
         return self.root / name
+
+
+def _safe_folder(name: str) -> bool:
+    return name not in ("", ".", "..") and "/" not in name and "\\" not in name
+
+
+def _written_recipe(path: Path) -> dict | None:
+    """The recipe.yaml msctr wrote (every key filled in, the data path absolute), or None for
+    anything else (a hand-written recipe, another file of that name)."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    if not isinstance(raw, dict) or not {"name", "data", "models", "train", "eval", "out"} <= set(
+        raw
+    ):
+        return None
+    train, models = raw["train"], raw["models"]
+    filled = {"seeds", "lr", "batch_size", "epochs", "early_stopping", "device", "loader"}
+    if not isinstance(train, dict) or not filled <= set(train) or not isinstance(models, list):
+        return None
+    if not isinstance(raw["data"], str) or not Path(raw["data"]).is_absolute():
+        return None
+    return raw if all(isinstance(m, dict) for m in models) else None
+
+
+def _temporary(name: str) -> bool:
+    """A `.<name>.<pid>-<hex>.tmp` of `msctr.io`'s atomic writes."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+RUN_FOLDER_HINT = (
+    "train into a folder of its own: leave `out` out of the recipe (runs/<name>) or give "
+    "--set out=runs/NAME"
+)
+
+
+def check_run_folder(root: Path, inputs: Iterable[Path | str | None] = ()) -> None:
+    """Refuse, before anything is written, a run folder whose use would bury or delete the
+    user's files: the current folder, home, the data (`inputs`) or a folder holding them; a
+    file; a folder that holds anything and is no run folder msctr wrote (a `.lock` or a
+    temporary file alone: a first train killed at its start, are msctr's)."""
+    subject = f"the run folder '{root}'"
+    refuse_protected(root, subject, RUN_FOLDER_HINT, inputs)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{subject} is a file; {RUN_FOLDER_HINT}")
+    if not root.is_dir() or RunFolder(root).recorded_models() is not None:
+        return
+    foreign = sorted(p.name for p in root.iterdir() if p.name != LOCK and not _temporary(p.name))
+    if foreign:
+        raise UserError(
+            f"{subject} holds files msctr did not write (e.g. '{foreign[0]}') and is no run "
+            f"folder of msctr's, so nothing is written there; {RUN_FOLDER_HINT}"
+        )
+
+
+def check_sweep_folder(root: Path, points: Iterable[Path], inputs=()) -> None:
+    """A sweep's folder: its results, report and figure, and run folders (each value's)."""
+    subject = f"the sweep folder '{root}'"
+    hint = "give the recipe another `out` or name (--set out=runs/NAME)"
+    refuse_protected(root, subject, hint, inputs)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{subject} is a file; {hint}")
+    for point in points:
+        check_run_folder(point, inputs)
+    if not root.is_dir():
+        return
+    names = {Path(p).name for p in points}
+    for p in sorted(root.iterdir()):
+        if p.name in SWEEP_FILES or _temporary(p.name) or p.name in names:
+            continue
+        if p.is_dir() and RunFolder(p).recorded_models() is not None:
+            continue  # the run folder of a value an earlier sweep tried
+        raise UserError(
+            f"{subject} holds files msctr did not write (e.g. '{p.name}'), so nothing is "
+            f"written there; {hint}"
+        )
+
+
+def check_labels(keys: Iterable[str]) -> None:
+    """Refuse model labels whose folders would collide or leave the run folder, before
+    anything is written: "My Model" and "My_Model" (or "dnn" and "DNN", one folder on a
+    case-insensitive disk) would share a folder, so the second model would be taken for
+    "finished earlier" and never trained; "." and ".." are not folders of their own."""
+    seen: dict[str, str] = {}
+    for key in keys:
+        name = model_folder(key)
+        if name.startswith(".") or name in RUN_FILES or name == MANIFEST or _FIGURE.fullmatch(name):
+            raise UserError(
+                f"model label {key!r} would be the folder '{name}' of the run folder, which is "
+                "not a model folder of its own (a hidden name, '.', '..' or a file msctr "
+                "writes there); give the model a label that starts with a letter or digit"
+            )
+        other = seen.setdefault(name.casefold(), key)
+        if other != key:
+            raise UserError(
+                f"model labels {other!r} and {key!r} both become the folder "
+                f"'{model_folder(other)}' of the run folder, so one would pass for the other's "
+                "runs; give them labels that differ in letters or digits, not only in case, "
+                "spaces or punctuation"
+            )

@@ -23,15 +23,17 @@ from typing import Any
 import numpy as np
 import yaml
 from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
 
-from msctr.config import set_path
+from msctr.config import parse_yaml, set_path
 from msctr.data.schema import Schema
 from msctr.errors import UserError
-from msctr.evaluate.report import BAYES, ModelRuns, compare, summarize
+from msctr.evaluate.report import BAYES, ModelRuns, auc_axis, compare, summarize
 from msctr.io import atomic_path, write_json, write_text
 from msctr.models.registry import build, parse_params
 from msctr.recipe import Recipe, recipe_from_dict
-from msctr.runs import RunFolder
+from msctr.runs import RunFolder, check_sweep_folder
 from msctr.tables import Table, print_tables
 from msctr.train.loop import train_recipe
 from msctr.train.runtime import resolve_device
@@ -86,7 +88,7 @@ def split_values(text: str) -> list[str]:
 def parse_value(text: str) -> Any:
     """A value as a YAML scalar (or list), with YAML 1.1's '1e-3' read as the number it is."""
     try:
-        value = yaml.safe_load(text)
+        value = parse_yaml(text)
     except yaml.YAMLError:
         raise UserError(f"--vary: value {text!r} is not valid YAML") from None
     if isinstance(value, str) and _NUMBER.fullmatch(value):
@@ -147,6 +149,11 @@ def locate(recipe: Recipe, key: str, model: str | None) -> tuple[int, str]:
             "evaluation; vary a model's params or a train key"
         )
     picked = _model_index(recipe, model, "--model") if model is not None else None
+    if parts[0] == "models" and parts[2:] == ["label"]:
+        raise UserError(
+            f"--vary {key}: a label names the model's folder and table row, it is no setting "
+            "to sweep (each value already gets a run folder of its own)"
+        )
     if parts[0] == "models":
         if len(parts) < 3:
             raise UserError(
@@ -338,8 +345,9 @@ def legend(result: dict) -> str:
     )
 
 
-def plot(result: dict, path: Path) -> None:
-    """The paper-style sensitivity figure: test AUC (mean ± std over seeds) against the value."""
+def plot(result: dict, path: Path) -> bool:
+    """The paper-style sensitivity figure: test AUC (mean ± std over seeds) against the value;
+    False (and no file) when no AUC is a number."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -355,6 +363,9 @@ def plot(result: dict, path: Path) -> None:
     xs = [x[i] for i in order]
     means = [pts[i]["auc"]["mean"] for i in order]
     stds = [pts[i]["auc"]["std"] if len(pts[i]["auc"]["runs"]) > 1 else 0.0 for i in order]
+    limits = auc_axis(means, stds, pad=0.25)
+    if limits is None:
+        return False
     fig, ax = plt.subplots(figsize=(4.8, 3.6))
     ax.errorbar(
         xs, means, yerr=stds, color="#3b6ea8", marker="o", markersize=6, linewidth=1.8,
@@ -376,10 +387,7 @@ def plot(result: dict, path: Path) -> None:
         ax.set_xlim(lo, hi)
     else:
         ax.set_xlim(-0.4, len(pts) - 0.6)
-    lo = min(m - s for m, s in zip(means, stds))
-    hi = max(m + s for m, s in zip(means, stds))
-    pad = max(hi - lo, 1e-3) * 0.25
-    ax.set_ylim(lo - pad, hi + pad)
+    ax.set_ylim(*limits)
     ax.set_xlabel(f"{result['param']}" + (" (log scale)" if kind == "log" else ""))
     ax.set_ylabel("test AUC")
     ax.set_title(f"{result['recipe']}: {result['model']}, AUC vs {result['param']}", fontsize=10)
@@ -390,6 +398,7 @@ def plot(result: dict, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
+    return True
 
 
 def _seeds(model: str, pts: list[dict]) -> str:
@@ -434,8 +443,10 @@ def run_sweep(
     sweep's table, figure and report."""
     p = plan(recipe, vary, model)
     check_builds(p)
+    # every value's run folder, before the first value trains
+    check_sweep_folder(p.folder, [pt.folder for pt in p.points], inputs=(recipe.data,))
     for pt in p.points:
-        console.print(f"[bold]{p.key} = {pt.text}[/]")
+        console.print(f"[bold]{escape(p.key)} = {escape(pt.text)}[/]")
         train_recipe(pt.recipe, console, fresh=fresh)
     summaries = [summarize(pt.folder) for pt in p.points]  # each value's own report too
     rows, first = [s["models"][0] for s in summaries], summaries[0]
@@ -475,7 +486,8 @@ def run_sweep(
     print_tables(console, table)
     console.print(legend(result))
     figure = folder.figure("sweep.png")
-    plot(result, figure)
+    plotted = plot(result, figure)
     write_text(folder.report, render_markdown(result, table))
-    console.print(f"wrote {folder.results}, {folder.report} and {figure}")
+    wrote = f"wrote {folder.results}, {folder.report}" + (f" and {figure}" if plotted else "")
+    console.print(Text(wrote + ("" if plotted else "; no figure: no value's AUC is a number")))
     return result

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from rich import box
 from rich.console import Console
 from rich.table import Table as RichTable
+from rich.text import Text
 
 
 @dataclass(frozen=True)
@@ -53,12 +54,16 @@ class Table:
         # dropping what matters; compact tables fold it onto more lines instead (the boxed
         # style keeps rich's default: bench-inference's output is pinned by its tests)
         overflow = "fold" if compact else "ellipsis"
-        table = RichTable(title=self.title, header_style="bold", **frame)
+        # every cell, header and title as Text: they hold model labels, scenario names and
+        # paths the user chose, which rich would read as markup ('[v2]' vanishes) if strings
+        title = None if self.title is None else Text(self.title)
+        table = RichTable(title=title, header_style="bold", **frame)
         for i, h in enumerate(self.header):
-            table.add_column(h, justify="left" if i < self.left else "right", overflow=overflow)
+            justify = "left" if i < self.left else "right"
+            table.add_column(Text(h), justify=justify, overflow=overflow)
         styles = self.styles or [None] * len(self.rows)
         for row, style in zip(self.cells(), styles, strict=True):
-            table.add_row(*row, style=style)
+            table.add_row(*(Text(c) for c in row), style=style)
         return table
 
     def to_markdown(self) -> str:

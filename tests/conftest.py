@@ -231,3 +231,15 @@ def run_main(capsys, *args: str) -> tuple[int, str, str]:
             signal.signal(s, h)
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def one_line_error(capsys, needle: str, *args: str) -> str:
+    """`msctr ARGS` through the real entry point ends in one `error:` line containing
+    `needle`, exit 1, no traceback; returns that line."""
+    code, out, err = run_main(capsys, *args)
+    assert code == 1, (code, out, err)
+    assert "Traceback" not in out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert needle in lines[0], lines[0]
+    return lines[0]

@@ -50,6 +50,7 @@ def recipe(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_ablate_prints_table_with_p_values(recipe):
     result = runner.invoke(app, ["ablate", str(recipe), "--drop", "mi", "--drop", "i+e"])
     assert result.exit_code == 0, result.output + repr(result.exception)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import invoke
 
 import msctr
@@ -22,6 +23,7 @@ def blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", section, flags=re.S)
 
 
+@pytest.mark.slow
 def test_the_worked_example_trains_from_its_recipe(tmp_path):
     data = tmp_path / "syn"
     invoke("prepare", "synthetic", "--out", str(data), "--rows", "3000")

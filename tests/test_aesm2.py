@@ -238,6 +238,7 @@ def test_params_checked(params, message):
         build("aesm2", make_schema(), params)
 
 
+@pytest.mark.slow
 def test_learns_planted_signal():
     # planted rule (no sequence): Bayes 0.868; an additive model without the scenario x f0
     # interaction 0.810; DNN (hidden [64, 32], no dropout) 0.846 from this helper at seed 0.

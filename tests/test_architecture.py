@@ -18,7 +18,7 @@ LAYERS = [
     ["msctr.models"],
     ["msctr.testing"],
     ["msctr.data"],
-    ["msctr.runs", "msctr.io", "msctr.config", "msctr.errors"],
+    ["msctr.runs", "msctr.paths", "msctr.io", "msctr.config", "msctr.errors", "msctr.resources"],
 ]
 
 

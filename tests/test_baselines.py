@@ -73,6 +73,7 @@ def test_output_depends_only_on_own_scenario_parameters(name):
     assert (after[mine] - before[mine]).abs().min() > 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_learns_planted_signal(name):
     # planted rule: Bayes 0.868; the best model without the scenario x f0 interaction (an
@@ -218,6 +219,7 @@ def test_star_options_hidden_pn_and_scenario_in_main():
     assert all(p.grad is not None and p.grad.any() for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_compiled_star_matches_eager():
     # under torch.compile ScenarioGroups takes the chunked path (grouped_mm traces bf16 only)
     schema = make_schema(num_scenarios=4)

@@ -288,11 +288,13 @@ def _clean_error(proc: subprocess.CompletedProcess, needle: str) -> None:
     assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
 def test_cuda_unavailable_is_a_one_line_error(recipe_path):
     _clean_error(_cli("bench-inference", str(recipe_path), "--device", "cuda"), "no CUDA")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, needle",
     [

@@ -131,12 +131,14 @@ def assert_clean_error(proc: subprocess.CompletedProcess, needle: str) -> None:
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_misspelled_recipe_key(tmp_path, data_dir):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(RECIPE.format(data=data_dir, out=tmp_path / "o").replace("epochs", "epochz"))
     assert_clean_error(msctr("train", str(recipe)), "did you mean 'epochs'")
 
 
+@pytest.mark.slow
 def test_missing_data_folder(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(RECIPE.format(data=tmp_path / "nope", out=tmp_path / "o"))
@@ -157,6 +159,7 @@ def click_table(n: int = 3000) -> pl.DataFrame:
     )
 
 
+@pytest.mark.slow
 def test_label_of_2_in_a_table(tmp_path):
     frame = click_table()
     frame[11, "click"] = 2

@@ -105,6 +105,7 @@ def test_params_checked():
         build("dcn", schema, {"hidden": []})
 
 
+@pytest.mark.slow
 def test_learns_planted_signal():
     # planted rule: Bayes 0.868; the best model without the scenario x f0 interaction (an
     # additive logistic regression) 0.810; DNN reaches 0.846-0.862. DCN reached 0.854-0.860

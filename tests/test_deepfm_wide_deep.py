@@ -134,6 +134,7 @@ def test_cross_ids_are_deterministic_in_range_and_hash_as_documented(schema):
 # f0 x f3) 0.845-0.862, without crosses 0.858-0.861; DeepFM without its deep part (FM and
 # first-order terms only, init seed 0) 0.795-0.808 in these 150 steps: its pairwise term
 # starts from products of 0.01-scale embeddings. So 0.82 needs the interaction learned.
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name, params",
     [

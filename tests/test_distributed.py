@@ -15,8 +15,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from conftest import invoke
-from test_run_errors import one_line_error
+from conftest import invoke, one_line_error
 
 from msctr.data.loader import load_columns, share, stream_batches
 from msctr.data.schema import Schema
@@ -139,6 +138,7 @@ def two(tmp_path_factory, data_dir) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one(two):
     one_rows, two_rows = two["rows"]
     # each rank's shares: disjoint, together each step's batch of one process, the same steps
@@ -180,6 +180,7 @@ def test_torchrun_two_processes_match_one(two):
         assert log[0]["train_loss"] == pytest.approx(ref[0]["train_loss"], rel=1e-5), label
 
 
+@pytest.mark.slow
 def test_an_interrupted_two_process_run_resumes_on_every_rank(capsys, two, data_dir):
     tmp = two["tmp"]
     recipe = write_recipe(tmp, data_dir, "again")

@@ -1,3 +1,4 @@
+import pytest
 import torch
 from conftest import make_schema, train_and_auc
 
@@ -13,6 +14,7 @@ def test_dnn_shapes_and_gradients(schema, batch):
     assert not missing
 
 
+@pytest.mark.slow
 def test_dnn_learns_planted_signal():
     # planted rule: Bayes 0.868; the best model without the scenario x f0 interaction (an
     # additive logistic regression on the true inputs) reaches 0.810. This DNN reaches

@@ -157,6 +157,7 @@ def test_factored_and_materialized_models_agree(schema, batch):
     assert mb["total"] < ma["total"]
 
 
+@pytest.mark.slow
 def test_hierrec_learns_planted_signal():
     # planted rule: oracle AUC 0.868; the best scenario-blind rule reaches 0.810, so > 0.82
     # needs the scenario x f0 interaction. DNN gets 0.846 here, HierRec 0.849 (defaults).

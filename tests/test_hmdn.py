@@ -200,6 +200,7 @@ def test_distribution_fields(schema):
         build("hmdn", schema, {**SMALL, "backbone": "star"})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["mmoe", "pepnet"])
 def test_hmdn_learns_planted_signal(backbone):
     schema = make_schema(with_sequence=False)

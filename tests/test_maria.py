@@ -243,6 +243,7 @@ def test_params_checked():
 PLANTED = {"full": {}, "no_gumbel": {"gumbel": False}, "bare": {"drop": ["fs", "fr", "fcm"]}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", PLANTED)
 def test_learns_planted_signal(config):
     # planted rule: Bayes 0.868; the best model without the scenario x f0 interaction (an

@@ -82,6 +82,7 @@ def raw_data(tmp_path_factory):
     return {"aliccp": aliccp.folder, "kuairand": kuairand.folder.parent.parent}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", PAPER_RECIPES)
 def test_smoke_trains_every_row_on_data_prepared_as_the_recipe_says(path, raw_data, tmp_path):
     torch.set_num_threads(1)

@@ -100,6 +100,7 @@ def test_pepnet_fields_are_checked(schema):
     assert m.prior_idx.tolist() == [m.embedding.field_names.index(f) for f in ("f0", "f1", "x0")]
 
 
+@pytest.mark.slow
 def test_pepnet_learns_planted_signal():
     schema = make_schema(with_sequence=False)
     model = build("pepnet", schema, {"embed_dim": 8, "hidden": [64, 32], "dropout": 0.0})
@@ -183,6 +184,7 @@ def test_adasparse_regularizer_controls_sparsity(schema):
     assert high > 0.7 and low < 0.2
 
 
+@pytest.mark.slow
 def test_adasparse_learns_planted_signal():
     schema = make_schema(with_sequence=False)
     model = build("adasparse", schema, {"embed_dim": 8, "hidden": [64, 32], "dropout": 0.0})

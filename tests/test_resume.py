@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import invoke
-from test_run_errors import one_line_error, run_main
+from conftest import invoke, one_line_error, run_main
 
 from msctr.io import exclusive_lock
 
@@ -63,6 +62,7 @@ def train_proc(recipe: Path, *args: str, signal_at: str | None = None):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", ["KILL", "INT"])
 def test_killed_mid_epoch_of_the_second_model_resumes_to_identical_metrics(
     capsys, tmp_path, data_dir, reference, sig
@@ -173,6 +173,7 @@ def test_changes_that_cannot_affect_results_are_allowed(capsys, tmp_path, data_d
     assert base.read_bytes() == (reference / "DNN" / "seed_0" / "metrics.json").read_bytes()
 
 
+@pytest.mark.slow
 def test_a_second_train_on_the_same_folder_stops_with_one_line(capsys, tmp_path, data_dir):
     recipe = write_recipe(tmp_path, data_dir)
     run = tmp_path / "run"

@@ -155,6 +155,7 @@ def test_schema_without_sequences_is_a_user_error():
         build("sfpnet", make_schema(with_sequence=False), SMALL)
 
 
+@pytest.mark.slow
 def test_learns_planted_signal():
     # the planted logit needs the scenario x f0 interaction: the best *additive* logistic
     # regression on the true inputs (scenario, f0, f3, x0 and the sequence hit, one-hot), fit
@@ -183,6 +184,7 @@ def _sequence_only_batch(schema, size: int, seed: int):
     return dataclasses.replace(b, seq_ids=(ids,), label=label)
 
 
+@pytest.mark.slow
 def test_learns_scenario_dependent_sequence_signal():
     # nothing but the behaviors, read differently per scenario, predicts the label: a model that
     # ignores them, or uses them the same way in every scenario, scores 0.5 (+-0.01 on 4000

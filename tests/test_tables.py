@@ -31,8 +31,9 @@ TABLE = Table(
 
 def test_rich_and_markdown_have_the_same_header_and_cells():
     rich = TABLE.to_rich()
-    assert [c.header for c in rich.columns] == list(TABLE.header)
-    by_column = [list(c.cells) for c in rich.columns]
+    # cells are rich Text (printed literally, never read as markup): compare their text
+    assert [str(c.header) for c in rich.columns] == list(TABLE.header)
+    by_column = [[str(x) for x in c.cells] for c in rich.columns]
     rich_rows = [list(r) for r in zip(*by_column)]
     md = _markdown_cells(TABLE.to_markdown())
     assert md[0] == list(TABLE.header)
@@ -52,7 +53,7 @@ def test_markdown_text():
 
 def test_rich_title_alignment_and_row_styles():
     rich = TABLE.to_rich()
-    assert rich.title == "toy: test split" and rich.header_style == "bold"
+    assert str(rich.title) == "toy: test split" and rich.header_style == "bold"
     assert [c.justify for c in rich.columns] == ["left", "right", "right"]
     assert [r.style for r in rich.rows] == [None, None, "dim"]
     text = _text(rich)
@@ -285,3 +286,9 @@ def test_fit_splits_columns_evenly_and_folds_what_cannot_fit():
     assert "…" not in text and max(len(line) for line in text.splitlines()) <= 30
     assert label in "".join(line.strip().split(" ")[0] for line in text.splitlines())
     assert "0.7405±.0012*" in text
+
+
+def test_rich_prints_user_text_literally():
+    # labels and names are the user's: '[v2]' or '[/x]' is text, not rich markup
+    text = _text(Table(["Model [a]", "AUC"], [["DNN [v2]", "[/x]"]], title="[bold]t").to_rich())
+    assert "DNN [v2]" in text and "[/x]" in text and "Model [a]" in text and "[bold]t" in text

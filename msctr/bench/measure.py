@@ -38,6 +38,7 @@ from msctr.bench.results import (
     Summary,
     VariantBench,
     VariantFailed,
+    is_bench_file,
 )
 from msctr.data.batch import Batch
 from msctr.data.loader import Columns, load_columns
@@ -46,8 +47,10 @@ from msctr.errors import UserError
 from msctr.evaluate.metrics import auc
 from msctr.io import write_json
 from msctr.models.registry import build, parse_params, split_output
+from msctr.paths import check_out_file
 from msctr.recipe import ModelEntry, Recipe
-from msctr.runs import RunFolder
+from msctr.resources import check_threads, need_memory
+from msctr.runs import RunFolder, check_run_folder
 from msctr.train.runtime import keep_freed_memory
 
 # name -> (precision, compiled)
@@ -93,8 +96,10 @@ def check_config(cfg: BenchConfig) -> None:
         raise UserError(
             f"unknown variant(s) {bad or cfg.variants}; choose from {', '.join(VARIANTS)}"
         )
-    if cfg.min_seconds < 0:
-        raise UserError(f"--min-time must not be negative, got {cfg.min_seconds}")
+    if not 0 <= cfg.min_seconds < math.inf:  # inf would ask for endless timed calls
+        raise UserError(
+            f"--min-time must be a finite number of seconds >= 0, e.g. 0.3; got {cfg.min_seconds}"
+        )
     if cfg.repeats < 1:
         raise UserError(f"--repeats must be at least 1, got {cfg.repeats}")
     if cfg.rows is not None and cfg.rows < 1:
@@ -170,6 +175,19 @@ def score_test_split(
     sync(device)
     t2 = time.perf_counter()
     return t2 - t0, t1 - t0, torch.cat(probs).double().numpy(), cols.label.numpy()
+
+
+def check_batch_sizes(cols: Columns, sizes: list[int], device: torch.device) -> None:
+    """Every batch size's inputs must fit the device's memory before `fixed_batch` builds
+    them (a lower bound: one row's input tensors and its index, times the batch size)."""
+    per_row = 8 + batch_bytes(cols.batch(torch.arange(1)))
+    largest = max(sizes)
+    need_memory(
+        largest * per_row,
+        f"--batch-sizes {largest}",
+        f"give smaller batch sizes (the test split has {len(cols):,} rows)",
+        device,
+    )
 
 
 def fixed_batch(cols: Columns, size: int, device: torch.device) -> Batch:
@@ -314,8 +332,10 @@ def bench_model(
 def run_bench(recipe: Recipe, cfg: BenchConfig, console: Console | None = None) -> BenchResult:
     console = console or Console()
     check_config(cfg)
+    check_bench_out(recipe, cfg)  # before the minutes of measuring, not after
     device = bench_device(cfg.device)
     if cfg.threads:
+        check_threads(cfg.threads, "--threads")
         torch.set_num_threads(cfg.threads)
     keep_freed_memory()
     folder = Path(recipe.data)
@@ -325,6 +345,7 @@ def run_bench(recipe: Recipe, cfg: BenchConfig, console: Console | None = None) 
     cols = load_columns(folder, "test", schema, limit=cfg.rows)
     if len(cols) == 0:
         raise UserError(f"the test split of '{folder}' has no rows; re-run `msctr prepare`")
+    check_batch_sizes(cols, cfg.batch_sizes, device)
     result = BenchResult(
         recipe=recipe.name,
         data=str(folder),
@@ -357,6 +378,21 @@ def run_bench(recipe: Recipe, cfg: BenchConfig, console: Console | None = None) 
     write_json(out, result.to_dict())
     result.path = str(out)
     return result
+
+
+def check_bench_out(recipe: Recipe, cfg: BenchConfig) -> None:
+    """bench.json goes to `--out` or the run folder; a file there is replaced only when it is
+    a bench.json msctr wrote (msctr.paths)."""
+    if cfg.out is not None:
+        check_out_file(cfg.out, "--out", "bench.json", is_bench_file, inputs=(recipe.data,))
+        return
+    check_run_folder(recipe.run_dir, inputs=(recipe.data,))
+    path = RunFolder(recipe.run_dir).bench
+    if os.path.lexists(path) and not (path.is_file() and is_bench_file(path)):
+        raise UserError(
+            f"'{path}' is not a bench.json msctr wrote, so it is not replaced; move it away, "
+            "or give --out PATH for the benchmark"
+        )
 
 
 def add_increase(result: BenchResult, recipe: Recipe) -> None:

@@ -4,6 +4,7 @@ forward-only table per batch size, as `msctr.tables.Table` rows (rich or Markdow
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 
 from msctr.bench.measure import AUC_TOLERANCE
 from msctr.bench.results import BenchResult, VariantBench, VariantFailed
@@ -121,6 +122,6 @@ def render(result: BenchResult | dict, console: Console) -> None:
     console.print(table.to_rich())
     console.print(legend(result))
     for n in notes:
-        console.print(f"note: {n}")
+        console.print(f"note: {escape(n)}")
     console.print(forward_table(result).to_rich())
-    console.print(f"wrote {result.path}")
+    console.print(f"wrote {escape(str(result.path))}")

@@ -6,8 +6,10 @@ per batch size. `to_dict()` gives bench.json's structure (keys, nesting and orde
 
 from __future__ import annotations
 
+import json
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -249,3 +251,13 @@ class BenchResult:
             [ModelBench.from_dict(m) for m in d["models"]],
             d.get("path"),
         )
+
+
+def is_bench_file(path: Path) -> bool:
+    """Whether `path` is a bench.json msctr wrote (it reads back as a `BenchResult`): such a
+    file may be replaced by a new benchmark; any other file is the user's."""
+    try:
+        BenchResult.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
+        return False
+    return True

@@ -8,7 +8,6 @@ dataset msctr prepared (or the user says --overwrite). Same input and seed -> by
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -31,6 +30,7 @@ from msctr.io import (
     scratch_dir,
     sweep_stale,
 )
+from msctr.paths import refuse_protected
 
 ROW = "__row"
 SPLIT = "__split"
@@ -67,21 +67,7 @@ def check_out(
     given = str(out)
     out = Path(os.path.abspath(out))
     hint = "give a new folder for the dataset, e.g. --out data/mine"
-    dangers = [("the current folder", Path.cwd())]
-    dangers += [(f"the input '{p}'", p) for p in inputs if p is not None]
-    with contextlib.suppress(RuntimeError):  # no home folder known: nothing to protect
-        dangers.append(("your home folder", Path.home()))
-    for name, danger in dangers:
-        danger = danger.resolve()
-        if out.resolve() == danger:
-            raise UserError(f"--out '{given}' is {name}; {hint}")
-        if danger.is_relative_to(out.resolve()):
-            raise UserError(f"--out '{given}' contains {name}; {hint}")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UserError(f"--out '{given}': '{parent}' is a file, not a folder; {hint}")
-            break
+    refuse_protected(out, f"--out '{given}'", hint, inputs)
     sweep_stale(out.parent, out.name)
     sweep_stale(out.parent, f"{out.name}.work")
     if overwrite or not os.path.lexists(out):
@@ -560,6 +546,20 @@ def _prepare(
     return schema
 
 
+def _check_scalar(f: FieldMap, types: pl.Schema) -> None:
+    """Every role but a sequence's takes one value per row: a list (or struct) column given
+    as, say, a sparse field would reach the encoder and fail there with Polars' traceback."""
+    roles = {f.label: "the label", f.scenario: "the scenario column"}
+    roles |= {c: "a sparse field" for c in f.sparse} | {c: "a dense field" for c in f.dense}
+    roles |= {c: f"the {r} column" for r in ("user", "session", "order") if (c := getattr(f, r))}
+    for column, role in roles.items():
+        if types[column].is_nested():
+            raise UserError(
+                f"column '{column}' holds {types[column]} values, not one value per row, so it "
+                f"cannot be {role}; give a column with one value per row"
+            )
+
+
 def _check_source(table: SourceTable, frame: pl.LazyFrame) -> tuple[int, pl.Expr, dict]:
     """The checks that need the data: rows, labels, scenario nulls, dense types. Returns the
     row count, the label's 0/1 expression and each dense column as float64."""
@@ -568,6 +568,7 @@ def _check_source(table: SourceTable, frame: pl.LazyFrame) -> tuple[int, pl.Expr
     n, null_scenarios = frame.select(pl.len(), pl.col(f.scenario).null_count()).collect().row(0)
     if n == 0:
         raise UserError(f"{table.name}: the table has no rows (only a header?); give rows")
+    _check_scalar(f, types)
     label_codes = _label_codes(f.label, types[f.label])
     _check_labels(frame, f.label, label_codes)
     if null_scenarios:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from msctr.config import from_dict
 from msctr.errors import UserError
 from msctr.io import read_json, reading, write_json
 
@@ -75,6 +76,38 @@ class Schema:
     info: dict = field(default_factory=dict)
     version: int = SCHEMA_VERSION
 
+    def validate(self, where: str) -> None:
+        """What the models and metrics rely on beyond the types: sizes at least 1, one name
+        and one count per scenario, sequences sharing a sparse field's vocabulary."""
+        counts = {"num_scenarios": self.num_scenarios, "num_partitions": self.num_partitions}
+        counts |= {f"sparse '{f.name}' vocab_size": f.vocab_size for f in self.sparse}
+        counts |= {f"sequence '{q.name}' max_len": q.max_len for q in self.sequences}
+        for name, value in counts.items():
+            if value < 1:
+                raise UserError(f"{where}: {name} must be at least 1, got {value}")
+        if len(self.scenario_names) != self.num_scenarios:
+            raise UserError(
+                f"{where}: {len(self.scenario_names)} scenario_names for num_scenarios "
+                f"{self.num_scenarios}"
+            )
+        for table in (self.scenario_counts, self.scenario_clicks):
+            for split, values in table.items():
+                if len(values) != self.num_scenarios:
+                    raise UserError(
+                        f"{where}: {len(values)} per-scenario counts for the {split} split, "
+                        f"num_scenarios is {self.num_scenarios}"
+                    )
+        for f in self.dense:
+            if not f.std > 0:
+                raise UserError(f"{where}: dense '{f.name}' std must be positive, got {f.std}")
+        for q in self.sequences:
+            for sf in q.fields:
+                if sf.shares not in self.sparse_names:
+                    raise UserError(
+                        f"{where}: sequence column '{sf.column}' shares '{sf.shares}', which "
+                        "is not a sparse field"
+                    )
+
     # -- derived views -------------------------------------------------------------
     @property
     def sparse_names(self) -> list[str]:
@@ -129,7 +162,9 @@ class Schema:
                 f"{path} has schema version {d.get('version')}, this msctr reads "
                 f"{SCHEMA_VERSION}; re-run `msctr prepare`"
             )
+        # every key and type checked, as a recipe's are: a hand-edited schema.json with a
+        # wrong type would otherwise fail deep inside training with a traceback
         try:
-            return cls.from_dict(d)
-        except (KeyError, TypeError) as e:
-            raise UserError(f"'{path}' is not a complete msctr schema ({e}); {fix}") from None
+            return from_dict(cls, d, "schema")
+        except UserError as e:
+            raise UserError(f"'{path}' is not a valid msctr schema ({e}); {fix}") from None

@@ -202,6 +202,33 @@ def _scenario_auc_sorted(
 # Public API
 
 
+def one_class(y: np.ndarray) -> str | None:
+    """Why AUC is undefined on labels `y` ("only label 0", "no rows"), or None where both
+    classes occur. Where a whole test split is one class every AUC-based metric of every
+    model is nan: a run that cannot be compared, refused before it is trained."""
+    values = np.unique(np.asarray(y))
+    if len(values) >= 2:
+        return None
+    return f"only label {int(values[0])}" if len(values) else "no rows"
+
+
+def check_test_labels(labels: np.ndarray, eval_rows: int | None) -> None:
+    """The scored test rows must hold both labels: on one class AUC, GAUC and every
+    scenario's AUC are nan for every model, a table with nothing to compare."""
+    why = one_class(labels)
+    if why is None:
+        return
+    if eval_rows is not None:
+        raise UserError(
+            f"the test rows scored (the first {eval_rows}, train.eval_rows) have {why}, so no "
+            "AUC can be computed; raise train.eval_rows or leave it out"
+        )
+    raise UserError(
+        f"the test split has {why}, so no AUC can be computed; prepare the data so that its "
+        "test rows hold both labels (more rows, or another split)"
+    )
+
+
 def auc(y: np.ndarray, p: np.ndarray) -> float:
     """ROC AUC with ties by average rank (== sklearn.metrics.roc_auc_score); nan if one class."""
     y = _labels(y)

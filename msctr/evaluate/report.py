@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import yaml
 from rich.console import Console
+from rich.markup import escape
 
+from msctr.config import parse_yaml
 from msctr.data import schema as S
 from msctr.data.schema import Schema
 from msctr.errors import UserError
@@ -82,7 +83,7 @@ def load_run(run_dir: Path, data: Path | None = None) -> tuple[Recipe, Schema]:
             f"'{run_dir}' is not a training run (no recipe.yaml); run `msctr train` first"
         )
     with reading(path, "restore it or retrain the recipe into a fresh run folder"):
-        raw = yaml.safe_load(path.read_text())
+        raw = parse_yaml(path.read_bytes().decode("utf-8"))
     if not isinstance(raw, dict):
         raise UserError(f"'{path}' is not a recipe (not a YAML mapping); retrain the recipe")
     recipe = recipe_from_dict(raw, where=str(path))
@@ -96,7 +97,7 @@ def load_run(run_dir: Path, data: Path | None = None) -> tuple[Recipe, Schema]:
 
 
 def check_belongs(
-    run: SeedRun, recipe: Recipe, entry: ModelEntry, schema: Schema, run_dir: Path
+    run: SeedRun, recipe: Recipe, entry: ModelEntry, schema: Schema, run_dir: Path, data: Path
 ) -> None:
     """A run is evaluated only if it was trained by the folder's recorded recipe: its
     fingerprint (written when it started) agrees on every result-affecting key. Runs of an
@@ -106,6 +107,14 @@ def check_belongs(
     with reading(run.fingerprint, "retrain the recipe with `msctr train --fresh`"):
         got = json.loads(run.fingerprint.read_text())
     change = fingerprint_change(got, run_fingerprint(recipe, entry, schema), entry.key)
+    if change is not None and change[0].startswith("data"):
+        # the runs are sound, for the data they were trained on: say which data, no --fresh
+        raise UserError(
+            f"'{run.folder}' was trained on other data than the dataset '{data}' holds now "
+            f"(prepared_md5 {change[1]} there, {change[2]} in '{data}'): the dataset was "
+            "prepared again since, or --data points at another one; give --data the dataset "
+            "the runs were trained on, or retrain the recipe on this one into a new run folder"
+        )
     if change is not None:
         key, was, now = change
         raise UserError(
@@ -115,7 +124,7 @@ def check_belongs(
 
 
 def collect(
-    run_dir: Path, recipe: Recipe, schema: Schema, partial: bool = False
+    run_dir: Path, recipe: Recipe, schema: Schema, partial: bool = False, data: Path | None = None
 ) -> tuple[list[ModelRuns], list[str]]:
     """Every (model, seed) run the recipe asks for, with its test metrics, and the runs that
     are missing. A missing run is an error unless `partial`: statistics over a silently
@@ -129,7 +138,7 @@ def collect(
             if not run.predictions.is_file():
                 missing.append(f"{entry.key} seed {seed}")
                 continue
-            check_belongs(run, recipe, entry, schema, run_dir)
+            check_belongs(run, recipe, entry, schema, run_dir, data or Path(recipe.data))
             m = run_metrics(read_predictions(run.predictions), schema.num_scenarios)
             write_json(run.metrics, m)
             seeds.append(seed)
@@ -189,7 +198,11 @@ def compare(model: ModelRuns, ref: ModelRuns, alpha: float, test: str = "welch")
 def summarize(run_dir: str | Path, partial: bool = False, data: Path | None = None) -> dict:
     run_dir = Path(run_dir)
     recipe, schema = load_run(run_dir, data)
-    models, missing = collect(run_dir, recipe, schema, partial)
+    models, missing = collect(run_dir, recipe, schema, partial, data)
+    # a folder trained before `train` refused such test rows
+    M.check_test_labels(
+        models[0].predictions(models[0].seeds[0])[S.LABEL].to_numpy(), recipe.train.eval_rows
+    )
     keys = [m.key for m in models]
     alpha = recipe.eval.significance
     base_key = recipe.eval.baseline or keys[0]
@@ -231,6 +244,18 @@ def summarize(run_dir: str | Path, partial: bool = False, data: Path | None = No
     write_json(RunFolder(run_dir).results, result)
     write_text(RunFolder(run_dir).report, render_markdown(result))
     return result
+
+
+def auc_axis(means: list[float], stds: list[float], pad: float) -> tuple[float, float] | None:
+    """The y range of an AUC figure (mean ± std per bar or point, plus `pad` of the span on
+    each side) over the finite values only; None when there is none, so the caller writes no
+    figure instead of failing in matplotlib on a nan limit."""
+    spans = [(m - s, m + s) for m, s in zip(means, stds, strict=True) if math.isfinite(m + s)]
+    if not spans:
+        return None
+    lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
+    margin = max(hi - lo, 1e-3) * pad
+    return lo - margin, hi + margin
 
 
 def plot_head_weights(model: ModelRuns, schema: Schema, run_dir: Path) -> Path | None:
@@ -364,7 +389,7 @@ def render_table(result: dict, console: Console) -> None:
     print_tables(console, *tables)
     console.print(_terminal_legend(result, mwu="MWU p" in tables[0].header))
     if result.get("missing_runs"):
-        console.print(f"[bold yellow]{_partial(result)}[/]", highlight=False)
+        console.print(f"[bold yellow]{escape(_partial(result))}[/]", highlight=False)
     if "paper" in result:
         if result["paper"]["shown"]:
             console.print()

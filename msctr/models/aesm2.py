@@ -47,7 +47,7 @@ from torch import nn
 from msctr.data.batch import Batch
 from msctr.data.schema import Schema
 from msctr.errors import UserError
-from msctr.models.blocks import MLP, StackedMLP, autocast_input
+from msctr.models.blocks import MLP, StackedMLP, at_least_fp32, autocast_input
 from msctr.models.embedding import FeatureEmbedding
 from msctr.models.registry import ModelOutput, ModelParams, need_layers, register
 
@@ -93,8 +93,7 @@ def select_experts(gates: torch.Tensor, scenario: torch.Tensor, k_sp: int, k_sh:
     scenario [B]: per expert, KL of the one-hot / uniform distribution over scenarios from
     the expert's softmax over scenarios; the k smallest of each are selected."""
     B, S, _ = gates.shape
-    if gates.dtype in (torch.float16, torch.bfloat16):  # the divergences in fp32 at least
-        gates = gates.float()
+    gates = at_least_fp32(gates)  # the divergences in fp32 at least
     log_p = torch.log_softmax(gates, dim=1)  # log P_j[s], over scenarios: [B, S, E]
     rows = torch.arange(B, device=gates.device)
     kl_sp = -log_p[rows, scenario]  # KL(onehot(s*) || P_j) = -log P_j[s*]   [B, E]
@@ -139,7 +138,7 @@ class ScenarioLayer(nn.Module):
         experts = self.experts(h)  # [B, E, h]: all experts at once
         gates = self.gates(h, e_s)  # [B, S, E]
         own = gates[torch.arange(h.shape[0], device=h.device), scenario]  # G[s*, :] [B, E]
-        own = own.to(torch.promote_types(own.dtype, torch.float32))  # softmax in fp32 at least
+        own = at_least_fp32(own)  # the softmax in fp32 at least
         if not self.select:  # plain softmax gating over all experts (the `select` switch)
             w = torch.softmax(own, dim=-1)
             return torch.bmm(w.to(experts.dtype).unsqueeze(1), experts).squeeze(1), None

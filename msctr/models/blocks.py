@@ -47,6 +47,12 @@ def autocast_input(x: torch.Tensor) -> torch.Tensor:
     return x.to(matmul_dtype(x))
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """x upcast to fp32 when autocast made it fp16/bf16 (a loss, a softmax over many terms);
+    fp32 and fp64 pass unchanged, so a model run in float64 stays in float64."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 class MLP(nn.Sequential):
     """Linear -> [BatchNorm] -> activation -> Dropout, per hidden size; optional final linear.
 

@@ -78,6 +78,8 @@ class HMDNParams(ModelParams):
         need_layers(where, "hidden", self.hidden, "[128, 64, 32]")
         if self.alpha < 0 or self.beta < 0:
             raise UserError(f"{where}: alpha and beta must be >= 0")
+        if self.gamma <= 0:  # the pepnet backbone's gate range (0, gamma), as PEPNet checks
+            raise UserError(f"{where}.gamma must be > 0, got {self.gamma}")
 
 
 class Quantized(NamedTuple):

@@ -44,7 +44,7 @@ from torch import nn
 from msctr.data.batch import Batch
 from msctr.data.schema import Schema
 from msctr.errors import UserError
-from msctr.models.blocks import MLP, GateNU, StackedMLP, autocast_input
+from msctr.models.blocks import MLP, GateNU, StackedMLP, at_least_fp32, autocast_input
 from msctr.models.embedding import FeatureEmbedding
 from msctr.models.registry import ModelParams, need_layers, register
 from msctr.models.scenario import ScenarioGroups, ScenarioMLP
@@ -127,7 +127,8 @@ class FeatureRefinement(nn.Module):
         logits = self.select_scenario(e_s).view(-1, self.n, self.R)
         logits = logits + torch.einsum("bfd,fdr->bfr", emb, self.select_field)
         if self.training and self.gumbel:  # a differentiable sample of the discrete choice
-            return nn.functional.gumbel_softmax(logits.float(), self.tau, self.hard).to(emb.dtype)
+            sample = nn.functional.gumbel_softmax(at_least_fp32(logits), self.tau, self.hard)
+            return sample.to(emb.dtype)
         if self.hard:  # the selected refiner itself (straight-through when training)
             soft = torch.softmax(logits / self.tau, dim=-1)
             one_hot = nn.functional.one_hot(logits.argmax(-1), self.R).to(soft.dtype)

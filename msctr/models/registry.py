@@ -22,6 +22,8 @@ from torch import nn
 from msctr.config import from_dict
 from msctr.data.schema import Schema
 from msctr.errors import UserError
+from msctr.models.blocks import at_least_fp32
+from msctr.resources import need_memory
 
 
 class ModelOutput(NamedTuple):
@@ -130,7 +132,11 @@ def check_switches(spec: ModelSpec, drop: list[str]) -> None:
             )
 
 
-def build(name: str, schema: Schema, params: dict | ModelParams | None = None) -> nn.Module:
+# fp32 copies of every parameter that training holds: weights, gradients, Adam's 2 moments
+TRAIN_COPIES = 4
+
+
+def _checked(name: str, schema: Schema, params: dict | ModelParams | None) -> ModelParams:
     spec = get_spec(name)
     if isinstance(params, ModelParams):
         params.validate("model.params")
@@ -143,7 +149,35 @@ def build(name: str, schema: Schema, params: dict | ModelParams | None = None) -
             f"model '{name}' needs behavior sequences, but dataset '{schema.source}' has none; "
             "prepare the data with sequences (e.g. `msctr prepare synthetic`) or pick another model"
         )
-    return spec.cls(schema, p)
+    return p
+
+
+def check_memory(
+    name: str,
+    schema: Schema,
+    params: dict | ModelParams | None = None,
+    copies: int = 1,
+    device: torch.device | str = "cpu",
+) -> None:
+    """Refuse a model whose parameters (`copies` fp32 copies of them) cannot fit in the
+    memory `device` has free, before any of it is allocated: the model is built on PyTorch's
+    meta device, which records shapes and allocates nothing."""
+    p = _checked(name, schema, params)
+    with torch.device("meta"):
+        shape = get_spec(name).cls(schema, p)
+    count = sum(t.numel() for t in shape.parameters())
+    need_memory(
+        count * 4 * copies,
+        f"model '{name}' ({count:,} parameters{', trained with Adam' if copies > 1 else ''})",
+        "lower embed_dim or the layer sizes",
+        device,
+    )
+
+
+def build(name: str, schema: Schema, params: dict | ModelParams | None = None) -> nn.Module:
+    p = _checked(name, schema, params)
+    check_memory(name, schema, p)  # an absurd size is one line, not an allocator's traceback
+    return get_spec(name).cls(schema, p)
 
 
 def split_output(out: torch.Tensor | ModelOutput) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -158,5 +192,5 @@ def training_loss(
     """The training objective of a model output: (BCE of the logit in fp32, that BCE plus the
     model's auxiliary loss, if it has one). The second is what training minimizes."""
     logit, aux = split_output(out)
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(logit.float(), label)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(at_least_fp32(logit), label)
     return loss, loss if aux is None else loss + aux

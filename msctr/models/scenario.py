@@ -11,15 +11,17 @@ import math
 import torch
 from torch import nn
 
-from msctr.models.blocks import Dropout
+from msctr.models.blocks import Dropout, at_least_fp32
 from msctr.models.kernels import (
     _ScenarioBatchNorm,
     chunked_linear,
     dense_select_linear,
     grouped_linear,
+    matmul_dtype,
     padded_layout,
 )
 
+GROUPED_DTYPES = (torch.float32, torch.bfloat16)  # those grouped_mm has kernels for
 DENSE_SELECT = 512  # S * out at or below which ScenarioGroups.linear computes all scenarios
 
 
@@ -55,12 +57,20 @@ class ScenarioGroups:
         )
         first_row = torch.cumsum(counts, 0) - counts
         rank = torch.arange(B, device=dev) - first_row[sorted_s]  # position within its scenario
+        self.chunk = chunk
         if self.grouped:
             self.order, self.counts, self.rank, self.sorted_scenario = order, counts, rank, sorted_s
             self._layouts: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
             return
+        self._chunk_layout(order, counts, rank, sorted_s)
+
+    def _chunk_layout(
+        self, order: torch.Tensor, counts: torch.Tensor, rank: torch.Tensor, sorted_s: torch.Tensor
+    ) -> None:
+        """The index tensors of `chunked_linear`."""
+        B, S, dev = order.shape[0], counts.shape[0], order.device
         # padding <= S * chunk (about B / 4 once B >= 32 S); >= 8 rows keep the gathers few
-        self.chunk = chunk or max(8, math.ceil(B / (4 * S)))
+        self.chunk = self.chunk or max(8, math.ceil(B / (4 * S)))
         n_chunks = (counts + self.chunk - 1) // self.chunk  # [S]
         first_chunk = torch.cumsum(n_chunks, 0) - n_chunks
         self.row_chunk = torch.empty_like(order)  # [B] chunk of each row (original row order)
@@ -85,7 +95,10 @@ class ScenarioGroups:
         if weight.dim() == 3 and weight.shape[0] * weight.shape[2] <= DENSE_SELECT:
             return dense_select_linear(x, weight, bias, self.scenario)
         if self.grouped:
-            return grouped_linear(x, weight, bias, self.scenario, self.order, self._layout)
+            if matmul_dtype(x) in GROUPED_DTYPES:
+                return grouped_linear(x, weight, bias, self.scenario, self.order, self._layout)
+            if not hasattr(self, "row_chunk"):  # float64 (the pinned tests): no grouped_mm
+                self._chunk_layout(self.order, self.counts, self.rank, self.sorted_scenario)
         return chunked_linear(
             x, weight, bias, self.chunk_scenario, self.row_chunk, self.row_slot,
             self.num_chunks, self.chunk,
@@ -178,6 +191,7 @@ class ScenarioBatchNorm(nn.Module):
         return self.scenario_gamma, self.scenario_beta
 
     def forward(self, x: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
+        x = at_least_fp32(x)  # statistics in fp32 under bf16 autocast, as nn.BatchNorm1d's
         scale, shift = self.affine()
         if not self.training:  # one gathered scale and shift per row
             a = scale * torch.rsqrt(self.running_var + self.eps)

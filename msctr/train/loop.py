@@ -22,17 +22,27 @@ import polars as pl
 import torch
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from msctr.data.batch import Batch
 from msctr.data.loader import Columns
+from msctr.data.schema import LABEL
 from msctr.errors import UserError
-from msctr.evaluate.metrics import auc, logloss
+from msctr.evaluate.metrics import auc, check_test_labels, logloss, one_class
 from msctr.io import atomic_path, exclusive_lock, sweep_stale, write_json, write_text
 from msctr.models.kernels import set_batch_share
-from msctr.models.registry import build, parse_params, split_output, training_loss
+from msctr.models.registry import (
+    TRAIN_COPIES,
+    build,
+    check_memory,
+    parse_params,
+    split_output,
+    training_loss,
+)
 from msctr.recipe import ModelEntry, Recipe, run_fingerprint
-from msctr.runs import RunFolder, SeedRun
+from msctr.resources import check_threads
+from msctr.runs import RunFolder, SeedRun, check_labels, check_run_folder, model_folder
 from msctr.train import distributed as dist
 from msctr.train.launch import user_pid
 from msctr.train.optim import LazyAdam, Optimizers, make_optimizer
@@ -304,9 +314,14 @@ def fit_one(
     shares = dist.Shares(data.train_rows, t.batch_size, w.rank, w.size)
     hook = _test_signal_hook(entry.key, seed)
     start = time.perf_counter() - spent
+    streamed = data.train is None  # read from disk each epoch: check it is the same data
+    run_name = f"{entry.key} seed {seed}"
     for epoch in range(first_epoch, t.epochs):
         if stopping.stop:
             break
+        if streamed:
+            when = f"before epoch {epoch + 1} of {run_name}"
+            dist.on_main(lambda when=when: data.check_unchanged(when))
         model.train()
         seen, loss_sum, train_seconds = train_epoch(
             run,
@@ -322,6 +337,9 @@ def fit_one(
             sync_sparse,
         )
         seen, loss_sum, train_seconds = _all_ranks(seen, loss_sum, train_seconds)
+        if streamed:  # prepared again during the epoch: the epoch is not kept
+            when = f"in epoch {epoch + 1} of {run_name}"
+            dist.on_main(lambda when=when: data.check_unchanged(when))
         if not np.isfinite(loss_sum):
             raise UserError(
                 f"{entry.key} seed {seed}: the training loss became NaN/inf in epoch {epoch + 1}; "
@@ -476,6 +494,8 @@ def train_recipe(
     console = console or Console()
     # everything that can refuse the recipe runs before the run folder is touched
     resolve_device(recipe.train.device)
+    check_labels(e.key for e in recipe.models)
+    check_run_folder(recipe.run_dir, inputs=(recipe.data,))
     w, _ = dist.setup(recipe.train.device)
     try:
         if not w.main:  # rank 0 speaks for all
@@ -487,20 +507,22 @@ def train_recipe(
 
 def _train_recipe(recipe: Recipe, console: Console, show_progress: bool, fresh: bool) -> Path:
     if recipe.train.threads:
+        check_threads(recipe.train.threads, "train.threads")
         torch.set_num_threads(recipe.train.threads)
     keep_freed_memory()
     data = SplitData.load(recipe)
     stop = recipe.train.early_stopping
-    if stop.metric == "auc" and len(np.unique(data.val_labels)) < 2:
+    if stop.metric == "auc" and (why := one_class(data.val_labels)):
         # AUC is undefined on one class: every epoch would tie and epoch 1 would be kept
         raise UserError(
-            f"the validation split has only label {int(data.val_labels[0])}, so its AUC is "
-            "undefined and cannot pick the best epoch; use train.early_stopping.metric: "
-            "logloss, or prepare more rows"
+            f"the validation split has {why}, so its AUC is undefined and cannot pick the "
+            "best epoch; use train.early_stopping.metric: logloss, or prepare more rows"
         )
-    for entry in recipe.models:
-        build(entry.name, data.schema, parse_params(entry.name, entry.params))
+    check_test_labels(data.test_frame[LABEL].to_numpy(), recipe.train.eval_rows)
+    for entry in recipe.models:  # every model's shape, built without allocating it
+        check_memory(entry.name, data.schema, entry.params, TRAIN_COPIES, recipe.train.device)
     folder = RunFolder(recipe.run_dir)
+    wanted = [model_folder(e.key) for e in recipe.models]
     with contextlib.ExitStack() as held:  # rank 0's lock on the folder, while training
 
         def claim() -> list[tuple[str, str]]:
@@ -516,6 +538,8 @@ def _train_recipe(recipe: Recipe, console: Console, show_progress: bool, fresh: 
                 clear_folder(folder)
             sweep_stale(folder.root)
             plan = check_folder(recipe, folder, data.schema)
+            # before any model folder is made: what msctr made here, it knows by name
+            folder.record_models([*(m.name for m in folder.models()), *wanted])
             # recorded only now that every run in the folder is known to be this recipe's; the
             # data path absolute, so `msctr eval` works from any folder
             resolved = {**recipe.to_dict(), "data": str(Path(recipe.data).resolve())}
@@ -528,7 +552,9 @@ def _train_recipe(recipe: Recipe, console: Console, show_progress: bool, fresh: 
             return plan.renamed
 
         for old, new in dist.on_main(claim):
-            console.print(f"renamed {old} -> {new}: the same model under a new label")
+            console.print(
+                f"renamed {escape(old)} -> {escape(new)}: the same model under a new label"
+            )
         _train_runs(recipe, data, folder, console, show_progress)
     return folder.root
 
@@ -555,14 +581,16 @@ def _train_runs(
                     files = folder.seed(entry.key, seed)
                     finished, resumed = dist.on_main(functools.partial(_run_status, files))
                     if finished:
-                        console.print(f"[dim]kept[/] {entry.key} seed {seed}: finished earlier")
+                        console.print(
+                            f"[dim]kept[/] {escape(entry.key)} seed {seed}: finished earlier"
+                        )
                         continue
                     summary = fit_one(
                         recipe, entry, seed, data, files.folder, progress, fingerprint
                     )
                     how = "resumed and trained" if resumed else "trained"
                     console.print(
-                        f"[green]{how}[/] {entry.key} seed {seed}: "
+                        f"[green]{how}[/] {escape(entry.key)} seed {seed}: "
                         f"best epoch {summary['best_epoch']}, {summary['train_seconds']:.1f}s"
                     )
     finally:

@@ -11,9 +11,9 @@ is; an unfinished one continues from `last.pt`, the state after its last finishe
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +21,7 @@ import torch
 
 from msctr.data.schema import Schema
 from msctr.errors import UserError
-from msctr.io import atomic_path, read_json, reading
+from msctr.io import atomic_path, read_json, reading, sweep_stale
 from msctr.recipe import Recipe, fingerprint_change, run_fingerprint
 from msctr.runs import RunFolder, SeedRun, model_folder
 
@@ -71,9 +71,19 @@ def check_folder(recipe: Recipe, folder: RunFolder, schema: Schema) -> Plan:
             runs.append((run, fp))
         if runs:
             present[model.name] = runs
+    known = {m.name for m in folder.models()}
+    for name, e in wanted.items():
+        if name not in known and os.path.lexists(folder.root / name):
+            # a folder of the user's (a copy of a model folder, say): training into it would
+            # take its runs for this model's ("kept ... finished earlier")
+            raise UserError(
+                f"'{folder.root / name}' is in the run folder but msctr did not make it there "
+                f"(a copy of yours?), and model '{e.key}' would train into it; move it out of "
+                "the run folder, or give the model another label"
+            )
     renamed = []
     for name in wanted:
-        if name in present or (folder.root / name).exists():
+        if name in present or name in known:
             continue
         for old in [o for o in present if o not in wanted]:
             same = all(fingerprint_change(fp, fps[name], name) is None for _, fp in present[old])
@@ -89,29 +99,59 @@ def check_folder(recipe: Recipe, folder: RunFolder, schema: Schema) -> Plan:
                 any_fp = next(iter(fps.values()))
                 change = fingerprint_change(fp, any_fp, name, parts=("data", "train"))
             if change is not None:
-                key, was, now = change
-                raise UserError(
-                    f"{key} changed since '{folder.root}' was trained ({_fmt(was)} there in "
-                    f"{name}/{run.folder.name}, {_fmt(now)} now), so its runs are not this "
-                    f"recipe's; add --fresh to start over, or train into another folder "
-                    f"(--set out=...)"
-                )
-    for old, name in renamed:  # only once every run passed
+                raise UserError(_changed(change, folder, recipe, f"{name}/{run.folder.name}"))
+    if renamed:  # only once every run passed; the manifest first, so it never misses one
+        folder.record_models([*(m.name for m in folder.models()), *wanted])
+    for old, name in renamed:
         os.rename(folder.root / old, folder.root / name)
     return Plan(renamed)
 
 
+def _changed(
+    change: tuple[str, object, object], folder: RunFolder, recipe: Recipe, run: str
+) -> str:
+    """Why the runs in the folder are not this recipe's, and what to do: for a changed data
+    content, the dataset is named (prepared again, or the recipe points at other data), and
+    the runs, valid for the data they were trained on, are not called a mix of recipes."""
+    key, was, now = change
+    again = "add --fresh to start over, or train into another folder (--set out=...)"
+    if key.startswith("data"):
+        return (
+            f"the dataset '{recipe.data}' is not the one '{folder.root}' was trained on "
+            f"(prepared_md5 {_fmt(was)} there in {run}, {_fmt(now)} in '{recipe.data}'): it was "
+            "prepared again since, or the recipe points at other data; point `data:` at the "
+            f"dataset those runs were trained on, or, to train on this one, {again}"
+        )
+    return (
+        f"{key} changed since '{folder.root}' was trained ({_fmt(was)} there in {run}, "
+        f"{_fmt(now)} now), so its runs are not this recipe's; {again}"
+    )
+
+
 def clear_folder(folder: RunFolder) -> None:
-    """`--fresh`: remove what msctr wrote in the run folder (model folders, recipe, results,
-    report, figures); anything else the user keeps there stays."""
+    """`--fresh`: remove what msctr wrote in the run folder, by name: the runs' files in the
+    model folders it made (then those folders, when nothing else is left in them), its
+    recipe.yaml, results, report and figures. Anything else stays: what the user keeps there
+    (a copy of a model folder, notes, images), and bench.json, the output of another command
+    (dated, naming the checkpoints it measured; the next bench-inference replaces it)."""
     if not folder.root.is_dir():
         return
+    figures = folder.figures()
     for model in folder.models():
-        shutil.rmtree(model)
-    ours = {folder.recipe, folder.results, folder.report, folder.bench}
-    for path in folder.root.iterdir():
-        if path.is_file() and (path in ours or path.suffix == ".png"):
-            path.unlink()
+        for run in folder.seed_runs(model):
+            for path in run.files:
+                path.unlink(missing_ok=True)
+            sweep_stale(run.folder)
+            _remove_if_empty(run.folder)
+        _remove_if_empty(model)
+    for path in [folder.recipe, folder.results, folder.report, *figures]:
+        path.unlink(missing_ok=True)
+    folder.record_models(m.name for m in folder.models())  # those holding files of the user's
+
+
+def _remove_if_empty(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.rmdir()
 
 
 def save_state(path: Path, state: dict) -> None:

@@ -124,6 +124,10 @@ def keep_freed_memory() -> None:
 def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"train.device is '{name}' but no CUDA device is available; use cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        # checked with CUDA's, before the run folder is touched; torch itself would only
+        # fail when the model moves there, after the folder's recipe.yaml was written
+        raise UserError("train.device is 'mps' but no MPS (Apple GPU) device is available; use cpu")
     return torch.device(name)
 
 

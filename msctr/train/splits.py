@@ -30,6 +30,7 @@ class SplitData:
     test: Columns
     val_labels: np.ndarray
     test_frame: pl.DataFrame  # label, scenario, groups and true probabilities of the test rows
+    identity: bytes | None = None  # schema.json as it was when the splits were read
 
     @classmethod
     def load(cls, recipe: Recipe) -> SplitData:
@@ -39,13 +40,37 @@ class SplitData:
                 f"data folder '{folder}' does not exist; run `msctr prepare ... --out {folder}` "
                 "or fix the recipe's `data:`"
             )
+        identity = _schema_bytes(folder)  # before the splits: a swap while reading shows
         schema = Schema.load(folder)
         t = recipe.train
         train = load_columns(folder, "train", schema) if t.loader == "memory" else None
         val = load_columns(folder, "val", schema, limit=t.eval_rows)
         test = load_columns(folder, "test", schema, limit=t.eval_rows)
         test_frame = load_eval_columns(folder, "test", schema, limit=t.eval_rows)
-        return cls(schema, folder, train, val, test, val.label.numpy().astype(np.int8), test_frame)
+        labels = val.label.numpy().astype(np.int8)
+        data = cls(schema, folder, train, val, test, labels, test_frame, identity)
+        data.check_unchanged("before training")
+        return data
+
+    def check_unchanged(self, when: str) -> None:
+        """Stop when the dataset was prepared again since its splits were read: `prepare`
+        swaps the whole folder in, so a streamed run would go on with the new train split
+        beside the old val/test held in memory. Cheap (schema.json, which names the splits'
+        md5, is a few kB): the streamed trainer asks at every epoch boundary."""
+        now = _schema_bytes(self.folder)
+        if now == self.identity:
+            return
+        was = self.schema.info.get("prepared_md5", "?")
+        try:
+            md5 = json.loads(now or b"{}").get("info", {}).get("prepared_md5", "?")
+        except ValueError:
+            md5 = "?"
+        state = f"prepared_md5 {was} then, {md5} now" if now is not None else "schema.json is gone"
+        raise UserError(
+            f"the dataset '{self.folder}' changed while training read it ({state}), so it was "
+            f"stopped {when}: no run mixes two datasets' splits; to train on the new data, run "
+            "the same command with --fresh (or --set out=NEW_FOLDER to keep the runs of the old)"
+        )
 
     def train_batches(
         self, recipe: Recipe, seed: int, epoch: int, part: tuple[int, int] = (0, 1)
@@ -85,3 +110,10 @@ class SplitData:
     @property
     def train_rows(self) -> int:
         return self.schema.rows["train"]
+
+
+def _schema_bytes(folder: Path) -> bytes | None:
+    try:
+        return (folder / "schema.json").read_bytes()
+    except OSError:
+        return None
