@@ -335,10 +335,11 @@ def exclusive_lock(path: str | Path, busy: str, owner: int | None = None) -> Ite
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            if not holder.isdigit():  # written by nothing yet, or by something else
-                raise UserError(busy.format(pid="?", holder="pid unknown")) from None
-            pid = int(holder)
-            raise UserError(busy.format(pid=pid, holder=describe_process(pid))) from None
+            pid, what = ("?", "pid unknown")  # written by nothing yet, or by something else
+            if holder.isdigit():
+                pid, what = holder, describe_process(int(holder))
+            # not str.format: the message holds a path, which may hold braces
+            raise UserError(busy.replace("{pid}", pid).replace("{holder}", what)) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{owner or os.getpid()}\n".encode(), 0)
         yield

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import invoke, one_line_error, run_main
 
+from msctr.errors import UserError
 from msctr.io import exclusive_lock
 
 RECIPE = """
@@ -195,6 +196,16 @@ def test_a_second_train_on_the_same_folder_stops_with_one_line(capsys, tmp_path,
     holder.wait()
     code, _, err = run_main(capsys, "train", str(recipe), "--no-eval", "--set", "train.epochs=1")
     assert code == 0, err
+
+
+def test_the_busy_message_keeps_a_path_with_braces(tmp_path):
+    lock = tmp_path / "run{0}{x}" / ".lock"
+    lock.parent.mkdir()
+    busy = f"{{holder}} is training into '{lock.parent}' now; kill -INT {{pid}}"
+    with exclusive_lock(lock, busy), pytest.raises(UserError) as held:
+        with exclusive_lock(lock, busy):  # a second open file: flock refuses it
+            pass
+    assert f"'{lock.parent}' now; kill -INT {os.getpid()}" in str(held.value)
 
 
 def test_fresh_starts_over(capsys, tmp_path, data_dir, reference):
