@@ -484,7 +484,7 @@ def run_sweep(
     write_json(folder.results, result)
     table = sweep_table(result)
     print_tables(console, table)
-    console.print(legend(result))
+    console.print(legend(result), markup=False)
     figure = folder.figure("sweep.png")
     plotted = plot(result, figure)
     write_text(folder.report, render_markdown(result, table))

@@ -292,3 +292,13 @@ def test_rich_prints_user_text_literally():
     # labels and names are the user's: '[v2]' or '[/x]' is text, not rich markup
     text = _text(Table(["Model [a]", "AUC"], [["DNN [v2]", "[/x]"]], title="[bold]t").to_rich())
     assert "DNN [v2]" in text and "[/x]" in text and "Model [a]" in text and "[bold]t" in text
+
+
+def test_the_legend_prints_the_reference_label_literally():
+    from msctr.evaluate.report import render_table
+
+    result = paper_result()
+    result["relaimpr_base"] = "DNN [v2]"
+    console = Console(width=100, record=True, file=io.StringIO(), color_system=None)
+    render_table(result, console)
+    assert "RelaImpr relative to DNN [v2]." in " ".join(console.export_text().split())

@@ -387,14 +387,14 @@ def terminal_tables(result: dict) -> list[Table]:
 def render_table(result: dict, console: Console) -> None:
     tables = terminal_tables(result)
     print_tables(console, *tables)
-    console.print(_terminal_legend(result, mwu="MWU p" in tables[0].header))
+    console.print(_terminal_legend(result, mwu="MWU p" in tables[0].header), markup=False)
     if result.get("missing_runs"):
         console.print(f"[bold yellow]{escape(_partial(result))}[/]", highlight=False)
     if "paper" in result:
         if result["paper"]["shown"]:
             console.print()
             print_tables(console, *paper.tables(result["paper"]))
-        console.print(paper.legend(result["paper"]), highlight=False)
+        console.print(paper.legend(result["paper"]), highlight=False, markup=False)
 
 
 TESTS = {"welch": "two-sided Welch t-test", "mannwhitney": "two-sided Mann-Whitney U test"}
