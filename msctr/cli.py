@@ -17,7 +17,14 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from msctr.errors import Interrupted, RankError, UserError, raise_interrupted
+from msctr.errors import (
+    Interrupted,
+    RankError,
+    UserError,
+    forget_interrupts,
+    interrupt_received,
+    raise_interrupted,
+)
 from msctr.io import discard_pending
 
 try:  # typer 0.2x carries its own copy of click
@@ -591,12 +598,19 @@ def usage_message(e: UsageError) -> str:
 
 
 def main() -> None:
+    forget_interrupts()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, raise_interrupted)
     try:
-        # not standalone: click's usage errors reach the handler below instead of being
-        # printed as a box; `--help` and typer.Exit come back as an exit code
-        code = app(standalone_mode=False, prog_name="msctr")
+        try:
+            # not standalone: click's usage errors reach the handler below instead of being
+            # printed as a box; `--help` and typer.Exit come back as an exit code
+            code = app(standalone_mode=False, prog_name="msctr")
+        except Exception as e:  # after a Ctrl-C: the interrupt, whatever a library made of it
+            signum = interrupt_received()
+            if signum is None:
+                raise
+            raise Interrupted(signum) from e
         if isinstance(code, int) and code:  # typer.Exit(code), e.g. torchrun's exit status
             sys.exit(code)
     except UsageError as e:

@@ -23,9 +23,26 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
+_received: list[int] = []  # the signals raise_interrupted took, in order
+
+
 def raise_interrupted(signum: int, frame: object) -> None:
     """The CLI's handler for SIGINT and SIGTERM."""
+    _received.append(signum)
     raise Interrupted(signum)
+
+
+def interrupt_received() -> int | None:
+    """The first signal `raise_interrupted` took in this process, if any. An exception that
+    follows it may be that interrupt in disguise: a library that called back into Python
+    when the handler raised turns `Interrupted` into an error of its own (Polars reported one
+    as "TypeError: '<unprintable str object>' is not a Polars data type")."""
+    return _received[0] if _received else None
+
+
+def forget_interrupts() -> None:
+    """A new command starts (in-process callers run several in one process)."""
+    _received.clear()
 
 
 class RankError(UserError):

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from msctr.errors import Interrupted, UserError
+from msctr.errors import Interrupted, UserError, raise_interrupted
 
 
 def seed_everything(seed: int) -> None:
@@ -57,7 +57,7 @@ class StepBoundaryStop:
 
     def handle(self, signum: int, frame) -> None:
         if self.signum is not None:
-            raise Interrupted(signum)
+            raise_interrupted(signum, frame)
         self.signum = signum
 
     def check(self) -> None:
