@@ -253,7 +253,8 @@ def test_a_dense_column_of_text_is_refused_with_an_example(tmp_path):
 def busy_machine():
     """Two processes spinning on the CPU while the test runs, as other jobs would: the
     interrupted process is descheduled at odd moments, where races show."""
-    spin = [sys.executable, "-c", "while True: pass"]
+    # spinning until done, or until pytest itself is gone (killed, so no finally ran)
+    spin = [sys.executable, "-c", "import os\np = os.getppid()\nwhile os.getppid() == p: pass"]
     procs = [subprocess.Popen(spin) for _ in range(2)]
     try:
         yield
