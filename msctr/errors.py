@@ -48,3 +48,8 @@ def forget_interrupts() -> None:
 class RankError(UserError):
     """A `UserError` that one process of a data-parallel run meets on its own (its GPU, say):
     printed by that process. Other `UserError`s meet every process alike and rank 0 prints."""
+
+
+class Diverged(UserError):
+    """The training loss became NaN/inf: `msctr train` stops with the message; `msctr tune`
+    records the trial as failed (a diverging point is an outcome of the search) and goes on."""

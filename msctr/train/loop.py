@@ -28,7 +28,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from msctr.data.batch import Batch
 from msctr.data.loader import Columns
 from msctr.data.schema import LABEL
-from msctr.errors import UserError
+from msctr.errors import Diverged, UserError
 from msctr.evaluate.metrics import auc, check_test_labels, logloss, one_class
 from msctr.io import atomic_path, exclusive_lock, sweep_stale, write_json, write_text
 from msctr.models.kernels import set_batch_share
@@ -341,7 +341,7 @@ def fit_one(
             when = f"in epoch {epoch + 1} of {run_name}"
             dist.on_main(lambda when=when: data.check_unchanged(when))
         if not np.isfinite(loss_sum):
-            raise UserError(
+            raise Diverged(
                 f"{entry.key} seed {seed}: the training loss became NaN/inf in epoch {epoch + 1}; "
                 "lower train.lr"
             )
@@ -392,6 +392,16 @@ def fit_one(
             with files.log.open("a") as fh:
                 fh.write(lines[-1] + "\n")
     dist.stop_together()
+    if data.test is None:  # tuning (msctr.tune): validation only, the test split is not loaded
+        best = json.loads(lines[stopping.best_epoch])
+        return {
+            "model": entry.key,
+            "seed": seed,
+            "best_epoch": stopping.best_epoch + 1,
+            "val_auc": best["val_auc"],
+            "val_logloss": best["val_logloss"],
+            "train_seconds": time.perf_counter() - start,
+        }
     model.load_state_dict(best_state)
     test_p = predict_shared(scorer, data.test, t.eval_batch_size, device, t.precision)
     summary = {
@@ -505,12 +515,15 @@ def train_recipe(
         dist.teardown()
 
 
-def _train_recipe(recipe: Recipe, console: Console, show_progress: bool, fresh: bool) -> Path:
+def load_training_data(recipe: Recipe, test: bool = True) -> SplitData:
+    """The recipe's splits, after the checks every training makes before its first step
+    (threads, a validation split AUC can rank epochs on, test labels, each model's memory).
+    `test=False` (msctr tune): the test split is neither opened nor checked."""
     if recipe.train.threads:
         check_threads(recipe.train.threads, "train.threads")
         torch.set_num_threads(recipe.train.threads)
     keep_freed_memory()
-    data = SplitData.load(recipe)
+    data = SplitData.load(recipe, test=test)
     stop = recipe.train.early_stopping
     if stop.metric == "auc" and (why := one_class(data.val_labels)):
         # AUC is undefined on one class: every epoch would tie and epoch 1 would be kept
@@ -518,9 +531,15 @@ def _train_recipe(recipe: Recipe, console: Console, show_progress: bool, fresh: 
             f"the validation split has {why}, so its AUC is undefined and cannot pick the "
             "best epoch; use train.early_stopping.metric: logloss, or prepare more rows"
         )
-    check_test_labels(data.test_frame[LABEL].to_numpy(), recipe.train.eval_rows)
+    if data.test_frame is not None:
+        check_test_labels(data.test_frame[LABEL].to_numpy(), recipe.train.eval_rows)
     for entry in recipe.models:  # every model's shape, built without allocating it
         check_memory(entry.name, data.schema, entry.params, TRAIN_COPIES, recipe.train.device)
+    return data
+
+
+def _train_recipe(recipe: Recipe, console: Console, show_progress: bool, fresh: bool) -> Path:
+    data = load_training_data(recipe)
     folder = RunFolder(recipe.run_dir)
     wanted = [model_folder(e.key) for e in recipe.models]
     with contextlib.ExitStack() as held:  # rank 0's lock on the folder, while training

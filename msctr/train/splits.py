@@ -27,13 +27,15 @@ class SplitData:
     folder: Path
     train: Columns | None  # None in streamed mode
     val: Columns
-    test: Columns
+    test: Columns | None  # None when loaded for tuning (`test=False`): never opened
     val_labels: np.ndarray
-    test_frame: pl.DataFrame  # label, scenario, groups and true probabilities of the test rows
+    test_frame: pl.DataFrame | None  # label, scenario, groups and true probabilities of test rows
     identity: bytes | None = None  # schema.json as it was when the splits were read
 
     @classmethod
-    def load(cls, recipe: Recipe) -> SplitData:
+    def load(cls, recipe: Recipe, test: bool = True) -> SplitData:
+        """The splits `recipe` trains on; `test=False` (msctr tune) leaves test.parquet
+        unopened, so no choice made from these splits can have seen the test rows."""
         folder = Path(recipe.data)
         if not folder.is_dir():
             raise UserError(
@@ -45,10 +47,12 @@ class SplitData:
         t = recipe.train
         train = load_columns(folder, "train", schema) if t.loader == "memory" else None
         val = load_columns(folder, "val", schema, limit=t.eval_rows)
-        test = load_columns(folder, "test", schema, limit=t.eval_rows)
-        test_frame = load_eval_columns(folder, "test", schema, limit=t.eval_rows)
+        test_columns, test_frame = None, None
+        if test:
+            test_columns = load_columns(folder, "test", schema, limit=t.eval_rows)
+            test_frame = load_eval_columns(folder, "test", schema, limit=t.eval_rows)
         labels = val.label.numpy().astype(np.int8)
-        data = cls(schema, folder, train, val, test, labels, test_frame, identity)
+        data = cls(schema, folder, train, val, test_columns, labels, test_frame, identity)
         data.check_unchanged("before training")
         return data
 
