@@ -20,6 +20,7 @@ from msctr.config import from_dict, parse_yaml, read_yaml, set_path
 from msctr.data.schema import Schema
 from msctr.errors import UserError
 from msctr.models.registry import parse_params
+from msctr.search import parse_space
 
 
 @dataclass
@@ -27,6 +28,7 @@ class ModelEntry:
     name: str  # registered model name, e.g. "hierrec"
     label: str | None = None  # row name in tables and run folder (default: name)
     params: dict = field(default_factory=dict)
+    search: dict = field(default_factory=dict)  # this model's search space (msctr tune)
 
     @property
     def key(self) -> str:
@@ -175,6 +177,8 @@ class Recipe:
     paper: PaperFigures | None = None  # the paper's figures for that table (eval compares)
     prepare: str | None = None  # the `msctr prepare` command that makes `data` (papers' setup)
     description: str | None = None
+    # the search space shared by every model (msctr tune, docs/tune.md); train ignores it
+    search: dict = field(default_factory=dict)
 
     def validate(self, where: str) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
@@ -187,8 +191,10 @@ class Recipe:
         dupes = sorted({k for k in keys if keys.count(k) > 1})
         if dupes:
             raise UserError(f"models {dupes} appear twice; give each a distinct `label`")
+        parse_space(self.search, f"{where}.search")
         for i, m in enumerate(self.models):
             parse_params(m.name, m.params, where=f"models[{i}].params")
+            parse_space(m.search, f"{where}.models[{i}].search")
         for k in [self.eval.baseline, *self.eval.baselines]:
             if k is not None and k not in keys:
                 raise UserError(f"eval baseline '{k}' is not one of the recipe's models: {keys}")
@@ -204,7 +210,13 @@ class Recipe:
         return Path(self.out) if self.out else Path("runs") / self.name
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        # an empty `search:` is left out, so a recipe without one records as it always did
+        # (a changed recipe.yaml would drop a run folder's results.json)
+        out = asdict(self)
+        for block in [out, *out["models"]]:
+            if not block["search"]:
+                del block["search"]
+        return out
 
 
 def _parse_value(text: str):
