@@ -37,7 +37,7 @@ err_console = Console(stderr=True)
 
 app = typer.Typer(
     help="Multi-scenario CTR research end to end: prepare, train, eval, ablate, sweep, "
-    "bench-inference.",
+    "tune, bench-inference.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -523,6 +523,53 @@ def sweep(
     r = load_recipe(recipe, set_ or [], smoke=smoke)
     with resumable():
         run_sweep(r, vary, model, console, fresh=fresh)
+
+
+@app.command()
+def tune(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file with a `search:` space.")],
+    sampler: Annotated[
+        str, typer.Option(help="tpe (Optuna's TPE) or grid (every point of the space).")
+    ] = "tpe",
+    trials: Annotated[
+        int | None,
+        typer.Option(
+            help="Finished trials each model's study should reach (default: 20 for tpe, the "
+            "whole grid for grid). A rerun continues the study up to it."
+        ),
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Seconds per model, at most (checked between trials).")
+    ] = None,
+    seed: Annotated[int, seed_option("Seed of the sampler.")] = 0,
+    model: Annotated[
+        str | None, typer.Option(help="Tune this model (label) only; default: every model.")
+    ] = None,
+    set_: Sets = None,
+    smoke: Annotated[
+        bool, typer.Option(help="2 trials of a few batches per model, small eval (for CI).")
+    ] = False,
+    fresh: Annotated[
+        bool,
+        typer.Option("--fresh", help="Start over: remove the tune folder's studies first."),
+    ] = False,
+) -> None:
+    """Search each model's hyperparameters over the recipe's `search:` space with Optuna, on
+    the validation split only (the test split is never opened). Writes tune.db (the studies:
+    a rerun continues them), tuned.yaml (the recipe with the best params) and results.json
+    to runs/<name>-tune (docs/tune.md).
+
+    Example: msctr tune recipes/synthetic/tune.yaml --trials 20
+
+    Example: msctr tune recipes/synthetic/tune.yaml --sampler grid --model DNN
+    """
+    from msctr.recipe import load_recipe
+    from msctr.tune import need_optuna, run_tune
+
+    need_optuna()  # before anything else: the one-line hint to install the extra
+    r = load_recipe(recipe, set_ or [], smoke=smoke)
+    with resumable():
+        run_tune(r, console, sampler, trials, timeout, seed, model, fresh=fresh, smoke=smoke)
 
 
 @app.command("bench-inference")

@@ -43,6 +43,8 @@ LOCK = ".lock"
 # what msctr writes directly in a run folder (besides model folders and head_weights_*.png)
 RUN_FILES = ("recipe.yaml", "results.json", "report.md", "bench.json", "ablation.png")
 SWEEP_FILES = ("results.json", "report.md", "sweep.png")
+# what `msctr tune` writes in its folder (docs/tune.md); Optuna's SQLite journal beside tune.db
+TUNE_FILES = ("tune.db", "tune.db-journal", "tuned.yaml", "results.json")
 _SEED = re.compile(r"seed_\d+")
 _FIGURE = re.compile(r"head_weights_.+\.png")
 
@@ -268,6 +270,26 @@ def check_sweep_folder(root: Path, points: Iterable[Path], inputs=()) -> None:
             continue
         if p.is_dir() and RunFolder(p).recorded_models() is not None:
             continue  # the run folder of a value an earlier sweep tried
+        raise UserError(
+            f"{subject} holds files msctr did not write (e.g. '{p.name}'), so nothing is "
+            f"written there; {hint}"
+        )
+
+
+def check_tune_folder(root: Path, inputs: Iterable[Path | str | None] = ()) -> None:
+    """A tune's folder (`msctr tune`): refused, before anything is written, where a run
+    folder is refused, and when it holds anything but what tune writes there (`TUNE_FILES`,
+    its `.lock`, temporary files and trial folders of a killed tune)."""
+    subject = f"the tune folder '{root}'"
+    hint = "give the recipe another `out` or name (--set out=runs/NAME)"
+    refuse_protected(root, subject, hint, inputs)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{subject} is a file; {hint}")
+    if not root.is_dir():
+        return
+    for p in sorted(root.iterdir()):
+        if p.name in TUNE_FILES or p.name == LOCK or _temporary(p.name):
+            continue
         raise UserError(
             f"{subject} holds files msctr did not write (e.g. '{p.name}'), so nothing is "
             f"written there; {hint}"

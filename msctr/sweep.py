@@ -117,7 +117,7 @@ def parse_vary(vary: str) -> tuple[str, list[str]]:
 # -- which model, which key --------------------------------------------------------------------
 
 
-def _model_index(recipe: Recipe, ref: str, what: str) -> int:
+def model_index(recipe: Recipe, ref: str, what: str) -> int:
     if ref.isdigit():
         i = int(ref)
         if i >= len(recipe.models):
@@ -148,7 +148,7 @@ def locate(recipe: Recipe, key: str, model: str | None) -> tuple[int, str]:
             f"--vary {key}: a sweep compares training settings on one test set and one "
             "evaluation; vary a model's params or a train key"
         )
-    picked = _model_index(recipe, model, "--model") if model is not None else None
+    picked = model_index(recipe, model, "--model") if model is not None else None
     if parts[0] == "models" and parts[2:] == ["label"]:
         raise UserError(
             f"--vary {key}: a label names the model's folder and table row, it is no setting "
@@ -160,7 +160,7 @@ def locate(recipe: Recipe, key: str, model: str | None) -> tuple[int, str]:
                 f"--vary {key}: name a model's key, e.g. models.0.params.heads or "
                 "models.HierRec.params.heads"
             )
-        i = _model_index(recipe, parts[1], f"--vary {key}")
+        i = model_index(recipe, parts[1], f"--vary {key}")
         if picked is not None and picked != i:
             raise UserError(
                 f"--vary {key} names {recipe.models[i].key}, but --model is "

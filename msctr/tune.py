@@ -1,0 +1,461 @@
+"""`msctr tune`: each model's hyperparameters searched with Optuna over the recipe's
+`search:` space (msctr.search), on the validation split only (docs/tune.md).
+
+    runs/<recipe>-tune/tune.db        the studies, one per model (Optuna's SQLite storage)
+    runs/<recipe>-tune/tuned.yaml     the recipe with each model's best params written in
+    runs/<recipe>-tune/results.json   best params and validation value per model, budget
+
+A trial is one run of one model with the recipe's first seed, trained by the engine's
+`fit_one` with the recipe's early stopping; its value is the best epoch's validation figure
+of the early-stopping metric. The test split is never opened (`load_training_data(test=
+False)`): `msctr train <folder>/tuned.yaml` then measures the chosen configurations on test,
+over the seeds. Every trial's recipe is built and checked like a sweep value's before the
+first trial, so a bad key or value is one line and nothing is written.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
+
+from msctr.config import set_path
+from msctr.data.schema import Schema
+from msctr.errors import Diverged, UserError
+from msctr.io import exclusive_lock, scratch_dir, sweep_stale, write_json, write_text
+from msctr.models.registry import TRAIN_COPIES, check_memory
+from msctr.recipe import Recipe, fingerprint_change, recipe_from_dict, run_fingerprint
+from msctr.runs import TUNE_FILES, check_labels, check_tune_folder
+from msctr.search import Spec, grid_size, model_space, parse_space
+from msctr.sweep import model_index
+from msctr.tables import Table, print_tables
+from msctr.train.loop import fit_one, load_training_data, make_progress
+from msctr.train.runtime import resolve_device, stop_at_step_boundaries
+from msctr.train.splits import SplitData
+
+OPTUNA_MISSING = "msctr tune needs Optuna: pip install 'msctr[tune]'"
+SAMPLERS = ("tpe", "grid")
+DEFAULT_TRIALS = 20  # per model, for tpe (grid: the whole grid)
+SMOKE_TRIALS = 2
+
+
+def need_optuna() -> Any:
+    """Optuna, imported only here: it is the optional extra `msctr[tune]`."""
+    try:
+        import optuna
+    except ImportError:
+        raise UserError(OPTUNA_MISSING) from None
+    # trials are reported in msctr's table; Optuna's own log lines would repeat them
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    return optuna
+
+
+class _TrialFailed(Exception):
+    """A trial that ended without a value (diverged, or a combination the model refuses):
+    Optuna records it as FAIL and the study goes on."""
+
+
+@dataclass
+class Target:
+    """One model to tune: its place in the recipe, its space, and its grid (grid sampler)."""
+
+    index: int
+    label: str
+    raw_space: dict  # as written in the recipe (the study's fingerprint)
+    space: dict[str, Spec]
+    grid: dict[str, list] | None = None
+
+
+def tune_folder(recipe: Recipe) -> Path:
+    """runs/<name>-tune (or <out>-tune): beside the recipe's run folder, never it."""
+    run = recipe.run_dir
+    return run.with_name(f"{run.name}-tune")
+
+
+def _shown(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
+
+
+def trial_recipe(recipe: Recipe, index: int, values: dict[str, Any]) -> Recipe:
+    """The one-model recipe a trial trains: model `index` with `values` set (params keys in
+    the model entry, train keys in `train`), the recipe's first seed, no search space. Checked
+    as any recipe is; a refusal names the model and the key as the user's recipe has them."""
+    raw = recipe.to_dict()
+    raw.pop("search", None)
+    entry = raw["models"][index]
+    entry.pop("search", None)
+    raw["models"] = [entry]
+    # the other models are gone: their baselines and the paper's rows go with them
+    raw["eval"]["baseline"], raw["eval"]["baselines"], raw["paper"] = None, [], None
+    raw["train"]["seeds"] = raw["train"]["seeds"][:1]
+    for key, value in values.items():
+        set_path(entry if key.startswith("params.") else raw, key, value)
+    try:
+        return recipe_from_dict(raw, where=recipe.name)
+    except UserError as e:
+        message = str(e).replace("models[0]", f"models[{index}]")
+        label = recipe.models[index].key
+        raise UserError(f"search of {label}, {_shown(values)}: {message}") from None
+
+
+def _checked(recipe: Recipe, target: Target, values: dict[str, Any], schema: Schema) -> Recipe:
+    """`trial_recipe`, and its model's shape built on the data's schema (without allocating
+    it): sizes the model refuses only against the data, or beyond free memory, fail here."""
+    r = trial_recipe(recipe, target.index, values)
+    m = r.models[0]
+    try:
+        check_memory(m.name, schema, m.params, TRAIN_COPIES, r.train.device)
+    except UserError as e:
+        raise UserError(f"search of {target.label}, {_shown(values)}: {e}") from None
+    return r
+
+
+def plan(recipe: Recipe, model: str | None, sampler: str) -> list[Target]:
+    """The models to tune and their spaces, every key's values checked against the recipe
+    and the data's schema; trains nothing, writes nothing."""
+    if sampler not in SAMPLERS:
+        raise UserError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    indices = [model_index(recipe, model, "--model")] if model else range(len(recipe.models))
+    schema = Schema.load(recipe.data)
+    targets = []
+    for i in indices:
+        entry = recipe.models[i]
+        raw = model_space(recipe.search, entry.search)
+        where = f"search of {entry.key}"
+        space = parse_space(raw, where)
+        if not space:
+            raise UserError(
+                f"model {entry.key} has no search space; add `search:` to its entry or to the "
+                "recipe (docs/tune.md), or tune another model with --model LABEL"
+            )
+        trains = [k for k in space if k.startswith("train.")]
+        if trains and len(recipe.models) > 1:
+            raise UserError(
+                f"{where}: {trains[0]} is one value for all {len(recipe.models)} models of the "
+                "recipe, so tuned.yaml could not hold each model's best; search model params "
+                "(params.NAME) only, or tune a one-model recipe"
+            )
+        target = Target(i, entry.key, raw, space)
+        if sampler == "grid":
+            target.grid = {n: v for s in space.values() for n, v in s.grid(where).items()}
+        for spec in space.values():  # every choice, both ends of every range
+            for value in spec.probes():
+                _checked(recipe, target, {spec.key: value}, schema)
+        _checked(recipe, target, {s.key: s.probes()[0] for s in space.values()}, schema)
+        targets.append(target)
+    return targets
+
+
+def study_fingerprint(recipe: Recipe, target: Target, schema: Schema) -> dict:
+    """What a study's trials depend on: the run fingerprint of the model's trial recipe (data,
+    model, params, train keys), the seed and the space. A study in tune.db that records
+    another is not continued."""
+    r = trial_recipe(recipe, target.index, {})
+    fp = run_fingerprint(r, r.models[0], schema)
+    fp["seed"] = r.train.seeds[0]
+    fp["space"] = target.raw_space
+    return json.loads(json.dumps(fp))
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):  # 0.0 stays a float in the table, not "0"
+        text = f"{value:.4g}"
+        return text if any(c in text for c in ".en") else f"{text}.0"
+    return json.dumps(value)
+
+
+def _values(target: Target, params: dict[str, Any]) -> dict[str, Any] | None:
+    """A trial's recipe values from its Optuna params (None while a key has none yet)."""
+    if not all(n in params for s in target.space.values() for n in s.names()):
+        return None
+    return {k: s.value(params) for k, s in target.space.items()}
+
+
+def trials_table(target: Target, study: Any, metric: str, sampler: str) -> Table:
+    optuna = need_optuna()
+    done = optuna.trial.TrialState.COMPLETE
+    best = _best(study)
+    keys = list(target.space)
+    rows, styles = [], []
+    for t in study.get_trials(deepcopy=False):
+        values = _values(target, t.params) or {}
+        state = t.state.name.lower()
+        if "error" in t.user_attrs:
+            state += f": {t.user_attrs['error']}"
+        rows.append(
+            [
+                str(t.number),
+                *(_format(values[k]) if k in values else "" for k in keys),
+                f"{t.value:.4f}" if t.state == done else "",
+                state,
+            ]
+        )
+        styles.append("bold" if best is not None and t.number == best.number else None)
+    finished = sum(t.state == done for t in study.get_trials(deepcopy=False))
+    title = (
+        f"{target.label}: {finished} finished trial(s), {sampler} sampler, validation {metric} "
+        f"({'higher' if metric == 'auc' else 'lower'} is better; best in bold)"
+    )
+    return Table(["trial", *keys, f"val {metric}", "state"], rows, title=title, styles=styles)
+
+
+def _best(study: Any) -> Any:
+    try:
+        return study.best_trial
+    except ValueError:  # no finished trial
+        return None
+
+
+def _open_studies(
+    optuna: Any,
+    storage: str,
+    recipe: Recipe,
+    targets: list[Target],
+    schema: Schema,
+    sampler: str,
+    seed: int,
+) -> list[Any]:
+    """Each target's study, created or continued; a study from another recipe is refused."""
+    direction = "maximize" if recipe.train.early_stopping.metric == "auc" else "minimize"
+    studies = []
+    for target in targets:
+        if sampler == "grid":
+            chosen = optuna.samplers.GridSampler(target.grid, seed=seed)
+        else:
+            chosen = optuna.samplers.TPESampler(seed=seed)
+        study = optuna.create_study(
+            storage=storage,
+            study_name=target.label,
+            direction=direction,
+            sampler=chosen,
+            load_if_exists=True,
+        )
+        fp = study_fingerprint(recipe, target, schema)
+        old = study.user_attrs.get("fingerprint")
+        parts = ("data", "model", "params", "train", "seed", "space")
+        change = None if old is None else fingerprint_change(old, fp, target.label, parts)
+        if change is not None:
+            key, was, now = change
+            raise UserError(
+                f"{key} changed since the study of {target.label} in '{storage[10:]}' began "
+                f"({json.dumps(was)} there, {json.dumps(now)} now), so its trials are not this "
+                "recipe's; add --fresh to start over, or tune into another folder (--set out=...)"
+            )
+        if old is None:
+            study.set_user_attr("fingerprint", fp)
+        studies.append(study)
+    return studies
+
+
+def _retry_stale(optuna: Any, study: Any, sampler: str, console: Console) -> None:
+    """A trial still RUNNING is one a killed tune left (this one holds the folder's lock, so
+    no other runs): marked FAIL and its point tried again (grid: the sampler revisits every
+    grid point without a finished trial by itself)."""
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for t in running:
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        if sampler == "tpe" and t.params:
+            study.enqueue_trial(t.params)
+        console.print(
+            f"trial {t.number} of {escape(study.study_name)} was left running by a tune that "
+            "stopped: marked failed, its point tried again"
+        )
+
+
+def run_tune(
+    recipe: Recipe,
+    console: Console,
+    sampler: str = "tpe",
+    trials: int | None = None,
+    timeout: float | None = None,
+    seed: int = 0,
+    model: str | None = None,
+    fresh: bool = False,
+    smoke: bool = False,
+) -> dict:
+    """Tune each model (or `model`): trials until each study has `trials` finished ones
+    (default: DEFAULT_TRIALS for tpe, the whole grid for grid, SMOKE_TRIALS under `smoke`)
+    or `timeout` seconds per model pass; then the tables, tuned.yaml and results.json."""
+    optuna = need_optuna()
+    if trials is not None and trials < 1:
+        raise UserError(f"--trials must be at least 1, got {trials}")
+    if timeout is not None and not timeout > 0:
+        raise UserError(f"--timeout must be a positive number of seconds, got {timeout}")
+    # everything that can refuse the command runs before the folder is touched
+    resolve_device(recipe.train.device)
+    check_labels(e.key for e in recipe.models)
+    targets = plan(recipe, model, sampler)
+    folder = tune_folder(recipe)
+    check_tune_folder(folder, inputs=(recipe.data,))
+    base = trial_recipe(recipe, targets[0].index, {})  # the splits every trial reads
+    data = load_training_data(base, test=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    busy = (
+        f"{{holder}} is tuning into '{folder}' now; wait for it to end, or stop it: Ctrl-C "
+        "where it runs, or kill -INT {pid} (run the same command again to continue its study)"
+    )
+    with exclusive_lock(folder / ".lock", busy):
+        if fresh:
+            for name in TUNE_FILES:
+                (folder / name).unlink(missing_ok=True)
+        sweep_stale(folder)  # trial folders and temporary files of a killed tune
+        storage = f"sqlite:///{(folder / 'tune.db').resolve()}"
+        studies = _open_studies(optuna, storage, recipe, targets, data.schema, sampler, seed)
+        budget = trials if trials is not None or not smoke else SMOKE_TRIALS
+        for target, study in zip(targets, studies):
+            _retry_stale(optuna, study, sampler, console)
+            want = budget or (grid_size(target.space) if sampler == "grid" else DEFAULT_TRIALS)
+            _optimize(optuna, study, target, recipe, data, folder, want, timeout, console)
+        return _finish(optuna, storage, recipe, targets, studies, folder, console, sampler, {
+            "trials": budget, "timeout": timeout, "sampler_seed": seed, "smoke": smoke,
+        })  # fmt: skip
+
+
+def _optimize(
+    optuna: Any,
+    study: Any,
+    target: Target,
+    recipe: Recipe,
+    data: SplitData,
+    folder: Path,
+    want: int,
+    timeout: float | None,
+    console: Console,
+) -> None:
+    done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    label = escape(target.label)
+    if done >= want:
+        console.print(f"[dim]kept[/] {label}: {done} trial(s) finished earlier")
+        return
+    if done:
+        console.print(f"{label}: {done} trial(s) finished earlier, continuing the study")
+    metric = recipe.train.early_stopping.metric
+    progress = make_progress(console)
+
+    def objective(trial: Any) -> float:
+        values = {k: s.suggest(trial) for k, s in target.space.items()}
+        try:
+            r = _checked(recipe, target, values, data.schema)
+        except UserError as e:  # a combination the model refuses (each value alone passed)
+            trial.set_user_attr("error", "refused")
+            console.print(Text(f"trial {trial.number} of {target.label}: {e}"))
+            raise _TrialFailed from None
+        try:
+            with scratch_dir(folder / "trial") as work:  # checkpoints of the trial, then gone
+                summary = fit_one(r, r.models[0], r.train.seeds[0], data, work, progress)
+        except Diverged:
+            trial.set_user_attr("error", "diverged")
+            console.print(Text(f"trial {trial.number} of {target.label}: {_shown(values)} "
+                               "diverged (loss NaN/inf); recorded as failed"))  # fmt: skip
+            raise _TrialFailed from None
+        for key in ("val_auc", "val_logloss", "best_epoch", "train_seconds"):
+            trial.set_user_attr(key, summary[key])
+        value = summary[f"val_{metric}"]
+        console.print(Text(
+            f"trial {trial.number} of {target.label}: {_shown(values)}: val {metric} "
+            f"{value:.4f} (best epoch {summary['best_epoch']}, {summary['train_seconds']:.1f}s)"
+        ))  # fmt: skip
+        return value
+
+    progress.start()
+    try:
+        with stop_at_step_boundaries():
+            study.optimize(objective, n_trials=want - done, timeout=timeout, catch=(_TrialFailed,))
+    finally:
+        progress.stop()
+
+
+def _finish(
+    optuna: Any,
+    storage: str,
+    recipe: Recipe,
+    targets: list[Target],
+    studies: list[Any],
+    folder: Path,
+    console: Console,
+    sampler: str,
+    budget: dict,
+) -> dict:
+    metric = recipe.train.early_stopping.metric
+    done = optuna.trial.TrialState.COMPLETE
+    models: dict[str, dict] = {}
+    for target, study in zip(targets, studies):
+        print_tables(console, trials_table(target, study, metric, sampler))
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        entry: dict[str, Any] = {
+            "space": target.raw_space,
+            "trials": {"complete": states.count(done), "failed": len(states) - states.count(done)},
+        }
+        best = _best(study)
+        if best is None:
+            console.print(Text(f"{target.label}: no trial finished; nothing to write for it"))
+        else:
+            entry |= {
+                "best_trial": best.number,
+                "best_value": best.value,
+                "best_params": _values(target, best.params),
+                "best_epoch": best.user_attrs.get("best_epoch"),
+            }
+            console.print(
+                Text(
+                    f"best {target.label}: trial {best.number}, val {metric} {best.value:.4f}: "
+                    f"{_shown(entry['best_params'])}"
+                ),
+                style="bold",
+            )
+        models[target.label] = entry
+    tuned = tuned_recipe(recipe, targets, models)
+    result = {
+        "recipe": recipe.name,
+        "folder": str(folder),
+        "data": str(Path(recipe.data).resolve()),
+        "sampler": sampler,
+        "metric": metric,
+        "direction": "maximize" if metric == "auc" else "minimize",
+        "train_seed": recipe.train.seeds[0],  # every trial's
+        "budget": budget,
+        "storage": storage,
+        "models": models,
+        "tuned": str(folder / "tuned.yaml") if tuned else None,
+    }
+    if tuned is not None:
+        write_text(folder / "tuned.yaml", tuned)
+    write_json(folder / "results.json", result)
+    wrote = f"wrote {folder / 'results.json'}"
+    if tuned is not None:
+        path = folder / "tuned.yaml"
+        wrote += f" and {path}; measure it on test: msctr train {path}"
+    console.print(Text(wrote))
+    return result
+
+
+def tuned_recipe(recipe: Recipe, targets: list[Target], models: dict[str, dict]) -> str | None:
+    """The recipe with each tuned model's best values written in and every `search:` removed,
+    named <name>-tuned (its own run folder), the data path absolute; checked as a recipe.
+    None when no model has a finished trial."""
+    found = [t for t in targets if "best_params" in models[t.label]]
+    best = {t.index: models[t.label]["best_params"] for t in found}
+    if not best:
+        return None
+    raw = recipe.to_dict()
+    raw.pop("search", None)
+    for i, entry in enumerate(raw["models"]):
+        entry.pop("search", None)
+        for key, value in best.get(i, {}).items():
+            set_path(entry if key.startswith("params.") else raw, key, value)
+    raw["name"] = f"{recipe.name}-tuned"
+    raw["out"] = f"{recipe.out}-tuned" if recipe.out else None
+    raw["data"] = str(Path(recipe.data).resolve())
+    recipe_from_dict(raw, where="tuned.yaml")  # what `msctr train` will read must be a recipe
+    tuned = ", ".join(recipe.models[i].key for i in best)
+    head = (
+        f"# written by msctr tune from recipe '{recipe.name}': the best validation params of "
+        f"{tuned}\n# (results.json beside it); measure them on test: msctr train <this file>\n"
+    )
+    return head + yaml.safe_dump(raw, sort_keys=False)

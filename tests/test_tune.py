@@ -1,0 +1,260 @@
+"""`msctr tune`: the search space is checked before any trial, grid tries exactly the space,
+tuning reads only train and validation, the study survives a kill and a rerun continues it,
+one tune per folder, tuned.yaml is a recipe `train` runs, Optuna is an optional extra."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import invoke, one_line_error, run_main
+
+from msctr.io import exclusive_lock
+from msctr.recipe import load_recipe
+from msctr.search import parse_space
+
+optuna = pytest.importorskip("optuna")
+
+ROOT = Path(__file__).parent.parent
+RECIPE = """
+name: tn
+data: {data}
+out: {out}
+search:
+  params.dropout: {{choice: [0.0, 0.2]}}
+models:
+  - name: dnn
+    label: DNN
+    search:
+      params.hidden: {{layers: {{depth: [1, 2], width: [8, 16]}}}}
+  - name: mmoe
+    label: MMoE
+    params: {{expert_hidden: [16], tower_hidden: [8]}}
+    search:
+      params.expert_hidden: {{layers: {{depth: [1, 2], width: [8, 16]}}}}
+train: {{batch_size: 256, epochs: 2, seeds: [3, 4], threads: 1, max_steps_per_epoch: 3}}
+"""
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "syn"
+    invoke("prepare", "synthetic", "--out", str(out), "--rows", "3000", "--seed", "1")
+    return out
+
+
+def write_recipe(root: Path, data: Path) -> Path:
+    path = root / "tn.yaml"
+    path.write_text(RECIPE.format(data=data, out=root / "run"))
+    return path
+
+
+def trials(folder: Path, label: str) -> list:
+    study = optuna.load_study(study_name=label, storage=f"sqlite:///{folder / 'tune.db'}")
+    return study.get_trials(deepcopy=False)
+
+
+def test_optuna_missing_is_one_line(capsys, monkeypatch, tmp_path, data_dir):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` raises ImportError
+    line = one_line_error(capsys, "Optuna", "tune", str(write_recipe(tmp_path, data_dir)))
+    assert line == "error: msctr tune needs Optuna: pip install 'msctr[tune]'"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tn.yaml"]
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--set", "search={params.dropout: {choice: []}}"], "choice needs a non-empty list"),
+        (["--set", "search={params.dropout: {float: [0.5, 0.1]}}"], "low 0.5 is above high 0.1"),
+        (["--set", "search={params.dropout: {uniform: [0, 1]}}"], "unknown spec kind 'uniform'"),
+        (["--set", "search={params.dropout: {float: [0, 0.5], log: true}}"], "needs low > 0"),
+        (["--set", "search={train.seeds: {choice: [[0], [1]]}}"], "a search key is a model param"),
+        (
+            ["--set", "models.1.search={params.hidden: {layers: {depth: [0, 2], width: [8]}}}"],
+            "depth [0, 2] needs 1 <= low <= high",
+        ),
+        # a key the model does not have, and a value out of its range: the recipe's own checks
+        # on the trial recipe, named by model and key
+        (["--set", "search={params.dropot: {choice: [0.1]}}"], "search of DNN, params.dropot=0.1"),
+        (
+            ["--set", "models.1.search={params.hidden: {layers: {depth: [1, 2], width: [8]}}}"],
+            "unknown key 'models[1].params.hidden'",
+        ),
+        (["--set", "search={params.dropout: {float: [0.0, 1.5]}}"], "params.dropout=1.5"),
+        (["--set", "search={train.lr: {float: [0.001, 0.01]}}"], "one value for all 2 models"),
+        (
+            ["--sampler", "grid", "--set", "search={params.dropout: {float: [0.0, 0.5]}}"],
+            "--sampler grid tries every value",
+        ),
+        (["--sampler", "random"], "--sampler must be one of tpe, grid"),
+        (["--model", "Nope"], "'Nope' is not in the recipe"),
+        (["--set", "models.0.search={}", "--set", "search={}"], "DNN has no search space"),
+    ],
+)
+def test_bad_space_is_one_line_and_writes_nothing(capsys, tmp_path, data_dir, args, needle):
+    recipe = write_recipe(tmp_path, data_dir)
+    line = one_line_error(capsys, needle, "tune", str(recipe), *args)
+    if "search of" in needle:
+        assert "params.dropot" in line or "params.dropout" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tn.yaml"]
+
+
+def test_space_shapes():
+    space = parse_space(
+        {
+            "params.hidden": {"layers": {"depth": [1, 3], "width": [16, 64]}},
+            "params.embed_dim": {"int": [8, 32], "step": 8},
+            "params.dropout": {"choice": [0.0, 0.1]},
+            "params.tower_hidden": {"choice": [[64], [64, 32]]},
+        },
+        "search",
+    )
+    assert space["params.hidden"].grid("s") == {
+        "params.hidden.depth": [1, 2, 3],
+        "params.hidden.width": [16, 64],
+    }
+    assert space["params.hidden"].value({"params.hidden.depth": 3, "params.hidden.width": 16}) == [
+        16,
+        16,
+        16,
+    ]
+    assert space["params.embed_dim"].grid("s") == {"params.embed_dim": [8, 16, 24, 32]}
+    # a list choice goes to Optuna as JSON text and comes back as the list
+    tower = space["params.tower_hidden"]
+    assert tower.grid("s") == {"params.tower_hidden": ["[64]", "[64, 32]"]}
+    assert tower.value({"params.tower_hidden": "[64, 32]"}) == [64, 32]
+    assert space["params.hidden"].probes() == [[16], [64], [16, 16, 16], [64, 64, 64]]
+
+
+def test_a_second_tune_on_the_folder_is_refused(capsys, tmp_path, data_dir):
+    recipe = write_recipe(tmp_path, data_dir)
+    folder = tmp_path / "run-smoke-tune"
+    folder.mkdir()
+    with exclusive_lock(folder / ".lock", "busy {pid}"):  # as a running `msctr tune` holds it
+        line = one_line_error(capsys, "is tuning into", "tune", str(recipe), "--smoke")
+    assert f"pid {os.getpid()}" in line
+    assert sorted(p.name for p in folder.iterdir()) == [".lock"]
+
+
+def test_the_shipped_search_recipe_checks_on_synthetic_data(capsys, data_dir, monkeypatch):
+    """recipes/synthetic/tune.yaml: HierRec §4.1's space, every depth and width checked
+    against the data's schema (a wrong key would be refused here, before any trial)."""
+    from msctr.tune import plan
+
+    recipe = load_recipe(ROOT / "recipes/synthetic/tune.yaml", [f"data={data_dir}"])
+    targets = plan(recipe, None, "grid")
+    assert [t.label for t in targets] == ["DNN", "MMoE"]
+    assert targets[0].grid == {
+        "params.dropout": [0.0, 0.1, 0.2],
+        "params.hidden.depth": [1, 2, 3, 4, 5],
+        "params.hidden.width": [16, 32, 64, 128],
+    }
+
+
+@pytest.mark.slow
+def test_smoke_tune_writes_tuned_yaml_that_train_runs(capsys, tmp_path, data_dir):
+    recipe = write_recipe(tmp_path, data_dir)
+    code, out, err = run_main(capsys, "tune", str(recipe), "--smoke")
+    assert code == 0, err
+    folder = tmp_path / "run-smoke-tune"
+    assert "DNN: 2 finished trial(s), tpe sampler, validation logloss" in out
+    assert "MMoE: 2 finished trial(s)" in out and "best DNN: trial" in out
+    res = json.loads((folder / "results.json").read_text())
+    assert res["sampler"] == "tpe" and res["metric"] == "logloss" and res["train_seed"] == 3
+    assert res["budget"] == {"trials": 2, "timeout": None, "sampler_seed": 0, "smoke": True}
+    for label in ("DNN", "MMoE"):
+        m = res["models"][label]
+        assert m["trials"] == {"complete": 2, "failed": 0}
+        done = trials(folder, label)
+        assert m["best_value"] == min(t.value for t in done)
+    tuned = load_recipe(folder / "tuned.yaml")  # a valid recipe
+    assert tuned.name == "tn-smoke-tuned" and tuned.out == f"{tmp_path / 'run-smoke'}-tuned"
+    assert not tuned.search and not any(m.search for m in tuned.models)
+    best = res["models"]["DNN"]["best_params"]
+    assert tuned.models[0].params["hidden"] == best["params.hidden"]
+    assert tuned.models[0].params["dropout"] == best["params.dropout"]
+    assert (
+        tuned.models[1].params["expert_hidden"]
+        == res["models"]["MMoE"]["best_params"]["params.expert_hidden"]
+    )
+    assert tuned.models[1].params["tower_hidden"] == [8]  # untuned params kept
+    code, out, err = run_main(capsys, "train", str(folder / "tuned.yaml"), "--no-eval")
+    assert code == 0, err
+    assert "trained DNN seed 3" in out and "trained MMoE seed 3" in out
+
+
+def test_tuning_never_opens_the_test_split(capsys, tmp_path, data_dir):
+    """A copy of the dataset whose test.parquet is garbage: any read of it fails. Tuning
+    works on it; train, which scores test, fails on it."""
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    tests = sorted(data.rglob("test*.parquet"))
+    assert tests
+    for t in tests:
+        t.write_bytes(b"not a parquet file")
+    root = tmp_path / "r"
+    root.mkdir()
+    recipe = write_recipe(root, data)
+    code, out, err = run_main(capsys, "tune", str(recipe), "--smoke", "--model", "DNN")
+    assert code == 0, err
+    assert (root / "run-smoke-tune" / "tuned.yaml").is_file()
+    code, out, err = run_main(capsys, "train", str(recipe), "--smoke", "--no-eval")
+    assert code == 1 and "test" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_grid_tries_exactly_the_space_once(capsys, tmp_path, data_dir):
+    recipe = write_recipe(tmp_path, data_dir)
+    args = ["tune", str(recipe), "--sampler", "grid", "--model", "DNN", "--set", "search={}"]
+    code, out, err = run_main(capsys, *args)
+    assert code == 0, err
+    done = trials(tmp_path / "run-tune", "DNN")
+    names = ("params.hidden.depth", "params.hidden.width")
+    points = sorted(tuple(t.params[n] for n in names) for t in done)
+    assert points == [(1, 8), (1, 16), (2, 8), (2, 16)]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in done)
+    code, out, err = run_main(capsys, *args)  # the grid is done: nothing is trained again
+    assert code == 0, err
+    assert "kept DNN: 4 trial(s) finished earlier" in out and "trial 0 of DNN" not in out
+    assert len(trials(tmp_path / "run-tune", "DNN")) == 4
+
+
+@pytest.mark.slow
+def test_a_killed_tune_resumes_its_study(capsys, tmp_path, data_dir):
+    """SIGKILL in the middle of a trial's epoch (the engine's test hook): the rerun keeps the
+    finished trials, marks the one left RUNNING failed and tries its point again, and goes on
+    to the budget; a changed space is then refused in one line."""
+    recipe = write_recipe(tmp_path, data_dir)
+    args = ["tune", str(recipe), "--model", "DNN", "--smoke"]
+    code, out, err = run_main(capsys, *args, "--trials", "2")
+    assert code == 0, err
+    folder = tmp_path / "run-smoke-tune"
+    first = [(t.number, t.params, t.value) for t in trials(folder, "DNN")]
+    env = {**os.environ, "MSCTR_TEST_SIGNAL_AT": "KILL:DNN:3:1:2", "PYTHONPATH": str(ROOT)}
+    killed = subprocess.run(
+        [sys.executable, "-m", "msctr", *args, "--trials", "4"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert killed.returncode == -9, killed.stderr
+    left = trials(folder, "DNN")
+    assert [t.state.name for t in left] == ["COMPLETE", "COMPLETE", "RUNNING"]
+    stale = left[2]
+    code, out, err = run_main(capsys, *args, "--trials", "4")
+    assert code == 0, err
+    assert "trial 2 of DNN was left running by a tune that stopped" in out
+    after = trials(folder, "DNN")
+    assert [(t.number, t.params, t.value) for t in after[:2]] == first  # not redone
+    assert after[2].state.name == "FAIL"
+    assert after[3].params == stale.params  # its point, tried again
+    assert [t.state.name for t in after[3:]] == ["COMPLETE", "COMPLETE"]
+    assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]  # its trial folder
+    res = json.loads((folder / "results.json").read_text())
+    assert res["models"]["DNN"]["trials"] == {"complete": 4, "failed": 1}
+    # another space is another study: refused, not mixed in
+    line = one_line_error(capsys, "changed since the study of DNN", *args, "--set", "search={}")
+    assert "--fresh" in line
+    code, out, err = run_main(capsys, *args, "--set", "search={}", "--fresh")
+    assert code == 0, err
+    assert len(trials(folder, "DNN")) == 2
