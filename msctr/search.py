@@ -96,9 +96,9 @@ class Spec:
         if self.kind == "int" and self.step is not None and not self.log:
             return {self.key: list(range(int(self.low), int(self.high) + 1, int(self.step)))}
         raise UserError(
-            f"{where}.{self.key}: --sampler grid tries every value, and {{{self.kind}: "
+            f"{where}, {self.key}: --sampler grid tries every value, and {{{self.kind}: "
             f"[{self.low}, {self.high}]}} has no finite list of them; give it as {{choice: "
-            "[...]}} or {int: [low, high], step: k}, or use --sampler tpe"
+            "[...]} or {int: [low, high], step: k}, or use --sampler tpe"
         )
 
     def probes(self) -> list[Any]:

@@ -11,10 +11,10 @@ import msctr
 # top to bottom; a package prefix names every module under it
 LAYERS = [
     ["msctr.cli", "msctr.__main__"],
-    ["msctr.ablate", "msctr.sweep", "msctr.bench"],
+    ["msctr.ablate", "msctr.sweep", "msctr.tune", "msctr.bench"],
     ["msctr.train"],
     ["msctr.evaluate", "msctr.tables"],
-    ["msctr.recipe", "msctr.flops"],
+    ["msctr.recipe", "msctr.search", "msctr.flops"],
     ["msctr.models"],
     ["msctr.testing"],
     ["msctr.data"],
