@@ -534,8 +534,9 @@ def tune(
     trials: Annotated[
         int | None,
         typer.Option(
-            help="Finished trials each model's study should reach (default: 20 for tpe, the "
-            "whole grid for grid). A rerun continues the study up to it."
+            help="Trials each model's study should reach, finished or failed by diverging "
+            "(default: 20 for tpe, the whole grid for grid). A rerun continues the study "
+            "up to it."
         ),
     ] = None,
     timeout: Annotated[

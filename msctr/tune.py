@@ -16,6 +16,7 @@ first trial, so a bad key or value is one line and nothing is written.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -253,14 +254,14 @@ def _open_studies(
     return studies
 
 
-def _retry_stale(optuna: Any, study: Any, sampler: str, console: Console) -> None:
+def _retry_stale(optuna: Any, study: Any, console: Console) -> None:
     """A trial still RUNNING is one a killed tune left (this one holds the folder's lock, so
-    no other runs): marked FAIL and its point tried again (grid: the sampler revisits every
-    grid point without a finished trial by itself)."""
+    no other runs): marked FAIL and its point enqueued, so the next trial tries it again (the
+    grid sampler would count the failed point as visited and never come back to it)."""
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     for t in running:
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-        if sampler == "tpe" and t.params:
+        if t.params:
             study.enqueue_trial(t.params)
         console.print(
             f"trial {t.number} of {escape(study.study_name)} was left running by a tune that "
@@ -279,9 +280,10 @@ def run_tune(
     fresh: bool = False,
     smoke: bool = False,
 ) -> dict:
-    """Tune each model (or `model`): trials until each study has `trials` finished ones
-    (default: DEFAULT_TRIALS for tpe, the whole grid for grid, SMOKE_TRIALS under `smoke`)
-    or `timeout` seconds per model pass; then the tables, tuned.yaml and results.json."""
+    """Tune each model (or `model`): trials until `trials` of each study have ended
+    (`_settled`; default: DEFAULT_TRIALS for tpe, SMOKE_TRIALS under `smoke`; grid: at most
+    the whole grid) or `timeout` seconds per model pass; then the tables, tuned.yaml and
+    results.json."""
     optuna = need_optuna()
     if trials is not None and trials < 1:
         raise UserError(f"--trials must be at least 1, got {trials}")
@@ -309,8 +311,10 @@ def run_tune(
         studies = _open_studies(optuna, storage, recipe, targets, data.schema, sampler, seed)
         budget = trials if trials is not None or not smoke else SMOKE_TRIALS
         for target, study in zip(targets, studies):
-            _retry_stale(optuna, study, sampler, console)
-            want = budget or (grid_size(target.space) if sampler == "grid" else DEFAULT_TRIALS)
+            _retry_stale(optuna, study, console)
+            want = budget or DEFAULT_TRIALS
+            if sampler == "grid":  # each point once: a larger budget would repeat points
+                want = min(budget or math.inf, grid_size(target.space))
             _optimize(optuna, study, target, recipe, data, folder, want, timeout, console)
         return _finish(optuna, storage, recipe, targets, studies, folder, console, sampler, {
             "trials": budget, "timeout": timeout, "sampler_seed": seed, "smoke": smoke,
@@ -328,13 +332,13 @@ def _optimize(
     timeout: float | None,
     console: Console,
 ) -> None:
-    done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    done = _settled(optuna, study)
     label = escape(target.label)
     if done >= want:
-        console.print(f"[dim]kept[/] {label}: {done} trial(s) finished earlier")
+        console.print(f"[dim]kept[/] {label}: {done} trial(s) ended earlier")
         return
     if done:
-        console.print(f"{label}: {done} trial(s) finished earlier, continuing the study")
+        console.print(f"{label}: {done} trial(s) ended earlier, continuing the study")
     metric = recipe.train.early_stopping.metric
     progress = make_progress(console)
 
@@ -369,6 +373,17 @@ def _optimize(
             study.optimize(objective, n_trials=want - done, timeout=timeout, catch=(_TrialFailed,))
     finally:
         progress.stop()
+
+
+def _settled(optuna: Any, study: Any) -> int:
+    """The trials that count toward the budget: finished ones, and failed ones with a reason
+    (diverged, refused: trying them again gives the same). A trial that failed without one
+    was killed; its point is tried again (`_retry_stale`)."""
+    state = optuna.trial.TrialState
+    return sum(
+        t.state == state.COMPLETE or (t.state == state.FAIL and "error" in t.user_attrs)
+        for t in study.get_trials(deepcopy=False)
+    )
 
 
 def _finish(

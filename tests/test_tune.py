@@ -206,19 +206,33 @@ def test_tuning_never_opens_the_test_split(capsys, tmp_path, data_dir):
 
 
 def test_grid_tries_exactly_the_space_once(capsys, tmp_path, data_dir):
+    """Grid: every point of the space once, a point a killed tune left RUNNING included
+    (the grid sampler alone would count it visited), and nothing more on a rerun."""
     recipe = write_recipe(tmp_path, data_dir)
     args = ["tune", str(recipe), "--sampler", "grid", "--model", "DNN", "--set", "search={}"]
+    code, out, err = run_main(capsys, *args, "--trials", "2")
+    assert code == 0, err
+    db = f"sqlite:///{tmp_path / 'run-tune' / 'tune.db'}"
+    grid = {"params.hidden.depth": [1, 2], "params.hidden.width": [8, 16]}
+    study = optuna.load_study(
+        study_name="DNN", storage=db, sampler=optuna.samplers.GridSampler(grid, seed=0)
+    )
+    space = parse_space({"params.hidden": {"layers": {"depth": [1, 2], "width": [8, 16]}}}, "s")
+    killed = study.ask()  # as a tune killed in its third trial leaves it: RUNNING
+    space["params.hidden"].suggest(killed)
     code, out, err = run_main(capsys, *args)
     assert code == 0, err
+    assert "trial 2 of DNN was left running" in out
     done = trials(tmp_path / "run-tune", "DNN")
     names = ("params.hidden.depth", "params.hidden.width")
-    points = sorted(tuple(t.params[n] for n in names) for t in done)
+    complete = [t for t in done if t.state == optuna.trial.TrialState.COMPLETE]
+    points = sorted(tuple(t.params[n] for n in names) for t in complete)
     assert points == [(1, 8), (1, 16), (2, 8), (2, 16)]
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in done)
+    assert [t.state.name for t in done].count("FAIL") == 1 and len(done) == 5
     code, out, err = run_main(capsys, *args)  # the grid is done: nothing is trained again
     assert code == 0, err
-    assert "kept DNN: 4 trial(s) finished earlier" in out and "trial 0 of DNN" not in out
-    assert len(trials(tmp_path / "run-tune", "DNN")) == 4
+    assert "kept DNN: 4 trial(s) ended earlier" in out and "trial 5 of DNN" not in out
+    assert len(trials(tmp_path / "run-tune", "DNN")) == 5
 
 
 @pytest.mark.slow
