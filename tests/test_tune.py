@@ -272,3 +272,26 @@ def test_a_killed_tune_resumes_its_study(capsys, tmp_path, data_dir):
     code, out, err = run_main(capsys, *args, "--set", "search={}", "--fresh")
     assert code == 0, err
     assert len(trials(folder, "DNN")) == 2
+
+
+@pytest.mark.slow
+def test_a_diverging_trial_fails_and_the_search_goes_on(capsys, tmp_path, data_dir):
+    """A loss that becomes NaN/inf is a trial's outcome (failed, "diverged"), not the end of
+    the tune; it counts toward the budget, so a rerun does not try it again."""
+    recipe = write_recipe(tmp_path, data_dir)
+    args = [
+        "tune", str(recipe), "--sampler", "grid", "--smoke",
+        "--set", "models=[{name: dnn, label: DNN, params: {hidden: [8]}}]",
+        "--set", "search={train.lr: {choice: [1.0e+38, 0.001]}}",
+    ]  # fmt: skip
+    code, out, err = run_main(capsys, *args)
+    assert code == 0, err
+    assert "train.lr=1e+38 diverged (loss NaN/inf); recorded as failed" in out
+    assert "fail: diverged" in out and "best DNN: trial" in out
+    folder = tmp_path / "run-smoke-tune"
+    res = json.loads((folder / "results.json").read_text())
+    assert res["models"]["DNN"]["trials"] == {"complete": 1, "failed": 1}
+    assert load_recipe(folder / "tuned.yaml").train.lr == 0.001
+    code, out, err = run_main(capsys, *args)
+    assert code == 0, err
+    assert "kept DNN: 2 trial(s) ended earlier" in out
