@@ -701,6 +701,7 @@ def main() -> None:
         # what an interrupted cleanup left (io.discard_pending), with a second Ctrl-C ignored
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
+        forget_interrupts()
         discard_pending()
 
 

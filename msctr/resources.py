@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 import resource
-
-import torch
+from typing import TYPE_CHECKING
 
 from msctr.errors import UserError
+
+if TYPE_CHECKING:  # torch is imported only for a device: `prepare` never loads it
+    import torch
 
 GIB = 1 << 30
 
@@ -23,12 +25,14 @@ def available_bytes(device: torch.device | str = "cpu") -> int | None:
     """Memory a new allocation can get on `device`: a CUDA device's free memory; on the host,
     Linux's MemAvailable (free plus reclaimable caches), else the physical memory. None where
     it cannot be told (then nothing is refused)."""
-    device = torch.device(device)
-    if device.type == "cuda":
+    kind = str(device).split(":")[0]
+    if kind == "cuda":
+        import torch
+
         if not torch.cuda.is_available():
             return None
-        return int(torch.cuda.mem_get_info(device)[0])
-    if device.type != "cpu":
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    if kind != "cpu":
         return None
     try:
         with open("/proc/meminfo") as fh:
@@ -52,7 +56,7 @@ def need_memory(nbytes: float, what: str, fix: str, device: torch.device | str =
     free = available_bytes(device)
     if free is not None and nbytes > free:
         raise UserError(
-            f"{what} needs at least {size_text(nbytes)} of memory, but {torch.device(device)} "
+            f"{what} needs at least {size_text(nbytes)} of memory, but {device} "
             f"has {size_text(free)} available; {fix}"
         )
 
