@@ -266,8 +266,13 @@ def fit_one(
     run_dir: Path,
     progress: Progress | None = None,
     fingerprint: dict | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> dict:
     """Train one model with one seed; write checkpoint, predictions and log; return a summary.
+
+    `on_epoch(epoch, val)`, if given, is called after each epoch (counted from 1) has been
+    scored and recorded, with its validation figures (`auc`, `logloss`): `msctr tune` reports
+    them to Optuna's pruner there, and an exception it raises ends the run.
 
     After each epoch the whole training state (weights, every optimizer's state, early
     stopping, the epoch, every random state) goes to `last.pt`; a run that finds one continues
@@ -391,6 +396,8 @@ def fit_one(
         if w.main:
             with files.log.open("a") as fh:
                 fh.write(lines[-1] + "\n")
+        if on_epoch is not None:
+            on_epoch(epoch + 1, val)
     dist.stop_together()
     if data.test is None:  # tuning (msctr.tune): validation only, the test split is not loaded
         best = json.loads(lines[stopping.best_epoch])
@@ -398,6 +405,7 @@ def fit_one(
             "model": entry.key,
             "seed": seed,
             "best_epoch": stopping.best_epoch + 1,
+            "epochs": len(lines),  # trained, early stopping or --trial-epochs may end them sooner
             "val_auc": best["val_auc"],
             "val_logloss": best["val_logloss"],
             "train_seconds": time.perf_counter() - start,
@@ -515,15 +523,18 @@ def train_recipe(
         dist.teardown()
 
 
-def load_training_data(recipe: Recipe, test: bool = True) -> SplitData:
+def load_training_data(
+    recipe: Recipe, test: bool = True, train_limit: int | None = None
+) -> SplitData:
     """The recipe's splits, after the checks every training makes before its first step
     (threads, a validation split AUC can rank epochs on, test labels, each model's memory).
-    `test=False` (msctr tune): the test split is neither opened nor checked."""
+    `test=False` (msctr tune): the test split is neither opened nor checked; `train_limit`:
+    the first N train rows only (`SplitData.load`)."""
     if recipe.train.threads:
         check_threads(recipe.train.threads, "train.threads")
         torch.set_num_threads(recipe.train.threads)
     keep_freed_memory()
-    data = SplitData.load(recipe, test=test)
+    data = SplitData.load(recipe, test=test, train_limit=train_limit)
     stop = recipe.train.early_stopping
     if stop.metric == "auc" and (why := one_class(data.val_labels)):
         # AUC is undefined on one class: every epoch would tie and epoch 1 would be kept

@@ -33,9 +33,11 @@ class SplitData:
     identity: bytes | None = None  # schema.json as it was when the splits were read
 
     @classmethod
-    def load(cls, recipe: Recipe, test: bool = True) -> SplitData:
+    def load(cls, recipe: Recipe, test: bool = True, train_limit: int | None = None) -> SplitData:
         """The splits `recipe` trains on; `test=False` (msctr tune) leaves test.parquet
-        unopened, so no choice made from these splits can have seen the test rows."""
+        unopened, so no choice made from these splits can have seen the test rows.
+        `train_limit` (msctr tune --trial-rows, in-memory loader): the first N train rows only,
+        as `train.eval_rows` takes the first rows of val and test."""
         folder = Path(recipe.data)
         if not folder.is_dir():
             raise UserError(
@@ -45,7 +47,9 @@ class SplitData:
         identity = _schema_bytes(folder)  # before the splits: a swap while reading shows
         schema = Schema.load(folder)
         t = recipe.train
-        train = load_columns(folder, "train", schema) if t.loader == "memory" else None
+        train = None  # streamed: read from disk each epoch
+        if t.loader == "memory":
+            train = load_columns(folder, "train", schema, limit=train_limit)
         val = load_columns(folder, "val", schema, limit=t.eval_rows)
         test_columns, test_frame = None, None
         if test:
@@ -113,7 +117,8 @@ class SplitData:
 
     @property
     def train_rows(self) -> int:
-        return self.schema.rows["train"]
+        # in memory: the rows loaded (fewer than the split under `train_limit`)
+        return len(self.train) if self.train is not None else self.schema.rows["train"]
 
 
 def _schema_bytes(folder: Path) -> bytes | None:
