@@ -554,6 +554,20 @@ def tune(
         bool,
         typer.Option("--fresh", help="Start over: remove the tune folder's studies first."),
     ] = False,
+    pruner: Annotated[
+        str | None,
+        typer.Option(
+            help="median, halving or none: stop a trial whose per-epoch validation figure "
+            "lags the others' (default: median for tpe, none for grid)."
+        ),
+    ] = None,
+    trial_epochs: Annotated[
+        int | None, typer.Option(help="Train each trial for at most N epochs (not tuned.yaml).")
+    ] = None,
+    trial_rows: Annotated[
+        int | None,
+        typer.Option(help="Train each trial on the first N train rows only (validation whole)."),
+    ] = None,
 ) -> None:
     """Search each model's hyperparameters over the recipe's `search:` space with Optuna, on
     the validation split only (the test split is never opened). Writes tune.db (the studies:
@@ -563,14 +577,19 @@ def tune(
     Example: msctr tune recipes/synthetic/tune.yaml --trials 20
 
     Example: msctr tune recipes/synthetic/tune.yaml --sampler grid --model DNN
+
+    Example: msctr tune recipes/synthetic/tune.yaml --trial-epochs 3 --trial-rows 20000
     """
     from msctr.recipe import load_recipe
-    from msctr.tune import need_optuna, run_tune
+    from msctr.tune import Caps, need_optuna, run_tune
 
     need_optuna()  # before anything else: the one-line hint to install the extra
     r = load_recipe(recipe, set_ or [], smoke=smoke)
     with resumable():
-        run_tune(r, console, sampler, trials, timeout, seed, model, fresh=fresh, smoke=smoke)
+        run_tune(
+            r, console, sampler, trials, timeout, seed, model, fresh=fresh, smoke=smoke,
+            pruner=pruner, caps=Caps(trial_epochs, trial_rows),
+        )  # fmt: skip
 
 
 @app.command("bench-inference")

@@ -42,6 +42,7 @@ from msctr.train.splits import SplitData
 
 OPTUNA_MISSING = "msctr tune needs Optuna: pip install 'msctr[tune]'"
 SAMPLERS = ("tpe", "grid")
+PRUNERS = ("median", "halving", "none")
 DEFAULT_TRIALS = 20  # per model, for tpe (grid: the whole grid)
 SMOKE_TRIALS = 2
 
@@ -60,6 +61,31 @@ def need_optuna() -> Any:
 class _TrialFailed(Exception):
     """A trial that ended without a value (diverged, or a combination the model refuses):
     Optuna records it as FAIL and the study goes on."""
+
+
+@dataclass(frozen=True)
+class Caps:
+    """Limits on every trial, not on the tuned recipe (`--trial-epochs`, `--trial-rows`):
+    cheaper trials that rank configurations; `msctr train tuned.yaml` trains in full."""
+
+    epochs: int | None = None  # train.epochs of a trial at most this
+    rows: int | None = None  # a trial trains on the first N train rows (validation whole)
+
+    def recorded(self) -> dict[str, int]:
+        """The caps set, by option (study fingerprint, results.json): none set is {}, so a
+        study begun before caps existed is the same study as one without them."""
+        caps = {"trial_epochs": self.epochs, "trial_rows": self.rows}
+        return {k: v for k, v in caps.items() if v is not None}
+
+    def shown(self) -> str:
+        if self.epochs is None and self.rows is None:
+            return "the recipe's epochs on every train row"
+        epochs = f"at most {self.epochs} epoch(s)" if self.epochs else "the recipe's epochs"
+        rows = f"the first {self.rows:,} train rows" if self.rows else "every train row"
+        return f"{epochs} on {rows}"
+
+
+NO_CAPS = Caps()
 
 
 @dataclass
@@ -83,10 +109,13 @@ def _shown(values: dict[str, Any]) -> str:
     return ", ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
 
 
-def trial_recipe(recipe: Recipe, index: int, values: dict[str, Any]) -> Recipe:
+def trial_recipe(
+    recipe: Recipe, index: int, values: dict[str, Any], caps: Caps = NO_CAPS
+) -> Recipe:
     """The one-model recipe a trial trains: model `index` with `values` set (params keys in
-    the model entry, train keys in `train`), the recipe's first seed, no search space. Checked
-    as any recipe is; a refusal names the model and the key as the user's recipe has them."""
+    the model entry, train keys in `train`), the recipe's first seed, no search space, its
+    epochs capped by `caps` (a searched train.epochs too). Checked as any recipe is; a refusal
+    names the model and the key as the user's recipe has them."""
     raw = recipe.to_dict()
     raw.pop("search", None)
     entry = raw["models"][index]
@@ -97,6 +126,8 @@ def trial_recipe(recipe: Recipe, index: int, values: dict[str, Any]) -> Recipe:
     raw["train"]["seeds"] = raw["train"]["seeds"][:1]
     for key, value in values.items():
         set_path(entry if key.startswith("params.") else raw, key, value)
+    if caps.epochs is not None:
+        raw["train"]["epochs"] = min(raw["train"]["epochs"], caps.epochs)
     try:
         return recipe_from_dict(raw, where=recipe.name)
     except UserError as e:
@@ -105,10 +136,12 @@ def trial_recipe(recipe: Recipe, index: int, values: dict[str, Any]) -> Recipe:
         raise UserError(f"search of {label}, {_shown(values)}: {message}") from None
 
 
-def _checked(recipe: Recipe, target: Target, values: dict[str, Any], schema: Schema) -> Recipe:
+def _checked(
+    recipe: Recipe, target: Target, values: dict[str, Any], schema: Schema, caps: Caps = NO_CAPS
+) -> Recipe:
     """`trial_recipe`, and its model's shape built on the data's schema (without allocating
     it): sizes the model refuses only against the data, or beyond free memory, fail here."""
-    r = trial_recipe(recipe, target.index, values)
+    r = trial_recipe(recipe, target.index, values, caps)
     m = r.models[0]
     try:
         check_memory(m.name, schema, m.params, TRAIN_COPIES, r.train.device)
@@ -153,14 +186,16 @@ def plan(recipe: Recipe, model: str | None, sampler: str) -> list[Target]:
     return targets
 
 
-def study_fingerprint(recipe: Recipe, target: Target, schema: Schema) -> dict:
+def study_fingerprint(recipe: Recipe, target: Target, schema: Schema, caps: Caps) -> dict:
     """What a study's trials depend on: the run fingerprint of the model's trial recipe (data,
-    model, params, train keys), the seed and the space. A study in tune.db that records
-    another is not continued."""
+    model, params, train keys, as the recipe has them), the seed, the space and the trial
+    caps. A study in tune.db that records another is not continued."""
     r = trial_recipe(recipe, target.index, {})
     fp = run_fingerprint(r, r.models[0], schema)
     fp["seed"] = r.train.seeds[0]
     fp["space"] = target.raw_space
+    if caps.recorded():  # absent when none: studies begun before caps existed still match
+        fp["caps"] = caps.recorded()
     return json.loads(json.dumps(fp))
 
 
@@ -189,6 +224,8 @@ def trials_table(target: Target, study: Any, metric: str, sampler: str) -> Table
         state = t.state.name.lower()
         if "error" in t.user_attrs:
             state += f": {t.user_attrs['error']}"
+        elif "pruned_at" in t.user_attrs:
+            state += f" after epoch {t.user_attrs['pruned_at']}"
         rows.append(
             [
                 str(t.number),
@@ -221,8 +258,11 @@ def _open_studies(
     schema: Schema,
     sampler: str,
     seed: int,
+    pruner: str,
+    caps: Caps,
 ) -> list[Any]:
-    """Each target's study, created or continued; a study from another recipe is refused."""
+    """Each target's study, created or continued; a study from another recipe, or run with
+    other trial caps, is refused. The pruner is not the study's: a rerun may change it."""
     direction = "maximize" if recipe.train.early_stopping.metric == "auc" else "minimize"
     studies = []
     for target in targets:
@@ -235,14 +275,18 @@ def _open_studies(
             study_name=target.label,
             direction=direction,
             sampler=chosen,
+            pruner=_pruner(optuna, pruner),
             load_if_exists=True,
         )
-        fp = study_fingerprint(recipe, target, schema)
+        fp = study_fingerprint(recipe, target, schema, caps)
         old = study.user_attrs.get("fingerprint")
-        parts = ("data", "model", "params", "train", "seed", "space")
+        parts = ("data", "model", "params", "train", "seed", "space", "caps")
         change = None if old is None else fingerprint_change(old, fp, target.label, parts)
         if change is not None:
             key, was, now = change
+            if key.startswith("caps."):  # named by its option; a cap not given is none
+                key = "--" + key.removeprefix("caps.").replace("_", "-")
+                was, now = (None if v == "<absent>" else v for v in (was, now))
             raise UserError(
                 f"{key} changed since the study of {target.label} in '{storage[10:]}' began "
                 f"({json.dumps(was)} there, {json.dumps(now)} now), so its trials are not this "
@@ -252,6 +296,17 @@ def _open_studies(
             study.set_user_attr("fingerprint", fp)
         studies.append(study)
     return studies
+
+
+def _pruner(optuna: Any, name: str) -> Any:
+    """Optuna's pruner, with its defaults: median prunes a trial whose best value so far is
+    worse than the median of earlier trials' at the same epoch, once 5 trials have finished;
+    halving keeps the best quarter of the trials at each rung of epochs 1, 4, 16, ..."""
+    if name == "median":
+        return optuna.pruners.MedianPruner()
+    if name == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    return optuna.pruners.NopPruner()
 
 
 def _retry_stale(optuna: Any, study: Any, console: Console) -> None:
@@ -279,16 +334,31 @@ def run_tune(
     model: str | None = None,
     fresh: bool = False,
     smoke: bool = False,
+    pruner: str | None = None,
+    caps: Caps = NO_CAPS,
 ) -> dict:
     """Tune each model (or `model`): trials until `trials` of each study have ended
     (`_settled`; default: DEFAULT_TRIALS for tpe, SMOKE_TRIALS under `smoke`; grid: at most
-    the whole grid) or `timeout` seconds per model pass; then the tables, tuned.yaml and
-    results.json."""
+    the whole grid) or `timeout` seconds per model pass, each trial capped by `caps` and
+    stopped early by `pruner` (default: median for tpe, none for grid); then the tables,
+    tuned.yaml and results.json."""
     optuna = need_optuna()
     if trials is not None and trials < 1:
         raise UserError(f"--trials must be at least 1, got {trials}")
     if timeout is not None and not timeout > 0:
         raise UserError(f"--timeout must be a positive number of seconds, got {timeout}")
+    # a grid wants every point's full value (its table is the whole space), so no pruner
+    pruner = pruner or ("none" if sampler == "grid" else "median")
+    if pruner not in PRUNERS:
+        raise UserError(f"--pruner must be one of {', '.join(PRUNERS)}, got {pruner!r}")
+    for option, cap in (("--trial-epochs", caps.epochs), ("--trial-rows", caps.rows)):
+        if cap is not None and cap < 1:
+            raise UserError(f"{option} must be at least 1, got {cap}")
+    if caps.rows is not None and recipe.train.loader != "memory":
+        raise UserError(
+            "--trial-rows takes the first rows of the train split in memory, and this recipe "
+            "streams it (train.loader: stream); drop --trial-rows, or --set train.loader=memory"
+        )
     # everything that can refuse the command runs before the folder is touched
     resolve_device(recipe.train.device)
     check_labels(e.key for e in recipe.models)
@@ -296,7 +366,7 @@ def run_tune(
     folder = tune_folder(recipe)
     check_tune_folder(folder, inputs=(recipe.data,))
     base = trial_recipe(recipe, targets[0].index, {})  # the splits every trial reads
-    data = load_training_data(base, test=False)
+    data = load_training_data(base, test=False, train_limit=caps.rows)
     folder.mkdir(parents=True, exist_ok=True)
     busy = (
         f"{{holder}} is tuning into '{folder}' now; wait for it to end, or stop it: Ctrl-C "
@@ -308,16 +378,27 @@ def run_tune(
                 (folder / name).unlink(missing_ok=True)
         sweep_stale(folder)  # trial folders and temporary files of a killed tune
         storage = f"sqlite:///{(folder / 'tune.db').resolve()}"
-        studies = _open_studies(optuna, storage, recipe, targets, data.schema, sampler, seed)
+        studies = _open_studies(
+            optuna, storage, recipe, targets, data.schema, sampler, seed, pruner, caps
+        )
         budget = trials if trials is not None or not smoke else SMOKE_TRIALS
+        per_model = f"{budget or DEFAULT_TRIALS} trial(s)"
+        if sampler == "grid":
+            per_model = f"{budget} trial(s) at most" if budget else "the whole grid"
+        console.print(Text(
+            f"budget per model: {per_model}"
+            + (f", {timeout:g}s at most" if timeout else "")
+            + f", {sampler} sampler, pruner {pruner}; each trial: {caps.shown()}"
+        ))  # fmt: skip
         for target, study in zip(targets, studies):
             _retry_stale(optuna, study, console)
             want = budget or DEFAULT_TRIALS
             if sampler == "grid":  # each point once: a larger budget would repeat points
                 want = min(budget or math.inf, grid_size(target.space))
-            _optimize(optuna, study, target, recipe, data, folder, want, timeout, console)
+            _optimize(optuna, study, target, recipe, data, folder, want, timeout, console, caps)
         return _finish(optuna, storage, recipe, targets, studies, folder, console, sampler, {
             "trials": budget, "timeout": timeout, "sampler_seed": seed, "smoke": smoke,
+            "pruner": pruner, "trial_epochs": caps.epochs, "trial_rows": caps.rows,
         })  # fmt: skip
 
 
@@ -331,6 +412,7 @@ def _optimize(
     want: int,
     timeout: float | None,
     console: Console,
+    caps: Caps,
 ) -> None:
     done = _settled(optuna, study)
     label = escape(target.label)
@@ -345,20 +427,34 @@ def _optimize(
     def objective(trial: Any) -> float:
         values = {k: s.suggest(trial) for k, s in target.space.items()}
         try:
-            r = _checked(recipe, target, values, data.schema)
+            r = _checked(recipe, target, values, data.schema, caps)
         except UserError as e:  # a combination the model refuses (each value alone passed)
             trial.set_user_attr("error", "refused")
             console.print(Text(f"trial {trial.number} of {target.label}: {e}"))
             raise _TrialFailed from None
+
+        def report(epoch: int, val: dict[str, float]) -> None:
+            # the pruner compares this epoch's figure with the other trials' at the same epoch
+            trial.report(val[metric], epoch)
+            if trial.should_prune():
+                trial.set_user_attr("pruned_at", epoch)
+                raise optuna.TrialPruned(f"val {metric} {val[metric]:.4f} after epoch {epoch}")
+
         try:
             with scratch_dir(folder / "trial") as work:  # checkpoints of the trial, then gone
-                summary = fit_one(r, r.models[0], r.train.seeds[0], data, work, progress)
+                summary = fit_one(
+                    r, r.models[0], r.train.seeds[0], data, work, progress, on_epoch=report
+                )
+        except optuna.TrialPruned as e:  # Optuna records it PRUNED; it counts as ended
+            console.print(Text(f"trial {trial.number} of {target.label}: {_shown(values)}: "
+                               f"pruned, {e}"))  # fmt: skip
+            raise
         except Diverged:
             trial.set_user_attr("error", "diverged")
             console.print(Text(f"trial {trial.number} of {target.label}: {_shown(values)} "
                                "diverged (loss NaN/inf); recorded as failed"))  # fmt: skip
             raise _TrialFailed from None
-        for key in ("val_auc", "val_logloss", "best_epoch", "train_seconds"):
+        for key in ("val_auc", "val_logloss", "best_epoch", "epochs", "train_seconds"):
             trial.set_user_attr(key, summary[key])
         value = summary[f"val_{metric}"]
         console.print(Text(
@@ -376,12 +472,14 @@ def _optimize(
 
 
 def _settled(optuna: Any, study: Any) -> int:
-    """The trials that count toward the budget: finished ones, and failed ones with a reason
-    (diverged, refused: trying them again gives the same). A trial that failed without one
-    was killed; its point is tried again (`_retry_stale`)."""
+    """The trials that count toward the budget: finished ones, pruned ones (as Optuna counts
+    them), and failed ones with a reason (diverged, refused: trying them again gives the
+    same). A trial that failed without one was killed; its point is tried again
+    (`_retry_stale`)."""
     state = optuna.trial.TrialState
     return sum(
-        t.state == state.COMPLETE or (t.state == state.FAIL and "error" in t.user_attrs)
+        t.state in (state.COMPLETE, state.PRUNED)
+        or (t.state == state.FAIL and "error" in t.user_attrs)
         for t in study.get_trials(deepcopy=False)
     )
 
@@ -403,9 +501,14 @@ def _finish(
     for target, study in zip(targets, studies):
         print_tables(console, trials_table(target, study, metric, sampler))
         states = [t.state for t in study.get_trials(deepcopy=False)]
+        complete, pruned = states.count(done), states.count(optuna.trial.TrialState.PRUNED)
         entry: dict[str, Any] = {
             "space": target.raw_space,
-            "trials": {"complete": states.count(done), "failed": len(states) - states.count(done)},
+            "trials": {
+                "complete": complete,
+                "pruned": pruned,
+                "failed": len(states) - complete - pruned,
+            },
         }
         best = _best(study)
         if best is None:

@@ -91,6 +91,10 @@ def test_optuna_missing_is_one_line(capsys, monkeypatch, tmp_path, data_dir):
         ),
         (["--sampler", "random"], "--sampler must be one of tpe, grid"),
         (["--model", "Nope"], "'Nope' is not in the recipe"),
+        (["--pruner", "asha"], "--pruner must be one of median, halving, none"),
+        (["--trial-epochs", "0"], "--trial-epochs must be at least 1, got 0"),
+        (["--trial-rows", "0"], "--trial-rows must be at least 1, got 0"),
+        (["--trial-rows", "100", "--set", "train.loader=stream"], "streams it"),
         (["--set", "models.0.search={}", "--set", "search={}"], "DNN has no search space"),
     ],
 )
@@ -164,10 +168,13 @@ def test_smoke_tune_writes_tuned_yaml_that_train_runs(capsys, tmp_path, data_dir
     assert "MMoE: 2 finished trial(s)" in out and "best DNN: trial" in out
     res = json.loads((folder / "results.json").read_text())
     assert res["sampler"] == "tpe" and res["metric"] == "logloss" and res["train_seed"] == 3
-    assert res["budget"] == {"trials": 2, "timeout": None, "sampler_seed": 0, "smoke": True}
+    assert res["budget"] == {
+        "trials": 2, "timeout": None, "sampler_seed": 0, "smoke": True,
+        "pruner": "median", "trial_epochs": None, "trial_rows": None,
+    }  # fmt: skip
     for label in ("DNN", "MMoE"):
         m = res["models"][label]
-        assert m["trials"] == {"complete": 2, "failed": 0}
+        assert m["trials"] == {"complete": 2, "pruned": 0, "failed": 0}
         done = trials(folder, label)
         assert m["best_value"] == min(t.value for t in done)
     tuned = load_recipe(folder / "tuned.yaml")  # a valid recipe
@@ -265,7 +272,7 @@ def test_a_killed_tune_resumes_its_study(capsys, tmp_path, data_dir):
     assert [t.state.name for t in after[3:]] == ["COMPLETE", "COMPLETE"]
     assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]  # its trial folder
     res = json.loads((folder / "results.json").read_text())
-    assert res["models"]["DNN"]["trials"] == {"complete": 4, "failed": 1}
+    assert res["models"]["DNN"]["trials"] == {"complete": 4, "pruned": 0, "failed": 1}
     # another space is another study: refused, not mixed in
     line = one_line_error(capsys, "changed since the study of DNN", *args, "--set", "search={}")
     assert "--fresh" in line
@@ -290,8 +297,129 @@ def test_a_diverging_trial_fails_and_the_search_goes_on(capsys, tmp_path, data_d
     assert "fail: diverged" in out and "best DNN: trial" in out
     folder = tmp_path / "run-smoke-tune"
     res = json.loads((folder / "results.json").read_text())
-    assert res["models"]["DNN"]["trials"] == {"complete": 1, "failed": 1}
+    assert res["models"]["DNN"]["trials"] == {"complete": 1, "pruned": 0, "failed": 1}
     assert load_recipe(folder / "tuned.yaml").train.lr == 0.001
     code, out, err = run_main(capsys, *args)
     assert code == 0, err
     assert "kept DNN: 2 trial(s) ended earlier" in out
+
+
+def scripted_fit(monkeypatch, loglosses: list[float]) -> list[Path]:
+    """`fit_one` replaced by one that reports, at every epoch of call i, the validation
+    logloss `loglosses[i]` (0.5 past the list) through tune's per-epoch callback, as the
+    engine does; returns the trial folders it was given. Pruning without training."""
+    folders: list[Path] = []
+
+    def fit_one(recipe, entry, seed, data, run_dir, progress=None, fingerprint=None, on_epoch=None):
+        value = loglosses[len(folders)] if len(folders) < len(loglosses) else 0.5
+        folders.append(Path(run_dir))
+        for epoch in range(1, recipe.train.epochs + 1):
+            assert Path(run_dir).is_dir()
+            on_epoch(epoch, {"auc": 0.6, "logloss": value})
+        return {"model": entry.key, "seed": seed, "best_epoch": 1, "epochs": recipe.train.epochs,
+                "val_auc": 0.6, "val_logloss": value, "train_seconds": 0.0}  # fmt: skip
+
+    monkeypatch.setattr("msctr.tune.fit_one", fit_one)
+    return folders
+
+
+# 7 dropout values: the grid has 7 points, as many as the tpe runs below
+SEVEN = ["--set", "models.0.search={}", "--set", "search={params.dropout: {choice: "
+         "[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]}}", "--set", "train.epochs=3"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        pytest.param(["--sampler", "tpe"], marks=pytest.mark.slow),  # three tunes, ~4 s
+        ["--sampler", "grid", "--pruner", "median"],
+    ],
+)
+def test_a_lagging_trial_is_pruned_and_counts(capsys, monkeypatch, tmp_path, data_dir, sampler):
+    """The median pruner (tpe's default) stops the sixth trial, whose validation logloss at
+    epoch 1 is far above the median of the five before it: PRUNED in tune.db, the table and
+    results.json, its folder gone, counted toward the budget, so a rerun adds nothing and a
+    grid does not try its point again."""
+    folders = scripted_fit(monkeypatch, [0.5] * 5 + [2.0])
+    args = ["tune", str(write_recipe(tmp_path, data_dir)), "--model", "DNN", *sampler, *SEVEN]
+    code, out, err = run_main(capsys, *args, "--trials", "7")
+    assert code == 0, err
+    assert "budget per model: 7 trial(s)" in out and "pruner median" in out
+    assert "params.dropout=" in out and "pruned, val logloss 2.0000 after epoch 1" in out
+    assert "pruned after epoch 1" in out  # the table's state
+    folder = tmp_path / "run-tune"
+    done = trials(folder, "DNN")
+    assert [t.state.name for t in done] == ["COMPLETE"] * 5 + ["PRUNED", "COMPLETE"]
+    assert done[5].intermediate_values == {1: 2.0} and done[4].intermediate_values == {
+        1: 0.5, 2: 0.5, 3: 0.5
+    }  # fmt: skip
+    if "grid" in sampler:  # every point once, the pruned one included
+        assert len({t.params["params.dropout"] for t in done}) == 7
+    assert len(folders) == 7 and not any(f.exists() for f in folders)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        ".lock",
+        "results.json",
+        "tune.db",
+        "tuned.yaml",
+    ]
+    res = json.loads((folder / "results.json").read_text())
+    assert res["models"]["DNN"]["trials"] == {"complete": 6, "pruned": 1, "failed": 0}
+    assert res["budget"]["pruner"] == "median"
+    code, out, err = run_main(capsys, *args, "--trials", "7")  # resumed: pruned counted
+    assert code == 0, err
+    assert "kept DNN: 7 trial(s) ended earlier" in out and len(folders) == 7
+    if "tpe" in sampler:  # continued past a pruned trial
+        code, out, err = run_main(capsys, *args, "--trials", "8")
+        assert code == 0, err
+        assert [t.state.name for t in trials(folder, "DNN")][5:] == ["PRUNED"] + ["COMPLETE"] * 2
+
+
+@pytest.mark.parametrize("sampler", [["--pruner", "none"], ["--sampler", "grid"]])
+def test_no_pruner_never_prunes(capsys, monkeypatch, tmp_path, data_dir, sampler):
+    """--pruner none, and grid's default (a grid wants every point's full value)."""
+    scripted_fit(monkeypatch, [0.5] * 5 + [2.0])
+    args = ["tune", str(write_recipe(tmp_path, data_dir)), "--model", "DNN", *sampler, *SEVEN]
+    code, out, err = run_main(capsys, *args, "--trials", "7")
+    assert code == 0, err
+    assert "pruner none" in out and "pruned" not in out
+    done = trials(tmp_path / "run-tune", "DNN")
+    assert [t.state.name for t in done] == ["COMPLETE"] * 7
+    assert done[5].value == 2.0
+
+
+def test_trial_caps_reach_the_trials_and_bind_the_study(capsys, monkeypatch, tmp_path, data_dir):
+    """--trial-epochs and --trial-rows on the real engine: each trial trains 1 epoch (of the
+    recipe's 2) on the first 300 train rows (recorded by the engine's batch hook) and reports
+    that epoch to the pruner; tuned.yaml keeps the recipe's epochs; another cap on a rerun is
+    refused in one line."""
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    monkeypatch.setenv("MSCTR_TEST_SHARDS", str(shards))
+    recipe = write_recipe(tmp_path, data_dir)
+    args = ["tune", str(recipe), "--model", "DNN", "--trials", "2", "--trial-epochs", "1"]
+    code, out, err = run_main(capsys, *args, "--trial-rows", "300")
+    assert code == 0, err
+    assert "each trial: at most 1 epoch(s) on the first 300 train rows" in out
+    folder = tmp_path / "run-tune"
+    done = trials(folder, "DNN")
+    assert [t.state.name for t in done] == ["COMPLETE"] * 2
+    for t in done:
+        assert t.user_attrs["epochs"] == 1
+        assert t.intermediate_values == {1: t.user_attrs["val_logloss"]} == {1: t.value}
+    steps = [json.loads(line) for line in (shards / "part_0_of_1.jsonl").read_text().splitlines()]
+    assert {s["epoch"] for s in steps} == {0} and len(steps) == 4  # 2 trials x 2 batches of 256
+    rows = [r for s in steps for r in s["rows"]]
+    assert sorted(set(rows)) == list(range(300)) and len(rows) == 600
+    res = json.loads((folder / "results.json").read_text())
+    assert res["budget"]["trial_epochs"] == 1 and res["budget"]["trial_rows"] == 300
+    assert load_recipe(folder / "tuned.yaml").train.epochs == 2
+    line = one_line_error(capsys, "--trial-rows changed since the study of DNN", *args)
+    assert "(300 there, null now)" in line and "--fresh" in line
+    line = one_line_error(capsys, "(1 there, 2 now)", *args[:-1], "2", "--trial-rows", "300")
+    assert line.startswith("error: --trial-epochs changed")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        ".lock",
+        "results.json",
+        "tune.db",
+        "tuned.yaml",
+    ]
