@@ -534,7 +534,7 @@ def tune(
     trials: Annotated[
         int | None,
         typer.Option(
-            help="Trials each model's study should reach, finished or failed by diverging "
+            help="Trials each model's study should reach, finished, pruned or failed by diverging "
             "(default: 20 for tpe, the whole grid for grid). A rerun continues the study "
             "up to it."
         ),
