@@ -12,12 +12,11 @@ from __future__ import annotations
 import signal
 import sys
 
-from msctr.errors import Interrupted, raise_interrupted
+from msctr.errors import Interrupted, handle_interrupts
 
 
 def run() -> None:
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, raise_interrupted)
+    handle_interrupts()
     try:
         from msctr.cli import main
 

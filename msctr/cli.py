@@ -22,8 +22,8 @@ from msctr.errors import (
     RankError,
     UserError,
     forget_interrupts,
+    handle_interrupts,
     interrupt_received,
-    raise_interrupted,
 )
 from msctr.io import discard_pending
 
@@ -666,8 +666,7 @@ def usage_message(e: UsageError) -> str:
 
 def main() -> None:
     forget_interrupts()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, raise_interrupted)
+    handle_interrupts()
     try:
         try:
             # not standalone: click's usage errors reach the handler below instead of being

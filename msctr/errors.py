@@ -8,6 +8,7 @@ any other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import signal
+import sys
 from types import FrameType
 
 
@@ -41,25 +42,48 @@ def _importing(frame: FrameType | None) -> bool:
 
 
 def raise_interrupted(signum: int, frame: FrameType | None) -> None:
-    """The CLI's handler for SIGINT and SIGTERM: raises `Interrupted`, but never inside an
-    import. A native module's initialisation calls back into Python (torch's pybind11 does),
-    and an exception raised there can abort the whole process (`terminate called after
-    throwing an instance of 'pybind11::error_already_set'`, seen once in the 50-run loop of
-    Ctrl-C tests): the interrupt is raised once the import is done instead, checked every
-    20 ms by a SIGALRM timer."""
+    """The CLI's handler for SIGINT and SIGTERM: raises `Interrupted` where Python can carry
+    it to the CLI. Python runs the handler between any two bytecodes, also in Python code
+    that native code called, and found in the 50-run loop of Ctrl-C tests:
+    - inside an import, torch's native initialisation (pybind11) turned the exception into
+      `std::terminate`, an abort of the whole process: there the interrupt waits until the
+      import is done;
+    - inside a callback whose exception native code cannot pass on, Python printed
+      "Exception ignored in: 'Path'" and the interrupt was lost: `_unraisable` raises it
+      again a moment later.
+    Both retry on a SIGALRM timer every 20 ms (where the platform has one)."""
     _received.append(signum)
     if _importing(frame) and hasattr(signal, "setitimer"):
-        signal.signal(signal.SIGALRM, _raise_when_imported)
-        signal.setitimer(signal.ITIMER_REAL, RETRY_SECONDS)
+        _raise_later()
         return
     raise Interrupted(signum)
 
 
-def _raise_when_imported(_: int, frame: FrameType | None) -> None:
+def _raise_later() -> None:
+    signal.signal(signal.SIGALRM, _raise_when_safe)
+    signal.setitimer(signal.ITIMER_REAL, RETRY_SECONDS)
+
+
+def _raise_when_safe(_: int, frame: FrameType | None) -> None:
     if _importing(frame):
         signal.setitimer(signal.ITIMER_REAL, RETRY_SECONDS)
         return
     raise Interrupted(_received[0])
+
+
+def _unraisable(unraisable: sys.UnraisableHookArgs) -> None:
+    if isinstance(unraisable.exc_value, Interrupted) and hasattr(signal, "setitimer"):
+        _raise_later()  # swallowed where it was raised: raised again elsewhere, not printed
+        return
+    sys.__unraisablehook__(unraisable)
+
+
+def handle_interrupts() -> None:
+    """SIGINT and SIGTERM raise `Interrupted` (`raise_interrupted`), and one swallowed by
+    native code is raised again: what the CLI's entry points install first."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, raise_interrupted)
+    sys.unraisablehook = _unraisable
 
 
 def interrupt_received() -> int | None:

@@ -216,9 +216,10 @@ def load_shared(src: torch.nn.Module, dst: torch.nn.Module) -> list[str]:
 
 def run_main(capsys, *args: str) -> tuple[int, str, str]:
     """`msctr ARGS` through the real entry point (as the console script runs it), in-process:
-    (exit code, stdout, stderr). The entry point's signal handlers are undone afterwards."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    old_argv = sys.argv
+    (exit code, stdout, stderr). The entry point's signal handlers and unraisable hook are
+    undone afterwards."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)}
+    hook, old_argv = sys.unraisablehook, sys.argv
     sys.argv = ["msctr", *args]
     try:
         cli.main()
@@ -226,7 +227,7 @@ def run_main(capsys, *args: str) -> tuple[int, str, str]:
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
     finally:
-        sys.argv = old_argv
+        sys.argv, sys.unraisablehook = old_argv, hook
         for s, h in saved.items():
             signal.signal(s, h)
     out = capsys.readouterr()
