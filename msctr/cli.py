@@ -717,9 +717,10 @@ def main() -> None:
         sys.exit(128 + e.signum)
     finally:
         # what an interrupted cleanup left (io.discard_pending), with a second Ctrl-C ignored
+        # and no deferred one still to come (forget_interrupts stops its timer)
+        forget_interrupts()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
-        forget_interrupts()
         discard_pending()
 
 
