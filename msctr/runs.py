@@ -28,7 +28,7 @@ wrote, and holds anything, is refused as a run folder (`check_run_folder`).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -232,6 +232,35 @@ RUN_FOLDER_HINT = (
     "train into a folder of its own: leave `out` out of the recipe (runs/<name>) or give "
     "--set out=runs/NAME"
 )
+OUT_HINT = "give the recipe another `out` or name (--set out=runs/NAME)"
+
+
+def _existing_folder(root: Path, subject: str, hint: str, inputs: Iterable) -> bool:
+    """Refuse `root` where no output folder may be (`refuse_protected`) or when it is a
+    file; whether it exists as a folder (then its content decides)."""
+    refuse_protected(root, subject, hint, inputs)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{subject} is a file; {hint}")
+    return root.is_dir()
+
+
+def _lock_or_temporary(p: Path) -> bool:
+    return p.name == LOCK or _temporary(p.name)
+
+
+NOT_A_RUN_FOLDER = " and is no run folder of msctr's"
+
+
+def _refuse_foreign(
+    root: Path, subject: str, hint: str, ours: Callable[[Path], bool], why: str = ""
+) -> None:
+    """Refuse `root` when it holds an entry that `ours` does not know as msctr's."""
+    foreign = [p.name for p in sorted(root.iterdir()) if not ours(p)]
+    if foreign:
+        raise UserError(
+            f"{subject} holds files msctr did not write (e.g. '{foreign[0]}'){why}, so nothing "
+            f"is written there; {hint}"
+        )
 
 
 def check_run_folder(root: Path, inputs: Iterable[Path | str | None] = ()) -> None:
@@ -240,40 +269,27 @@ def check_run_folder(root: Path, inputs: Iterable[Path | str | None] = ()) -> No
     file; a folder that holds anything and is no run folder msctr wrote (a `.lock` or a
     temporary file alone: a first train killed at its start, are msctr's)."""
     subject = f"the run folder '{root}'"
-    refuse_protected(root, subject, RUN_FOLDER_HINT, inputs)
-    if root.exists() and not root.is_dir():
-        raise UserError(f"{subject} is a file; {RUN_FOLDER_HINT}")
-    if not root.is_dir() or RunFolder(root).recorded_models() is not None:
+    if not _existing_folder(root, subject, RUN_FOLDER_HINT, inputs):
         return
-    foreign = sorted(p.name for p in root.iterdir() if p.name != LOCK and not _temporary(p.name))
-    if foreign:
-        raise UserError(
-            f"{subject} holds files msctr did not write (e.g. '{foreign[0]}') and is no run "
-            f"folder of msctr's, so nothing is written there; {RUN_FOLDER_HINT}"
-        )
+    if RunFolder(root).recorded_models() is None:  # a `.lock` or temporary file alone is ours
+        _refuse_foreign(root, subject, RUN_FOLDER_HINT, _lock_or_temporary, why=NOT_A_RUN_FOLDER)
 
 
 def check_sweep_folder(root: Path, points: Iterable[Path], inputs=()) -> None:
     """A sweep's folder: its results, report and figure, and run folders (each value's)."""
     subject = f"the sweep folder '{root}'"
-    hint = "give the recipe another `out` or name (--set out=runs/NAME)"
-    refuse_protected(root, subject, hint, inputs)
-    if root.exists() and not root.is_dir():
-        raise UserError(f"{subject} is a file; {hint}")
+    exists = _existing_folder(root, subject, OUT_HINT, inputs)
     for point in points:
         check_run_folder(point, inputs)
-    if not root.is_dir():
-        return
     names = {Path(p).name for p in points}
-    for p in sorted(root.iterdir()):
+
+    def ours(p: Path) -> bool:  # a run folder msctr wrote: a value an earlier sweep tried
         if p.name in SWEEP_FILES or _temporary(p.name) or p.name in names:
-            continue
-        if p.is_dir() and RunFolder(p).recorded_models() is not None:
-            continue  # the run folder of a value an earlier sweep tried
-        raise UserError(
-            f"{subject} holds files msctr did not write (e.g. '{p.name}'), so nothing is "
-            f"written there; {hint}"
-        )
+            return True
+        return p.is_dir() and RunFolder(p).recorded_models() is not None
+
+    if exists:
+        _refuse_foreign(root, subject, OUT_HINT, ours)
 
 
 def check_tune_folder(root: Path, inputs: Iterable[Path | str | None] = ()) -> None:
@@ -281,18 +297,9 @@ def check_tune_folder(root: Path, inputs: Iterable[Path | str | None] = ()) -> N
     folder is refused, and when it holds anything but what tune writes there (`TUNE_FILES`,
     its `.lock`, temporary files and trial folders of a killed tune)."""
     subject = f"the tune folder '{root}'"
-    hint = "give the recipe another `out` or name (--set out=runs/NAME)"
-    refuse_protected(root, subject, hint, inputs)
-    if root.exists() and not root.is_dir():
-        raise UserError(f"{subject} is a file; {hint}")
-    if not root.is_dir():
-        return
-    for p in sorted(root.iterdir()):
-        if p.name in TUNE_FILES or p.name == LOCK or _temporary(p.name):
-            continue
-        raise UserError(
-            f"{subject} holds files msctr did not write (e.g. '{p.name}'), so nothing is "
-            f"written there; {hint}"
+    if _existing_folder(root, subject, OUT_HINT, inputs):
+        _refuse_foreign(
+            root, subject, OUT_HINT, lambda p: p.name in TUNE_FILES or _lock_or_temporary(p)
         )
 
 
