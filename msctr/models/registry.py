@@ -162,7 +162,12 @@ def check_memory(
     """Refuse a model whose parameters (`copies` fp32 copies of them) cannot fit in the
     memory `device` has free, before any of it is allocated: the model is built on PyTorch's
     meta device, which records shapes and allocates nothing."""
-    p = _checked(name, schema, params)
+    _check_fits(name, schema, _checked(name, schema, params), copies, device)
+
+
+def _check_fits(
+    name: str, schema: Schema, p: ModelParams, copies: int, device: torch.device | str
+) -> None:
     with torch.device("meta"):
         shape = get_spec(name).cls(schema, p)
     count = sum(t.numel() for t in shape.parameters())
@@ -176,7 +181,7 @@ def check_memory(
 
 def build(name: str, schema: Schema, params: dict | ModelParams | None = None) -> nn.Module:
     p = _checked(name, schema, params)
-    check_memory(name, schema, p)  # an absurd size is one line, not an allocator's traceback
+    _check_fits(name, schema, p, 1, "cpu")  # an absurd size: one line, not an allocator's error
     return get_spec(name).cls(schema, p)
 
 
