@@ -139,7 +139,10 @@ def collect(
                 missing.append(f"{entry.key} seed {seed}")
                 continue
             check_belongs(run, recipe, entry, schema, run_dir, data or Path(recipe.data))
-            m = run_metrics(read_predictions(run.predictions), schema.num_scenarios)
+            predictions = read_predictions(run.predictions)
+            if not out and not runs:  # a folder trained before `train` refused such test rows
+                M.check_test_labels(predictions[S.LABEL].to_numpy(), recipe.train.eval_rows)
+            m = run_metrics(predictions, schema.num_scenarios)
             write_json(run.metrics, m)
             seeds.append(seed)
             runs.append(m)
@@ -199,10 +202,6 @@ def summarize(run_dir: str | Path, partial: bool = False, data: Path | None = No
     run_dir = Path(run_dir)
     recipe, schema = load_run(run_dir, data)
     models, missing = collect(run_dir, recipe, schema, partial, data)
-    # a folder trained before `train` refused such test rows
-    M.check_test_labels(
-        models[0].predictions(models[0].seeds[0])[S.LABEL].to_numpy(), recipe.train.eval_rows
-    )
     keys = [m.key for m in models]
     alpha = recipe.eval.significance
     base_key = recipe.eval.baseline or keys[0]
