@@ -9,10 +9,9 @@ left before it.
 
 from __future__ import annotations
 
-import signal
 import sys
 
-from msctr.errors import Interrupted, handle_interrupts
+from msctr.errors import Interrupted, handle_interrupts, interrupted_line
 
 
 def run() -> None:
@@ -22,8 +21,7 @@ def run() -> None:
 
         main()
     except Interrupted as e:  # before main() handles interrupts itself, or after
-        name = signal.Signals(e.signum).name
-        print(f"interrupted ({name}): no file was left half-written", file=sys.stderr)
+        print(interrupted_line(e.signum), file=sys.stderr)
         sys.exit(128 + e.signum)
 
 

@@ -24,6 +24,7 @@ from msctr.errors import (
     forget_interrupts,
     handle_interrupts,
     interrupt_received,
+    interrupted_line,
 )
 from msctr.io import discard_pending
 
@@ -704,13 +705,8 @@ def main() -> None:
         # rank 0 says it for all; under `train --nproc N`, the launcher, once all have ended
         if _rank() != 0 or launched_by_msctr():
             sys.exit(128 + e.signum)
-        name = signal.Signals(e.signum).name
-        resume = getattr(e, "resume", None)
         err_console.print(
-            Text(
-                f"interrupted ({name}): no file was left half-written"
-                + (f"; resume with: {resume}" if resume else "")
-            ),
+            Text(interrupted_line(e.signum, getattr(e, "resume", None))),
             highlight=False,
             soft_wrap=True,
         )

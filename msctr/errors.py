@@ -29,6 +29,13 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
+def interrupted_line(signum: int, resume: str | None = None) -> str:
+    """What the CLI says when a signal stopped it."""
+    name = signal.Signals(signum).name
+    tail = f"; resume with: {resume}" if resume else ""
+    return f"interrupted ({name}): no file was left half-written{tail}"
+
+
 _received: list[int] = []  # the signals raise_interrupted took, in order
 RETRY_SECONDS = 0.02
 
