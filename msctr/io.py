@@ -237,11 +237,10 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             old = tmp_sibling(path)
             path.rename(old)
             tmp.rename(path)
-            _PENDING.discard(tmp)
             _remove(old)
         else:
             tmp.rename(path)
-            _PENDING.discard(tmp)
+        _PENDING.discard(tmp)  # in place (one left here by an interrupt is gone: harmless)
     except BaseException:
         try:  # in this frame: a pending second interrupt fires on entering a function
             _undo_swap(tmp, old, path)
