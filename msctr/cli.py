@@ -569,6 +569,13 @@ def tune(
         int | None,
         typer.Option(help="Train each trial on the first N train rows only (validation whole)."),
     ] = None,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            help="Worker processes running trials of the same studies at once, each with its "
+            "share of the cores (train.threads when the recipe sets it)."
+        ),
+    ] = 1,
 ) -> None:
     """Search each model's hyperparameters over the recipe's `search:` space with Optuna, on
     the validation split only (the test split is never opened). Writes tune.db (the studies:
@@ -580,6 +587,8 @@ def tune(
     Example: msctr tune recipes/synthetic/tune.yaml --sampler grid --model DNN
 
     Example: msctr tune recipes/synthetic/tune.yaml --trial-epochs 3 --trial-rows 20000
+
+    Example: msctr tune recipes/synthetic/tune.yaml --jobs 2
     """
     from msctr.recipe import load_recipe
     from msctr.tune import Caps, need_optuna, run_tune
@@ -589,7 +598,7 @@ def tune(
     with resumable():
         run_tune(
             r, console, sampler, trials, timeout, seed, model, fresh=fresh, smoke=smoke,
-            pruner=pruner, caps=Caps(trial_epochs, trial_rows),
+            pruner=pruner, caps=Caps(trial_epochs, trial_rows), jobs=jobs,
         )  # fmt: skip
 
 

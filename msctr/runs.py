@@ -44,7 +44,8 @@ LOCK = ".lock"
 RUN_FILES = ("recipe.yaml", "results.json", "report.md", "bench.json", "ablation.png")
 SWEEP_FILES = ("results.json", "report.md", "sweep.png")
 # what `msctr tune` writes in its folder (docs/tune.md); Optuna's SQLite journal beside tune.db
-TUNE_FILES = ("tune.db", "tune.db-journal", "tuned.yaml", "results.json")
+TUNE_FILES = ("tune.db", "tune.db-journal", "tuned.yaml", "results.json", ".claim")
+TUNE_FIGURE = re.compile(r"(history|importance)_.+\.png")  # a model's figures of its study
 _SEED = re.compile(r"seed_\d+")
 _FIGURE = re.compile(r"head_weights_.+\.png")
 
@@ -295,12 +296,14 @@ def check_sweep_folder(root: Path, points: Iterable[Path], inputs=()) -> None:
 def check_tune_folder(root: Path, inputs: Iterable[Path | str | None] = ()) -> None:
     """A tune's folder (`msctr tune`): refused, before anything is written, where a run
     folder is refused, and when it holds anything but what tune writes there (`TUNE_FILES`,
-    its `.lock`, temporary files and trial folders of a killed tune)."""
+    its figures, its `.lock`, temporary files and trial folders of a killed tune)."""
     subject = f"the tune folder '{root}'"
+
+    def ours(p: Path) -> bool:
+        return p.name in TUNE_FILES or bool(TUNE_FIGURE.fullmatch(p.name)) or _lock_or_temporary(p)
+
     if _existing_folder(root, subject, OUT_HINT, inputs):
-        _refuse_foreign(
-            root, subject, OUT_HINT, lambda p: p.name in TUNE_FILES or _lock_or_temporary(p)
-        )
+        _refuse_foreign(root, subject, OUT_HINT, ours)
 
 
 def check_labels(keys: Iterable[str]) -> None:

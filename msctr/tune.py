@@ -17,6 +17,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +36,18 @@ from rich.text import Text
 
 from msctr.config import set_path
 from msctr.data.schema import Schema
-from msctr.errors import Diverged, UserError
-from msctr.io import exclusive_lock, scratch_dir, sweep_stale, write_json, write_text
+from msctr.errors import Diverged, Interrupted, UserError
+from msctr.io import (
+    atomic_path,
+    exclusive_lock,
+    scratch_dir,
+    sweep_stale,
+    write_json,
+    write_text,
+)
 from msctr.models.registry import TRAIN_COPIES, check_memory
 from msctr.recipe import Recipe, fingerprint_change, recipe_from_dict, run_fingerprint
-from msctr.runs import TUNE_FILES, check_labels, check_tune_folder
+from msctr.runs import TUNE_FIGURE, TUNE_FILES, check_labels, check_tune_folder, model_folder
 from msctr.search import Spec, grid_size, model_space, parse_space
 from msctr.sweep import model_index
 from msctr.tables import Table, print_tables
@@ -250,35 +265,29 @@ def _best(study: Any) -> Any:
         return None
 
 
-def _open_studies(
-    optuna: Any,
-    storage: str,
-    recipe: Recipe,
-    targets: list[Target],
-    schema: Schema,
-    sampler: str,
-    seed: int,
-    pruner: str,
-    caps: Caps,
-) -> list[Any]:
-    """Each target's study, created or continued; a study from another recipe, or run with
-    other trial caps, is refused. The pruner is not the study's: a rerun may change it."""
+def _grid_sampler(optuna: Any, grid: dict[str, list], seed: int) -> Any:
+    """Optuna's grid sampler without its stop at the grid's end (`Study.stop`, which works
+    only inside `Study.optimize`, not with ask-and-tell): `_run_trials` counts the budget
+    itself, and never asks for more trials than the grid has points."""
+
+    class Grid(optuna.samplers.GridSampler):
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            pass
+
+    return Grid(grid, seed=seed)
+
+
+def _open_studies(optuna: Any, work: Work, schema: Schema) -> list[Any]:
+    """Each target's study, created or continued, with this command's sampler and pruner; a
+    study from another recipe, or run with other trial caps, is refused. The sampler and the
+    pruner are not the study's: a rerun may change them."""
+    recipe, storage = work.recipe, work.storage
     direction = "maximize" if recipe.train.early_stopping.metric == "auc" else "minimize"
-    studies = []
-    for target in targets:
-        if sampler == "grid":
-            chosen = optuna.samplers.GridSampler(target.grid, seed=seed)
-        else:
-            chosen = optuna.samplers.TPESampler(seed=seed)
+    for target in work.targets:
         study = optuna.create_study(
-            storage=storage,
-            study_name=target.label,
-            direction=direction,
-            sampler=chosen,
-            pruner=_pruner(optuna, pruner),
-            load_if_exists=True,
+            storage=storage, study_name=target.label, direction=direction, load_if_exists=True
         )
-        fp = study_fingerprint(recipe, target, schema, caps)
+        fp = study_fingerprint(recipe, target, schema, work.caps)
         old = study.user_attrs.get("fingerprint")
         parts = ("data", "model", "params", "train", "seed", "space", "caps")
         change = None if old is None else fingerprint_change(old, fp, target.label, parts)
@@ -294,8 +303,7 @@ def _open_studies(
             )
         if old is None:
             study.set_user_attr("fingerprint", fp)
-        studies.append(study)
-    return studies
+    return _studies(optuna, work, work.seed)
 
 
 def _pruner(optuna: Any, name: str) -> Any:
@@ -336,6 +344,7 @@ def run_tune(
     smoke: bool = False,
     pruner: str | None = None,
     caps: Caps = NO_CAPS,
+    jobs: int = 1,
 ) -> dict:
     """Tune each model (or `model`): trials until `trials` of each study have ended
     (`_settled`; default: DEFAULT_TRIALS for tpe, SMOKE_TRIALS under `smoke`; grid: at most
@@ -351,6 +360,8 @@ def run_tune(
     pruner = pruner or ("none" if sampler == "grid" else "median")
     if pruner not in PRUNERS:
         raise UserError(f"--pruner must be one of {', '.join(PRUNERS)}, got {pruner!r}")
+    if jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {jobs}")
     for option, cap in (("--trial-epochs", caps.epochs), ("--trial-rows", caps.rows)):
         if cap is not None and cap < 1:
             raise UserError(f"{option} must be at least 1, got {cap}")
@@ -365,8 +376,7 @@ def run_tune(
     targets = plan(recipe, model, sampler)
     folder = tune_folder(recipe)
     check_tune_folder(folder, inputs=(recipe.data,))
-    base = trial_recipe(recipe, targets[0].index, {})  # the splits every trial reads
-    data = load_training_data(base, test=False, train_limit=caps.rows)
+    data = _trial_data(recipe, targets, caps)  # checked here, before the folder is touched
     folder.mkdir(parents=True, exist_ok=True)
     busy = (
         f"{{holder}} is tuning into '{folder}' now; wait for it to end, or stop it: Ctrl-C "
@@ -374,13 +384,13 @@ def run_tune(
     )
     with exclusive_lock(folder / ".lock", busy):
         if fresh:
-            for name in TUNE_FILES:
-                (folder / name).unlink(missing_ok=True)
+            for path in folder.iterdir():
+                if path.name in TUNE_FILES or TUNE_FIGURE.fullmatch(path.name):
+                    path.unlink()
         sweep_stale(folder)  # trial folders and temporary files of a killed tune
         storage = f"sqlite:///{(folder / 'tune.db').resolve()}"
-        studies = _open_studies(
-            optuna, storage, recipe, targets, data.schema, sampler, seed, pruner, caps
-        )
+        work = Work(recipe, targets, [], folder, storage, sampler, seed, pruner, timeout, caps)
+        studies = _open_studies(optuna, work, data.schema)
         budget = trials if trials is not None or not smoke else SMOKE_TRIALS
         per_model = f"{budget or DEFAULT_TRIALS} trial(s)"
         if sampler == "grid":
@@ -395,80 +405,259 @@ def run_tune(
             want = budget or DEFAULT_TRIALS
             if sampler == "grid":  # each point once: a larger budget would repeat points
                 want = min(budget or math.inf, grid_size(target.space))
-            _optimize(optuna, study, target, recipe, data, folder, want, timeout, console, caps)
+            work.wants.append(want)
+            done = _settled(optuna, study)
+            if done >= want:
+                console.print(f"[dim]kept[/] {escape(target.label)}: {done} trial(s) ended earlier")
+            elif done:
+                console.print(f"{escape(target.label)}: {done} trial(s) ended earlier, "
+                              "continuing the study")  # fmt: skip
+        if jobs > 1:
+            del data  # each worker loads its own
+            _run_jobs(work, jobs, console)
+        else:
+            progress = make_progress(console)
+            progress.start()
+            try:
+                with stop_at_step_boundaries():
+                    _run_all(optuna, work, studies, data, console, progress)
+            finally:
+                progress.stop()
         return _finish(optuna, storage, recipe, targets, studies, folder, console, sampler, {
             "trials": budget, "timeout": timeout, "sampler_seed": seed, "smoke": smoke,
             "pruner": pruner, "trial_epochs": caps.epochs, "trial_rows": caps.rows,
         })  # fmt: skip
 
 
-def _optimize(
+@dataclass
+class Work:
+    """What a process that runs trials needs: the recipe, the models, the folder and study
+    storage, each model's budget (`wants`), and how its trials run."""
+
+    recipe: Recipe
+    targets: list[Target]
+    wants: list[int]
+    folder: Path
+    storage: str
+    sampler: str
+    seed: int
+    pruner: str
+    timeout: float | None
+    caps: Caps
+
+
+def _run_trials(
     optuna: Any,
     study: Any,
     target: Target,
-    recipe: Recipe,
-    data: SplitData,
-    folder: Path,
+    work: Work,
     want: int,
-    timeout: float | None,
+    data: SplitData,
     console: Console,
-    caps: Caps,
+    progress: Any,
 ) -> None:
-    done = _settled(optuna, study)
-    label = escape(target.label)
-    if done >= want:
-        console.print(f"[dim]kept[/] {label}: {done} trial(s) ended earlier")
-        return
-    if done:
-        console.print(f"{label}: {done} trial(s) ended earlier, continuing the study")
-    metric = recipe.train.early_stopping.metric
-    progress = make_progress(console)
-
-    def objective(trial: Any) -> float:
+    """Trials of one model's study until `want` of them have ended or `work.timeout` seconds
+    have passed. Optuna's ask-and-tell: a trial is taken (`study.ask`) under the folder's
+    claim lock after counting the trials that ended and those other workers run, so N workers
+    on one study (`--jobs N`) start exactly the budget between them, none twice."""
+    metric = work.recipe.train.early_stopping.metric
+    state = optuna.trial.TrialState
+    start = time.monotonic()
+    while work.timeout is None or time.monotonic() - start < work.timeout:
+        with _claim(work.folder):
+            running = study.get_trials(deepcopy=False, states=(state.RUNNING,))
+            if _settled(optuna, study) + len(running) >= want:
+                return
+            trial = study.ask()
         values = {k: s.suggest(trial) for k, s in target.space.items()}
         try:
-            r = _checked(recipe, target, values, data.schema, caps)
-        except UserError as e:  # a combination the model refuses (each value alone passed)
-            trial.set_user_attr("error", "refused")
-            console.print(Text(f"trial {trial.number} of {target.label}: {e}"))
-            raise _TrialFailed from None
-
-        def report(epoch: int, val: dict[str, float]) -> None:
-            # the pruner compares this epoch's figure with the other trials' at the same epoch
-            trial.report(val[metric], epoch)
-            if trial.should_prune():
-                trial.set_user_attr("pruned_at", epoch)
-                raise optuna.TrialPruned(f"val {metric} {val[metric]:.4f} after epoch {epoch}")
-
-        try:
-            with scratch_dir(folder / "trial") as work:  # checkpoints of the trial, then gone
-                summary = fit_one(
-                    r, r.models[0], r.train.seeds[0], data, work, progress, on_epoch=report
-                )
-        except optuna.TrialPruned as e:  # Optuna records it PRUNED; it counts as ended
-            console.print(Text(f"trial {trial.number} of {target.label}: {_shown(values)}: "
-                               f"pruned, {e}"))  # fmt: skip
+            value = _trial(optuna, trial, target, work, values, data, console, progress, metric)
+        except optuna.TrialPruned:  # counts as ended: the budget is trials started and ended
+            study.tell(trial, state=state.PRUNED)
+        except _TrialFailed:  # diverged or refused: ended, with its reason
+            study.tell(trial, state=state.FAIL)
+        except BaseException:  # Ctrl-C, an error: not ended; the next run tries it again
+            study.tell(trial, state=state.FAIL)
+            study.enqueue_trial(trial.params)
             raise
-        except Diverged:
-            trial.set_user_attr("error", "diverged")
-            console.print(Text(f"trial {trial.number} of {target.label}: {_shown(values)} "
-                               "diverged (loss NaN/inf); recorded as failed"))  # fmt: skip
-            raise _TrialFailed from None
-        for key in ("val_auc", "val_logloss", "best_epoch", "epochs", "train_seconds"):
-            trial.set_user_attr(key, summary[key])
-        value = summary[f"val_{metric}"]
-        console.print(Text(
-            f"trial {trial.number} of {target.label}: {_shown(values)}: val {metric} "
-            f"{value:.4f} (best epoch {summary['best_epoch']}, {summary['train_seconds']:.1f}s)"
-        ))  # fmt: skip
-        return value
+        else:
+            study.tell(trial, value)
 
-    progress.start()
+
+def _trial(
+    optuna: Any,
+    trial: Any,
+    target: Target,
+    work: Work,
+    values: dict[str, Any],
+    data: SplitData,
+    console: Console,
+    progress: Any,
+    metric: str,
+) -> float:
+    """One trial: `fit_one` of the model with `values` on train, scored on validation; its
+    value, its figures in the trial's user attributes."""
     try:
-        with stop_at_step_boundaries():
-            study.optimize(objective, n_trials=want - done, timeout=timeout, catch=(_TrialFailed,))
+        r = _checked(work.recipe, target, values, data.schema, work.caps)
+    except UserError as e:  # a combination the model refuses (each value alone passed)
+        trial.set_user_attr("error", "refused")
+        console.print(Text(f"trial {trial.number} of {target.label}: {e}"))
+        raise _TrialFailed from None
+
+    def report(epoch: int, val: dict[str, float]) -> None:
+        # the pruner compares this epoch's figure with the other trials' at the same epoch
+        trial.report(val[metric], epoch)
+        if trial.should_prune():
+            trial.set_user_attr("pruned_at", epoch)
+            raise optuna.TrialPruned(f"val {metric} {val[metric]:.4f} after epoch {epoch}")
+
+    try:
+        with scratch_dir(work.folder / "trial") as run:  # checkpoints of the trial, then gone
+            summary = fit_one(
+                r, r.models[0], r.train.seeds[0], data, run, progress, on_epoch=report
+            )
+    except optuna.TrialPruned as e:
+        console.print(Text(f"trial {trial.number} of {target.label}: {_shown(values)}: "
+                           f"pruned, {e}"))  # fmt: skip
+        raise
+    except Diverged:
+        trial.set_user_attr("error", "diverged")
+        console.print(Text(f"trial {trial.number} of {target.label}: {_shown(values)} "
+                           "diverged (loss NaN/inf); recorded as failed"))  # fmt: skip
+        raise _TrialFailed from None
+    for key in ("val_auc", "val_logloss", "best_epoch", "epochs", "train_seconds"):
+        trial.set_user_attr(key, summary[key])
+    value = summary[f"val_{metric}"]
+    console.print(Text(
+        f"trial {trial.number} of {target.label}: {_shown(values)}: val {metric} "
+        f"{value:.4f} (best epoch {summary['best_epoch']}, {summary['train_seconds']:.1f}s)"
+    ))  # fmt: skip
+    return value
+
+
+@contextmanager
+def _claim(folder: Path) -> Iterator[None]:
+    """The folder's claim lock, held while a worker counts a study's trials and takes the
+    next one: short, and blocking (the workers wait their turn), unlike the folder's `.lock`."""
+    import fcntl
+
+    fd = os.open(folder / ".claim", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
     finally:
-        progress.stop()
+        os.close(fd)
+
+
+def _studies(optuna: Any, work: Work, seed: int) -> list[Any]:
+    """Each model's study as stored, with this process's sampler and pruner."""
+    studies = []
+    for target in work.targets:  # the grid sampler takes its own grid, not the study's
+        if work.sampler == "grid":  # one seed for all: it orders the grid, its ids name points
+            chosen = _grid_sampler(optuna, target.grid, work.seed)
+        else:
+            chosen = optuna.samplers.TPESampler(seed=seed)
+        studies.append(
+            optuna.load_study(
+                study_name=target.label,
+                storage=work.storage,
+                sampler=chosen,
+                pruner=_pruner(optuna, work.pruner),
+            )
+        )
+    return studies
+
+
+def _run_all(optuna: Any, work: Work, studies: list[Any], data: SplitData, console: Console,
+             progress: Any) -> None:  # fmt: skip
+    for target, study, want in zip(work.targets, studies, work.wants):
+        _run_trials(optuna, study, target, work, want, data, console, progress)
+
+
+def _run_jobs(work: Work, jobs: int, console: Console) -> None:
+    """`--jobs N`: N worker processes on the studies, each with its share of the cores
+    (`train.threads` when the recipe sets it). Each runs in a session of its own, so a
+    terminal's Ctrl-C reaches this process alone, which hands it on once: the workers stop at
+    their next step boundary, their trials to be tried again by the next run. Each dies with
+    this process (PR_SET_PDEATHSIG): a kill -9 here leaves no worker running, only trials
+    RUNNING in tune.db, which the next run marks failed and tries again."""
+    threads = work.recipe.train.threads or max(1, len(os.sched_getaffinity(0)) // jobs)
+    procs, errors = [], []
+    for k in range(jobs):
+        read, write = os.pipe()
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from msctr.tune import worker; worker()",
+             str(k), str(threads), str(os.getpid()), str(write)],
+            stdin=subprocess.PIPE,
+            pass_fds=(write,),
+            start_new_session=True,
+        )  # fmt: skip
+        os.close(write)
+        proc.stdin.write(pickle.dumps(work))
+        proc.stdin.close()
+        procs.append(proc)
+        errors.append(read)
+    try:
+        # waited for in short sleeps, not in waitpid: a signal the kernel hands to another of
+        # this process's threads (torch's, SQLite's) would not end a blocking waitpid, and
+        # the handler would run only when the workers had finished on their own
+        while any(p.poll() is None for p in procs):
+            time.sleep(0.05)
+        codes = [p.returncode for p in procs]
+    except BaseException:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in procs:
+            p.wait()
+        raise
+    finally:
+        said = []
+        for fd in errors:
+            with os.fdopen(fd, "rb") as fh:
+                said.append(fh.read().decode(errors="replace").strip())
+    for code, message in zip(codes, said):
+        if code - 128 in (signal.SIGINT, signal.SIGTERM):
+            raise Interrupted(code - 128)
+        if code:
+            raise UserError(message or f"a tune worker ended with exit status {code}")
+
+
+def worker() -> None:
+    """A `--jobs N` worker (started by `_run_jobs`): argv holds its number, threads, the
+    parent's pid and the fd to write its error line to; stdin its `Work`."""
+    import torch
+
+    from msctr.train.launch import die_with_parent
+
+    number, threads, parent, fd = (int(a) for a in sys.argv[1:5])
+    die_with_parent(parent)
+    code, message = 0, ""
+    try:
+        work: Work = pickle.loads(sys.stdin.buffer.read())
+        torch.set_num_threads(threads)
+        optuna = need_optuna()
+        console = Console()
+        data = _trial_data(work.recipe, work.targets, work.caps)
+        # another TPE seed per worker: one seed and one history would repeat the same point
+        studies = _studies(optuna, work, work.seed + number)
+        with stop_at_step_boundaries():
+            _run_all(optuna, work, studies, data, console, None)
+    except Interrupted as e:
+        code = 128 + e.signum
+    except KeyboardInterrupt:  # a signal before the trials began
+        code = 128 + signal.SIGINT
+    except UserError as e:
+        code, message = 1, str(e)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(message)
+    sys.exit(code)
+
+
+def _trial_data(recipe: Recipe, targets: list[Target], caps: Caps) -> SplitData:
+    """The splits every trial reads: train (its first rows under --trial-rows) and validation."""
+    base = trial_recipe(recipe, targets[0].index, {})
+    return load_training_data(base, test=False, train_limit=caps.rows)
 
 
 def _settled(optuna: Any, study: Any) -> int:
@@ -527,8 +716,24 @@ def _finish(
                 ),
                 style="bold",
             )
+        entry["figures"] = _figures(optuna, study, target, folder, metric)
         models[target.label] = entry
-    tuned = tuned_recipe(recipe, targets, models)
+    tuning = {
+        "results": str((folder / "results.json").resolve()),
+        "sampler": sampler,
+        "metric": metric,
+        **{k: budget[k] for k in ("pruner", "trials", "timeout", "trial_epochs", "trial_rows")},
+        "models": {
+            t.label: {
+                **models[t.label]["trials"],
+                "best_trial": models[t.label].get("best_trial"),
+                "best_value": models[t.label].get("best_value"),
+                "keys": list(t.space),
+            }
+            for t in targets
+        },
+    }
+    tuned = tuned_recipe(recipe, targets, models, tuning)
     result = {
         "recipe": recipe.name,
         "folder": str(folder),
@@ -553,10 +758,47 @@ def _finish(
     return result
 
 
-def tuned_recipe(recipe: Recipe, targets: list[Target], models: dict[str, dict]) -> str | None:
+def _figures(optuna: Any, study: Any, target: Target, folder: Path, metric: str) -> list[str]:
+    """The study's figures through Optuna's matplotlib backend: its optimization history
+    (each finished trial's validation figure and the best so far), and, from two finished
+    trials on, each parameter's importance (fANOVA, Optuna's default). Their file names."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not done:
+        return []
+    plots = {"history": optuna.visualization.matplotlib.plot_optimization_history}
+    if len(done) >= 2 and len({json.dumps(t.params, sort_keys=True) for t in done}) >= 2:
+        plots["importance"] = optuna.visualization.matplotlib.plot_param_importances
+    names = []
+    for kind, plot in plots.items():
+        with warnings.catch_warnings():  # Optuna marks its matplotlib plots experimental
+            warnings.simplefilter("ignore")
+            ax = plot(study, target_name=f"validation {metric}")
+        ax.set_title(f"{target.label}: {ax.get_title().lower()}")
+        fig = ax.figure
+        fig.set_size_inches(7, 4.2)
+        fig.tight_layout()
+        name = f"{kind}_{model_folder(target.label)}.png"
+        with atomic_path(folder / name) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+        plt.close(fig)
+        names.append(name)
+    return names
+
+
+def tuned_recipe(
+    recipe: Recipe, targets: list[Target], models: dict[str, dict], tuning: dict
+) -> str | None:
     """The recipe with each tuned model's best values written in and every `search:` removed,
-    named <name>-tuned (its own run folder), the data path absolute; checked as a recipe.
-    None when no model has a finished trial."""
+    named <name>-tuned (its own run folder), the data path absolute, `tuning:` saying what
+    the search was (report.md's Tuning section); checked as a recipe. None when no model has
+    a finished trial."""
     found = [t for t in targets if "best_params" in models[t.label]]
     best = {t.index: models[t.label]["best_params"] for t in found}
     if not best:
@@ -570,6 +812,7 @@ def tuned_recipe(recipe: Recipe, targets: list[Target], models: dict[str, dict])
     raw["name"] = f"{recipe.name}-tuned"
     raw["out"] = f"{recipe.out}-tuned" if recipe.out else None
     raw["data"] = str(Path(recipe.data).resolve())
+    raw["tuning"] = tuning
     recipe_from_dict(raw, where="tuned.yaml")  # what `msctr train` will read must be a recipe
     tuned = ", ".join(recipe.models[i].key for i in best)
     head = (

@@ -5,8 +5,10 @@ one tune per folder, tuned.yaml is a recipe `train` runs, Optuna is an optional 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -357,7 +359,10 @@ def test_a_lagging_trial_is_pruned_and_counts(capsys, monkeypatch, tmp_path, dat
         assert len({t.params["params.dropout"] for t in done}) == 7
     assert len(folders) == 7 and not any(f.exists() for f in folders)
     assert sorted(p.name for p in folder.iterdir()) == [
+        ".claim",
         ".lock",
+        "history_DNN.png",
+        "importance_DNN.png",
         "results.json",
         "tune.db",
         "tuned.yaml",
@@ -418,8 +423,83 @@ def test_trial_caps_reach_the_trials_and_bind_the_study(capsys, monkeypatch, tmp
     line = one_line_error(capsys, "(1 there, 2 now)", *args[:-1], "2", "--trial-rows", "300")
     assert line.startswith("error: --trial-epochs changed")
     assert sorted(p.name for p in folder.iterdir()) == [
+        ".claim",
         ".lock",
+        "history_DNN.png",
+        "importance_DNN.png",
         "results.json",
         "tune.db",
         "tuned.yaml",
     ]
+
+
+@pytest.mark.slow
+def test_jobs_share_the_studies_and_start_exactly_the_budget(capsys, tmp_path, data_dir):
+    """--jobs 2: two worker processes on the same studies. The grid's every point is tried
+    once between them (none twice, none missed) and a TPE budget of 3 gives 3 trials, not 4:
+    a trial is taken under the folder's claim lock after counting the others' trials."""
+    recipe = write_recipe(tmp_path, data_dir)
+    grid = ["tune", str(recipe), "--sampler", "grid", "--set", "search={}", "--jobs", "2"]
+    code, out, err = run_main(capsys, *grid)
+    assert code == 0, err
+    names = ("params.hidden.depth", "params.hidden.width")
+    for label, key in (("DNN", "params.hidden"), ("MMoE", "params.expert_hidden")):
+        done = trials(tmp_path / "run-tune", label)
+        assert [t.state.name for t in done] == ["COMPLETE"] * 4, label
+        names = (f"{key}.depth", f"{key}.width")
+        points = sorted(tuple(t.params[n] for n in names) for t in done)
+        assert points == [(1, 8), (1, 16), (2, 8), (2, 16)], label
+    assert "best DNN: trial" in out and "best MMoE: trial" in out
+    tpe = ["tune", str(recipe), "--model", "DNN", "--trials", "3", "--jobs", "2"]
+    code, out, err = run_main(capsys, *tpe, "--set", "out=" + str(tmp_path / "tpe"))
+    assert code == 0, err
+    assert len(trials(tmp_path / "tpe-tune", "DNN")) == 3
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_job_and_the_rerun_finishes(tmp_path):
+    """SIGINT to the tune alone (not its workers, which run in sessions of their own): it
+    hands the signal on, the workers stop at a step boundary, their trials are recorded
+    failed and enqueued again; exit 130 with the resume line, and the rerun ends the grid."""
+    data = tmp_path / "big"  # trials of seconds, so both workers are in one when it comes
+    invoke("prepare", "synthetic", "--out", str(data), "--rows", "40000", "--seed", "1")
+    recipe = write_recipe(tmp_path, data)
+    args = ["tune", str(recipe), "--sampler", "grid", "--model", "DNN", "--set", "search={}"]
+    args += ["--jobs", "2", "--set", "train.max_steps_per_epoch=null"]
+    args += ["--set", "train.epochs=6", "--set", "train.early_stopping.patience=6"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "msctr", *args], env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    db = tmp_path / "run-tune" / "tune.db"
+    while proc.poll() is None:  # both workers in a trial
+        if db.exists() and _states(db).count("RUNNING") == 2:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "the tune ended before both workers were in a trial"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted (SIGINT)" in err and "Traceback" not in err
+    states = _states(db)
+    assert "RUNNING" not in states and states.count("FAIL") == 2
+    code = subprocess.run([sys.executable, "-m", "msctr", *args], env=env, timeout=600,
+                          capture_output=True, text=True)  # fmt: skip
+    assert code.returncode == 0, code.stderr
+    done = trials(tmp_path / "run-tune", "DNN")
+    complete = [t for t in done if t.state == optuna.trial.TrialState.COMPLETE]
+    names = ("params.hidden.depth", "params.hidden.width")
+    assert sorted(tuple(t.params[n] for n in names) for t in complete) == [
+        (1, 8), (1, 16), (2, 8), (2, 16)
+    ]  # fmt: skip
+
+
+def _states(db: Path) -> list[str]:
+    import sqlite3
+
+    with sqlite3.connect(db) as c:
+        try:
+            return [s for (s,) in c.execute("select state from trials")]
+        except sqlite3.OperationalError:  # the tables are not there yet
+            return []
