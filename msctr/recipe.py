@@ -166,6 +166,23 @@ class PaperFigures:
 
 
 @dataclass
+class Tuning:
+    """What `msctr tune` did before this recipe: tuned.yaml carries it into the run, and
+    report.md's Tuning section shows it, so a reader sees which budget each model got."""
+
+    results: str  # the tune's results.json
+    sampler: str  # tpe or grid
+    metric: str  # the validation figure trials were ranked by
+    pruner: str
+    trials: int | None = None  # --trials (None: the sampler's default)
+    timeout: float | None = None  # --timeout, seconds per model
+    trial_epochs: int | None = None
+    trial_rows: int | None = None
+    # per tuned model label: trials complete / pruned / failed, best trial, value, space keys
+    models: dict = field(default_factory=dict)
+
+
+@dataclass
 class Recipe:
     name: str
     data: str  # folder made by `msctr prepare`
@@ -179,6 +196,7 @@ class Recipe:
     description: str | None = None
     # the search space shared by every model (msctr tune, docs/tune.md); train ignores it
     search: dict = field(default_factory=dict)
+    tuning: Tuning | None = None  # written by msctr tune into tuned.yaml; train ignores it
 
     def validate(self, where: str) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
@@ -210,12 +228,14 @@ class Recipe:
         return Path(self.out) if self.out else Path("runs") / self.name
 
     def to_dict(self) -> dict:
-        # an empty `search:` is left out, so a recipe without one records as it always did
-        # (a changed recipe.yaml would drop a run folder's results.json)
+        # an empty `search:` (and no `tuning:`) is left out, so a recipe without one records
+        # as it always did (a changed recipe.yaml would drop a run folder's results.json)
         out = asdict(self)
         for block in [out, *out["models"]]:
             if not block["search"]:
                 del block["search"]
+        if out["tuning"] is None:  # likewise
+            del out["tuning"]
         return out
 
 
