@@ -453,7 +453,7 @@ def table_rows(result: dict, style: CellStyle = REPORT) -> tuple[list[str], list
         cells += [_cell(r[f"auc_s{k}"], style) + _scenario_star(r, k) for k in per_scenario]
         cells += [_cell(r[k], style) + (star if k == "auc" else "") for k, _ in main + groups]
         test = r["test"] or {}
-        cells += [f"{r['relaimpr']:+.2f}%"] * ("relaimpr" in show)
+        cells += [_pct(r["relaimpr"])] * ("relaimpr" in show)
         cells += [_p(test.get("welch_p", test.get("delong_p")), style)]
         cells += [_p(test.get("mannwhitney_p"), style)]
         rows.append(cells)
@@ -475,6 +475,11 @@ def results_table(result: dict, style: CellStyle = REPORT) -> Table:
     return Table(header, rows, title=title, styles=styles)
 
 
+def _pct(v: float) -> str:
+    """A RelaImpr cell: '-' where there is no base to compare with (nan)."""
+    return "-" if v is None or math.isnan(v) else f"{v:+.2f}%"
+
+
 def _scenario_star(row: dict, k: int) -> str:
     """'*' on scenario k's AUC where it differs from that scenario's best baseline."""
     tests = row.get("scenario_tests") or []
@@ -491,10 +496,7 @@ def scenario_relaimpr_table(result: dict) -> Table | None:
         return None
     if any("scenario_relaimpr" not in r for r in rows):
         return None
-    body = [
-        [r["model"], *("-" if math.isnan(v) else f"{v:+.2f}%" for v in r["scenario_relaimpr"])]
-        for r in rows
-    ]
+    body = [[r["model"], *map(_pct, r["scenario_relaimpr"])] for r in rows]
     return Table(["Model", *result["scenarios"]], body, title="RelaImpr per scenario")
 
 
