@@ -164,8 +164,19 @@ def test_each_scenario_marked_by_the_recipes_test_against_its_best_baseline(run,
             assert cells[1 + k].endswith("*") == t["significant"]
             marks += t["significant"]
     assert 0 < marks < 5 * 4  # some cells marked, not all
+    for r in res["models"]:  # the Logloss against the baseline with the lowest mean Logloss
+        t, means = r["logloss_test"], {m: _runs(res, m, "logloss").mean() for m in BASELINES}
+        best = min((m for m in BASELINES if m != r["model"]), key=means.get)
+        a, b = _runs(res, r["model"], "logloss"), _runs(res, best, "logloss")
+        p = {
+            "mannwhitney": sps.mannwhitneyu(a, b, method="exact"),
+            "welch": sps.ttest_ind(a, b, equal_var=False),
+        }[test].pvalue
+        assert t["reference"] == best and t[f"{test}_p"] == pytest.approx(p, rel=1e-9)
+        overall = [c for c in _lines(out) if c[0] == r["model"]][0]
+        assert overall[2].endswith("*") == t["significant"] == (p < 0.05)
     legend = " ".join(out.split())
-    assert "each scenario's AUC against that scenario's best" in legend
+    assert "each scenario's AUC and the Logloss against that column's best" in legend
     report = (run[0] / "report.md").read_text()
     t = next(r for r in res["models"] if r["model"] == "P")["scenario_tests"][2]
     name = res["scenarios"][2]
@@ -183,6 +194,7 @@ def test_single_runs_mark_scenarios_by_delong_on_their_rows(run, tmp_path):
     pred = {m: pl.read_parquet(root / m / "seed_0" / "predictions.parquet") for m in MODELS}
     y, s = pred["P"]["label"].to_numpy(), pred["P"]["scenario"].to_numpy()
     p = next(r for r in res["models"] if r["model"] == "P")
+    assert p["logloss_test"] is None  # DeLong's test is on AUCs only
     for k, t in enumerate(p["scenario_tests"]):
         rows = s == k
         ref = T.delong(y[rows], pred["P"]["prob"].to_numpy()[rows],

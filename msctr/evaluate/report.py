@@ -179,14 +179,6 @@ def collect(
     return out, missing
 
 
-def _pick_reference(model: ModelRuns, candidates: list[ModelRuns]) -> ModelRuns | None:
-    """The best other model by mean AUC: the row's 'best baseline'."""
-    others = [c for c in candidates if c.key != model.key]
-    if not others:
-        return None
-    return max(others, key=lambda c: np.nanmean(c.values("auc")))
-
-
 def compare(model: ModelRuns, ref: ModelRuns, alpha: float, test: str = "welch") -> dict:
     """`model`'s AUCs against the reference's: Welch's t, Mann-Whitney U and (over shared
     seeds) paired t; `test` (the recipe's eval.test) decides `significant`."""
@@ -209,16 +201,19 @@ def compare(model: ModelRuns, ref: ModelRuns, alpha: float, test: str = "welch")
     return out
 
 
-# -- per column: RelaImpr against its base, each scenario's AUC against its best baseline -------
+# -- per column: RelaImpr against its base, each column against its best baseline ---------------
+
+LOWER_IS_BETTER = ("logloss",)
 
 
 def column_references(
     models: list[ModelRuns], candidates: list[ModelRuns], columns: list[str]
 ) -> list[list[ModelRuns | None]]:
-    """For each model and each column (overall AUC, each scenario's AUC): the best other
-    candidate by mean over seeds in that column, the column's 'best baseline' (None where no
-    other candidate has a finite mean there)."""
-    means = np.stack([c.matrix(columns).mean(axis=0) for c in candidates])  # [C, K]
+    """For each model and each column (overall AUC, Logloss, each scenario's AUC): the best
+    other candidate by mean over seeds in that column (the lowest for Logloss), the column's
+    'best baseline' (None where no other candidate has a finite mean there)."""
+    sign = np.array([-1.0 if c in LOWER_IS_BETTER else 1.0 for c in columns])
+    means = np.stack([c.matrix(columns).mean(axis=0) for c in candidates]) * sign  # [C, K]
     means = np.where(np.isfinite(means), means, -np.inf)
     out = []
     for m in models:
@@ -239,8 +234,8 @@ def relaimpr_columns(
     schema: Schema,
 ) -> dict:
     """RelaImpr of the overall AUC and of each scenario's AUC, in `form`, against `base_key`
-    (a model) or, for `best`, against each column's best baseline (`refs`, from
-    `column_references`), with the model each one is taken against."""
+    (a model) or, for `best`, against each column's best baseline (`refs`, one per column,
+    from `column_references`), with the model each one is taken against."""
     columns = ["auc", *(f"auc_s{k}" for k in range(schema.num_scenarios))]
     if base_key != BEST_BASELINE:
         refs = [next(m for m in models if m.key == base_key)] * len(columns)
@@ -259,18 +254,23 @@ def relaimpr_columns(
     }
 
 
-def scenario_compare(
-    model: ModelRuns, refs: list[ModelRuns | None], schema: Schema, alpha: float, test: str
+def column_compare(
+    model: ModelRuns,
+    refs: list[ModelRuns | None],
+    columns: list[str],
+    schema: Schema,
+    alpha: float,
+    test: str,
 ) -> list[dict | None]:
-    """Each scenario's AUC against that scenario's best baseline (`refs`, one per scenario),
-    as `compare` does for the overall AUC: Welch's t, Mann-Whitney U and paired t over seeds,
-    `test` deciding `significant`; with a single run each, DeLong's test on the scenario's
-    test rows. The tests run on all the scenarios that share a reference at once."""
+    """Each column (a scenario's AUC, the Logloss) against that column's best baseline
+    (`refs`), as `compare` does for the overall AUC: Welch's t, Mann-Whitney U and paired t
+    over seeds, `test` deciding `significant`; the tests run on all the columns that share a
+    reference at once. With a single run each, a scenario's AUC gets DeLong's test on the
+    scenario's test rows, and the Logloss no test (None)."""
     out: list[dict | None] = [None] * len(refs)
     for ref in {r.key: r for r in refs if r is not None}.values():
         cols = [k for k, r in enumerate(refs) if r is ref]
-        names = [f"auc_s{k}" for k in cols]
-        a, b = model.matrix(names), ref.matrix(names)
+        a, b = model.matrix([columns[k] for k in cols]), ref.matrix([columns[k] for k in cols])
         tests: dict[str, np.ndarray] = {}
         if len(a) >= 2 and len(b) >= 2:
             tests["welch_p"] = T.welch_t_columns(a, b)
@@ -282,6 +282,10 @@ def scenario_compare(
                 tests["paired_p"] = T.paired_t_columns(a[ia], b[ib])
             deciding = tests[f"{test}_p"]
         else:
+            scen = [int(columns[k].removeprefix("auc_s")) for k in cols if columns[k] != "logloss"]
+            cols = [k for k in cols if columns[k] != "logloss"]
+            if not cols:
+                continue
             pm, pr = model.predictions(model.seeds[0]), ref.predictions(ref.seeds[0])
             d = T.delong_groups(
                 pm[S.LABEL].to_numpy(),
@@ -290,7 +294,7 @@ def scenario_compare(
                 pm[S.SCENARIO].to_numpy(),
                 schema.num_scenarios,
             )
-            tests = {"delong_z": d.z[cols], "delong_p": d.p_value[cols]}
+            tests = {"delong_z": d.z[scen], "delong_p": d.p_value[scen]}
             deciding = tests["delong_p"]
         significant = deciding < alpha  # nan: never
         for j, k in enumerate(cols):
@@ -312,17 +316,21 @@ def summarize(run_dir: str | Path, partial: bool = False, data: Path | None = No
     candidates = [m for m in models if m.key in recipe.eval.baselines] or models
     metric_names = list(models[0].runs[0].keys())
     scenario_cols = [f"auc_s{k}" for k in range(schema.num_scenarios)]
-    best = column_references(models, candidates, ["auc", *scenario_cols])
+    best = column_references(models, candidates, ["auc", "logloss", *scenario_cols])
     rows = []
-    for m, refs in zip(models, best, strict=True):
+    for m, (ref, ll_ref, *scen_refs) in zip(models, best, strict=True):
         row: dict = {"model": m.key, "name": m.name, "seeds": m.seeds}
         for name in metric_names:
             mean, std = T.mean_std(m.values(name))
             row[name] = {"mean": mean, "std": std, "runs": m.values(name).tolist()}
-        ref = _pick_reference(m, candidates)
         row["test"] = compare(m, ref, alpha, recipe.eval.test) if ref is not None else None
-        row |= relaimpr_columns(m, models, refs, base_key, recipe.eval.relaimpr, schema)
-        row["scenario_tests"] = scenario_compare(m, refs[1:], schema, alpha, recipe.eval.test)
+        row |= relaimpr_columns(
+            m, models, [ref, *scen_refs], base_key, recipe.eval.relaimpr, schema
+        )
+        tested = column_compare(
+            m, [ll_ref, *scen_refs], ["logloss", *scenario_cols], schema, alpha, recipe.eval.test
+        )
+        row["logloss_test"], row["scenario_tests"] = tested[0], tested[1:]
         rows.append(row)
     result = {
         "run": str(run_dir),
@@ -451,7 +459,7 @@ def table_rows(result: dict, style: CellStyle = REPORT) -> tuple[list[str], list
         star = "*" if r["test"] and r["test"].get("significant") else ""
         cells = [r["model"]]
         cells += [_cell(r[f"auc_s{k}"], style) + _scenario_star(r, k) for k in per_scenario]
-        cells += [_cell(r[k], style) + (star if k == "auc" else "") for k, _ in main + groups]
+        cells += [_cell(r[k], style) + _overall_star(r, k, star) for k, _ in main + groups]
         test = r["test"] or {}
         cells += [_pct(r["relaimpr"])] * ("relaimpr" in show)
         cells += [_p(test.get("welch_p", test.get("delong_p")), style)]
@@ -478,6 +486,14 @@ def results_table(result: dict, style: CellStyle = REPORT) -> Table:
 def _pct(v: float) -> str:
     """A RelaImpr cell: '-' where there is no base to compare with (nan)."""
     return "-" if v is None or math.isnan(v) else f"{v:+.2f}%"
+
+
+def _overall_star(row: dict, metric: str, auc_star: str) -> str:
+    """The overall AUC's mark, and the Logloss's where it differs from the best baseline's."""
+    if metric == "auc":
+        return auc_star
+    test = row.get("logloss_test") if metric == "logloss" else None
+    return "*" if test and test.get("significant") else ""
 
 
 def _scenario_star(row: dict, k: int) -> str:
@@ -561,8 +577,9 @@ def _legend(result: dict) -> str:
     over_seeds = f"{TESTS[result.get('test', 'welch')]} over seeds"
     test = over_seeds if max(n) > 1 else "DeLong's test, single run"
     per_column = ""
-    if _scenario_columns(result) and any("scenario_tests" in r for r in result["models"]):
-        per_column = ", each scenario's AUC against that scenario's best"
+    if any("logloss_test" in r for r in result["models"]):
+        scen = "each scenario's AUC and " if _scenario_columns(result) else ""
+        per_column = f", {scen}the Logloss against that column's best"
     return (
         f"mean ± std over seeds; * = AUC differs from the best other model at p < {result['alpha']}"
         f" ({test}{per_column}); {relaimpr_legend(result)}"
@@ -579,14 +596,19 @@ def _terminal_legend(result: dict, mwu: bool) -> str:
 
 
 def _scenario_significance_lines(result: dict) -> list[str]:
-    """report.md's per-scenario tests: each scenario's AUC against that scenario's best."""
+    """report.md's per-column tests: the Logloss and each scenario's AUC against that
+    column's best baseline."""
     lines = []
     for r in result["models"]:
-        for name, t in zip(result["scenarios"], r.get("scenario_tests") or [], strict=False):
+        columns = [("Logloss", r.get("logloss_test"))]
+        columns += zip(result["scenarios"], r.get("scenario_tests") or [], strict=False)
+        for name, t in columns:
             if t:
                 parts = [f"{k}={v:.4g}" for k, v in t.items() if k.endswith("_p")]
                 lines.append(f"- {r['model']}, {name}: vs {t['reference']}: " + ", ".join(parts))
-    return ["", "Per scenario (AUC of the scenario's rows):", "", *lines] if lines else []
+    return (
+        ["", "Per column (Logloss; each scenario's AUC on its rows):", "", *lines] if lines else []
+    )
 
 
 def _partial(result: dict) -> str:
