@@ -176,7 +176,8 @@ def test_each_scenario_marked_by_the_recipes_test_against_its_best_baseline(run,
         overall = [c for c in _lines(out) if c[0] == r["model"]][0]
         assert overall[2].endswith("*") == t["significant"] == (p < 0.05)
     legend = " ".join(out.split())
-    assert "each scenario's AUC and the Logloss against that column's best" in legend
+    marked = "* = the AUC, the Logloss, each scenario's AUC differs from the best other model"
+    assert f"{marked} of its column at p < 0.05" in legend
     report = (run[0] / "report.md").read_text()
     t = next(r for r in res["models"] if r["model"] == "P")["scenario_tests"][2]
     name = res["scenarios"][2]

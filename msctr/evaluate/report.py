@@ -576,13 +576,13 @@ def _legend(result: dict) -> str:
     n = {len(r["seeds"]) for r in result["models"]}
     over_seeds = f"{TESTS[result.get('test', 'welch')]} over seeds"
     test = over_seeds if max(n) > 1 else "DeLong's test, single run"
-    per_column = ""
-    if any("logloss_test" in r for r in result["models"]):
-        scen = "each scenario's AUC and " if _scenario_columns(result) else ""
-        per_column = f", {scen}the Logloss against that column's best"
+    marked = "AUC differs from the best other model"
+    if any("logloss_test" in r for r in result["models"]):  # every column marked
+        scen = ", each scenario's AUC" if _scenario_columns(result) else ""
+        marked = f"the AUC, the Logloss{scen} differs from the best other model of its column"
     return (
-        f"mean ± std over seeds; * = AUC differs from the best other model at p < {result['alpha']}"
-        f" ({test}{per_column}); {relaimpr_legend(result)}"
+        f"mean ± std over seeds; * = {marked} at p < {result['alpha']} ({test}); "
+        f"{relaimpr_legend(result)}"
     )
 
 
@@ -595,7 +595,7 @@ def _terminal_legend(result: dict, mwu: bool) -> str:
     return text + " report.md has the full table and each row's reference model."
 
 
-def _scenario_significance_lines(result: dict) -> list[str]:
+def _column_significance_lines(result: dict) -> list[str]:
     """report.md's per-column tests: the Logloss and each scenario's AUC against that
     column's best baseline."""
     lines = []
@@ -647,7 +647,7 @@ def render_markdown(result: dict) -> str:
         if t:
             parts = [f"{k}={v:.4g}" for k, v in t.items() if k.endswith("_p") or k == "delong_z"]
             lines.append(f"- {r['model']} vs {t['reference']}: " + ", ".join(parts))
-    lines += _scenario_significance_lines(result)
+    lines += _column_significance_lines(result)
     skipped = [
         f"{r['model']}: GAUC skipped {r['gauc_skipped']['mean']:.0f} users"
         for r in result["models"]
