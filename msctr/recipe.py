@@ -93,6 +93,8 @@ class TrainConfig:
             raise UserError(f"{where}.device must be cpu, cuda, cuda:N or mps, got {self.device!r}")
 
 
+# eval.baseline's value for "the best baseline of each column" (HierRec's RelaImpr)
+BEST_BASELINE = "best"
 TABLE_METRICS = ("scenario_auc", "auc", "logloss", "gauc", "sgauc", "relaimpr")
 
 
@@ -100,8 +102,12 @@ TABLE_METRICS = ("scenario_auc", "auc", "logloss", "gauc", "sgauc", "relaimpr")
 class EvalConfig:
     # columns of the comparison table (every metric is computed and saved regardless)
     metrics: list[str] = field(default_factory=lambda: list(TABLE_METRICS))
-    baseline: str | None = None  # model key for RelaImpr (default: the first model)
-    baselines: list[str] = field(default_factory=list)  # candidates for "best baseline" tests
+    # RelaImpr's reference: a model label, or `best` for the best of `baselines` in each AUC
+    # column (HierRec eq. 11); default: the first model
+    baseline: str | None = None
+    baselines: list[str] = field(default_factory=list)  # the baselines (default: every model)
+    # RelaImpr's form: (AUC-0.5)/(AUC_b-0.5)-1 (HierRec) or AUC/AUC_b-1 (HMDN)
+    relaimpr: Literal["auc_minus_half", "ratio"] = "auc_minus_half"
     significance: float = 0.05
     # the test behind a table's significance mark, over seeds (a single run: DeLong's test)
     test: Literal["welch", "mannwhitney"] = "welch"
@@ -146,6 +152,9 @@ class PaperFigures:
     fields: int | None = None  # input fields in the paper's setup, the scenario included
     scenarios: list[str] = field(default_factory=list)  # the data's scenario names, paper order
     scenario_labels: list[str] = field(default_factory=list)  # the paper's names, if others
+    # the paper's data protocol in words (scenarios, split, fields, rows), shown beside the
+    # run's own dataset setup so that a gap caused by the protocol reads as such
+    protocol: str | None = None
 
     def validate(self, where: str) -> None:
         models = [r.model for r in self.rows]
@@ -213,9 +222,18 @@ class Recipe:
         for i, m in enumerate(self.models):
             parse_params(m.name, m.params, where=f"models[{i}].params")
             parse_space(m.search, f"{where}.models[{i}].search")
-        for k in [self.eval.baseline, *self.eval.baselines]:
+        if self.eval.baseline == BEST_BASELINE and BEST_BASELINE in keys:
+            raise UserError(
+                f"eval.baseline '{BEST_BASELINE}' means the best baseline of each column, but a "
+                f"model is labelled '{BEST_BASELINE}' too; give that model another label"
+            )
+        named = [] if self.eval.baseline == BEST_BASELINE else [self.eval.baseline]
+        for k in [*named, *self.eval.baselines]:
             if k is not None and k not in keys:
-                raise UserError(f"eval baseline '{k}' is not one of the recipe's models: {keys}")
+                raise UserError(
+                    f"eval baseline '{k}' is not one of the recipe's models: {keys} "
+                    f"(or eval.baseline: {BEST_BASELINE}, the best baseline of each column)"
+                )
         unknown = [r.model for r in self.paper.rows if r.model not in keys] if self.paper else []
         if unknown:
             raise UserError(

@@ -301,4 +301,4 @@ def test_the_legend_prints_the_reference_label_literally():
     result["relaimpr_base"] = "DNN [v2]"
     console = Console(width=100, record=True, file=io.StringIO(), color_system=None)
     render_table(result, console)
-    assert "RelaImpr relative to DNN [v2]." in " ".join(console.export_text().split())
+    assert "relative to DNN [v2]." in " ".join(console.export_text().split())

@@ -24,6 +24,7 @@ __all__ = [
     "compute_all",
     "group_auc",
     "logloss",
+    "RELAIMPR_FORMS",
     "per_scenario_auc",
     "rela_impr",
 ]
@@ -276,16 +277,26 @@ def per_scenario_auc(
     return _scenario_auc_sorted(y, p, scenario, num_scenarios, _score_order(p))
 
 
-def rela_impr(auc_model: float, auc_base: float) -> float:
-    """RelaImpr in percent (HierRec eq. 11): ((AUC_m - 0.5) / (AUC_b - 0.5) - 1) * 100.
+RELAIMPR_FORMS = ("auc_minus_half", "ratio")
 
-    It measures the gain over a random ranker, relative to the base's gain. A base at exactly
-    0.5 (or a nan input) has no gain to compare against: the result is nan.
+
+def rela_impr(auc_model: float, auc_base: float, form: str = "auc_minus_half") -> float:
+    """RelaImpr in percent, in one of the papers' two forms:
+
+    - ``auc_minus_half`` (HierRec eq. 11): ((AUC_m - 0.5) / (AUC_b - 0.5) - 1) * 100, the gain
+      over a random ranker relative to the base's gain. A base at exactly 0.5 has no gain to
+      compare against: nan.
+    - ``ratio`` (HMDN Tables 1-2): (AUC_m / AUC_b - 1) * 100. A base of 0: nan.
+
+    A nan or infinite input gives nan.
     """
-    lift = float(auc_base) - 0.5
+    if form not in RELAIMPR_FORMS:
+        raise UserError(f"RelaImpr form {form!r} is unknown; choose from {list(RELAIMPR_FORMS)}")
+    shift = 0.5 if form == "auc_minus_half" else 0.0
+    lift = float(auc_base) - shift
     if lift == 0.0 or not np.isfinite(lift) or not np.isfinite(auc_model):
         return float("nan")
-    return ((float(auc_model) - 0.5) / lift - 1.0) * 100.0
+    return ((float(auc_model) - shift) / lift - 1.0) * 100.0
 
 
 def compute_all(

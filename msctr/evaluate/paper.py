@@ -26,16 +26,88 @@ def not_comparable(paper: PaperFigures, schema: Schema) -> str | None:
     if dataset != paper.dataset:
         what = f"{dataset} data" if dataset else f"'{schema.source}' data"
         return f"the run is on {what}; the paper's figures are for {paper.dataset}"
-    n_fields = 1 + len(schema.sparse) + len(schema.dense) + len(schema.sequences)
-    if paper.fields is not None and n_fields != paper.fields:
+    fields = n_fields(schema)
+    if paper.fields is not None and fields != paper.fields:
         return (
-            f"the data has {n_fields} input fields and the paper's setup {paper.fields}; "
+            f"the data has {fields} input fields and the paper's setup {paper.fields}; "
             "prepare it as the recipe's comment says"
         )
     missing = [s for s in paper.scenarios if s not in schema.scenario_names]
     if missing:
         return f"the data has no scenario(s) {missing} of the paper's table"
     return None
+
+
+def n_fields(schema: Schema) -> int:
+    """Input fields as the papers count them: the scenario, every sparse and dense field,
+    each behaviour sequence."""
+    return 1 + len(schema.sparse) + len(schema.dense) + len(schema.sequences)
+
+
+def dataset_setup(schema: Schema) -> dict:
+    """The prepared dataset's setup that produced a result, from its schema.json: the source
+    and format, how scenarios (and partitions) were drawn, the split, the field count and the
+    rows per split. Stored with every result and set beside a paper's protocol."""
+    info = schema.info
+    return {
+        "dataset": info.get("dataset") or schema.source,
+        "source": schema.source,
+        "format": info.get("format") or info.get("variant"),
+        "setup": info.get("setup"),
+        "scenario_column": info.get("scenario_column"),
+        "scenarios": list(schema.scenario_names),
+        "scenario_values": info.get("scenario_values"),
+        "partition_fields": list(schema.partition_fields),
+        "partitions": schema.num_partitions,
+        "split": info.get("split"),
+        "split_fractions": info.get("split_fractions"),
+        "val_from": info.get("val_from"),
+        "val_fraction": info.get("val_fraction"),
+        "fields": n_fields(schema),
+        "sparse": len(schema.sparse),
+        "dense": len(schema.dense),
+        "sequences": len(schema.sequences),
+        "min_count": info.get("min_count"),
+        "rows": dict(schema.rows),
+    }
+
+
+def _split_text(setup: dict) -> str:
+    split, fr = setup.get("split"), setup.get("split_fractions")
+    if split == "given":
+        val = setup.get("val_fraction")
+        part = f"{val:.0%} of " if isinstance(val, int | float) else ""
+        if setup.get("val_from") == "test":
+            return f"source's train as train; {part}source's test as val, the rest as test"
+        return f"source's train into train / val ({part}train as val), source's test as test"
+    if fr:
+        return f"{split} {'/'.join(f'{x:.0%}' for x in fr)}"
+    return str(split)
+
+
+def setup_text(setup: dict) -> str:
+    """One line: the dataset setup a result was measured on."""
+    head = f"{setup['dataset']} ({setup['source']}"
+    head += f", {setup['format']}" if setup.get("format") else ""
+    head += f", setup {setup['setup']}" if setup.get("setup") else ""
+    values = setup.get("scenario_values") or {}
+    names = [f"{n}={values[n]}" if n in values else n for n in setup["scenarios"]]
+    by = f" by {setup['scenario_column']}" if setup.get("scenario_column") else ""
+    parts = [f"{len(names)} scenarios{by} ({', '.join(names)})"]
+    if setup.get("partition_fields"):
+        fields = " x ".join(setup["partition_fields"])
+        parts.append(f"{setup['partitions'] - 1} partitions by {fields}")  # id 0: unseen
+    parts.append(f"split: {_split_text(setup)}")
+    parts.append(
+        f"{setup['fields']} fields ({setup['sparse']} sparse, {setup['dense']} dense, "
+        f"{setup['sequences']} sequences)"
+    )
+    if setup.get("min_count") is not None:
+        parts.append(f"min_count {setup['min_count']}")
+    rows = setup.get("rows") or {}
+    if rows:
+        parts.append("rows " + " / ".join(f"{k} {v:,}" for k, v in rows.items()))
+    return head + "): " + "; ".join(parts)
 
 
 def _rank_agreement(paper: list[float], ours: list[float], higher_better: bool) -> dict:
@@ -65,6 +137,8 @@ def compare(paper: PaperFigures, schema: Schema, rows: list[dict]) -> dict:
     """The paper's figures next to `rows` (summarize's per-model rows): per metric and model
     paper value, our mean and std, their difference; and the rank agreement per metric."""
     out: dict = {"source": paper.source, "dataset": paper.dataset}
+    # the protocol beside the figures, shown or not: a gap may be the data's, not the model's
+    out |= {"protocol": paper.protocol, "setup": setup_text(dataset_setup(schema))}
     why = not_comparable(paper, schema)
     if why:
         return {**out, "shown": False, "why": why}
@@ -154,6 +228,14 @@ def tables(cmp: dict) -> list[Table]:
         header = ["Metric", "Models", "Kendall tau", "p", "Spearman rho", "Paper's order"]
         out.append(Table(header, rank_rows, title="do the models rank as in the paper?"))
     return out
+
+
+def protocol_lines(cmp: dict) -> list[str]:
+    """The paper's data protocol and this run's dataset setup, one line each."""
+    if "setup" not in cmp:  # a results.json from before protocols were recorded
+        return []
+    paper = cmp.get("protocol") or "not recorded in the recipe (paper.protocol)"
+    return [f"protocol, paper: {paper}", f"protocol, this run: {cmp['setup']}"]
 
 
 def legend(cmp: dict) -> str:

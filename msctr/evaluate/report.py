@@ -23,7 +23,14 @@ from msctr.evaluate import metrics as M
 from msctr.evaluate import paper
 from msctr.evaluate import stats as T
 from msctr.io import atomic_path, reading, write_json, write_text
-from msctr.recipe import ModelEntry, Recipe, fingerprint_change, recipe_from_dict, run_fingerprint
+from msctr.recipe import (
+    BEST_BASELINE,
+    ModelEntry,
+    Recipe,
+    fingerprint_change,
+    recipe_from_dict,
+    run_fingerprint,
+)
 from msctr.runs import RunFolder, SeedRun
 from msctr.tables import Table, print_tables
 
@@ -52,6 +59,10 @@ class ModelRuns:
 
     def values(self, metric: str) -> np.ndarray:
         return np.array([r[metric] for r in self.runs], dtype=np.float64)
+
+    def matrix(self, metrics: list[str]) -> np.ndarray:
+        """[seeds, metrics]: each seed's value of each metric (e.g. every scenario's AUC)."""
+        return np.array([[r[m] for m in metrics] for r in self.runs], dtype=np.float64)
 
     def predictions(self, seed: int) -> pl.DataFrame:
         return read_predictions(self.run(seed).predictions)
@@ -168,14 +179,6 @@ def collect(
     return out, missing
 
 
-def _pick_reference(model: ModelRuns, candidates: list[ModelRuns]) -> ModelRuns | None:
-    """The best other model by mean AUC: the row's 'best baseline'."""
-    others = [c for c in candidates if c.key != model.key]
-    if not others:
-        return None
-    return max(others, key=lambda c: np.nanmean(c.values("auc")))
-
-
 def compare(model: ModelRuns, ref: ModelRuns, alpha: float, test: str = "welch") -> dict:
     """`model`'s AUCs against the reference's: Welch's t, Mann-Whitney U and (over shared
     seeds) paired t; `test` (the recipe's eval.test) decides `significant`."""
@@ -198,6 +201,109 @@ def compare(model: ModelRuns, ref: ModelRuns, alpha: float, test: str = "welch")
     return out
 
 
+# -- per column: RelaImpr against its base, each column against its best baseline ---------------
+
+LOWER_IS_BETTER = ("logloss",)
+
+
+def column_references(
+    models: list[ModelRuns], candidates: list[ModelRuns], columns: list[str]
+) -> list[list[ModelRuns | None]]:
+    """For each model and each column (overall AUC, Logloss, each scenario's AUC): the best
+    other candidate by mean over seeds in that column (the lowest for Logloss), the column's
+    'best baseline' (None where no other candidate has a finite mean there)."""
+    sign = np.array([-1.0 if c in LOWER_IS_BETTER else 1.0 for c in columns])
+    means = np.stack([c.matrix(columns).mean(axis=0) for c in candidates]) * sign  # [C, K]
+    means = np.where(np.isfinite(means), means, -np.inf)
+    out = []
+    for m in models:
+        own = means.copy()
+        own[[c.key == m.key for c in candidates]] = -np.inf  # never its own reference
+        pick = own.argmax(axis=0)  # [K]
+        found = np.isfinite(own.max(axis=0))
+        out.append([candidates[i] if ok else None for i, ok in zip(pick, found, strict=True)])
+    return out
+
+
+def relaimpr_columns(
+    model: ModelRuns,
+    models: list[ModelRuns],
+    refs: list[ModelRuns | None],
+    base_key: str,
+    form: str,
+    schema: Schema,
+) -> dict:
+    """RelaImpr of the overall AUC and of each scenario's AUC, in `form`, against `base_key`
+    (a model) or, for `best`, against each column's best baseline (`refs`, one per column,
+    from `column_references`), with the model each one is taken against."""
+    columns = ["auc", *(f"auc_s{k}" for k in range(schema.num_scenarios))]
+    if base_key != BEST_BASELINE:
+        refs = [next(m for m in models if m.key == base_key)] * len(columns)
+    ours = model.matrix(columns).mean(axis=0)
+    base = [
+        float("nan") if r is None else float(r.values(c).mean())
+        for r, c in zip(refs, columns, strict=True)
+    ]
+    values = [M.rela_impr(a, b, form) for a, b in zip(ours, base, strict=True)]
+    vs = [None if r is None else r.key for r in refs]
+    return {
+        "relaimpr": values[0],
+        "relaimpr_vs": vs[0],
+        "scenario_relaimpr": values[1:],
+        "scenario_relaimpr_vs": vs[1:],
+    }
+
+
+def column_compare(
+    model: ModelRuns,
+    refs: list[ModelRuns | None],
+    columns: list[str],
+    schema: Schema,
+    alpha: float,
+    test: str,
+) -> list[dict | None]:
+    """Each column (a scenario's AUC, the Logloss) against that column's best baseline
+    (`refs`), as `compare` does for the overall AUC: Welch's t, Mann-Whitney U and paired t
+    over seeds, `test` deciding `significant`; the tests run on all the columns that share a
+    reference at once. With a single run each, a scenario's AUC gets DeLong's test on the
+    scenario's test rows, and the Logloss no test (None)."""
+    out: list[dict | None] = [None] * len(refs)
+    for ref in {r.key: r for r in refs if r is not None}.values():
+        cols = [k for k, r in enumerate(refs) if r is ref]
+        a, b = model.matrix([columns[k] for k in cols]), ref.matrix([columns[k] for k in cols])
+        tests: dict[str, np.ndarray] = {}
+        if len(a) >= 2 and len(b) >= 2:
+            tests["welch_p"] = T.welch_t_columns(a, b)
+            tests["mannwhitney_p"] = T.mann_whitney_columns(a, b)
+            shared = sorted(set(model.seeds) & set(ref.seeds))
+            if len(shared) >= 2:
+                ia = [model.seeds.index(s) for s in shared]
+                ib = [ref.seeds.index(s) for s in shared]
+                tests["paired_p"] = T.paired_t_columns(a[ia], b[ib])
+            deciding = tests[f"{test}_p"]
+        else:
+            scen = [int(columns[k].removeprefix("auc_s")) for k in cols if columns[k] != "logloss"]
+            cols = [k for k in cols if columns[k] != "logloss"]
+            if not cols:
+                continue
+            pm, pr = model.predictions(model.seeds[0]), ref.predictions(ref.seeds[0])
+            d = T.delong_groups(
+                pm[S.LABEL].to_numpy(),
+                pm["prob"].to_numpy(),
+                pr["prob"].to_numpy(),
+                pm[S.SCENARIO].to_numpy(),
+                schema.num_scenarios,
+            )
+            tests = {"delong_z": d.z[scen], "delong_p": d.p_value[scen]}
+            deciding = tests["delong_p"]
+        significant = deciding < alpha  # nan: never
+        for j, k in enumerate(cols):
+            out[k] = {"reference": ref.key, "n": len(a), "n_reference": len(b)}
+            out[k] |= {name: float(v[j]) for name, v in tests.items()}
+            out[k]["significant"] = bool(significant[j])
+    return out
+
+
 def summarize(run_dir: str | Path, partial: bool = False, data: Path | None = None) -> dict:
     run_dir = Path(run_dir)
     recipe, schema = load_run(run_dir, data)
@@ -205,18 +311,26 @@ def summarize(run_dir: str | Path, partial: bool = False, data: Path | None = No
     keys = [m.key for m in models]
     alpha = recipe.eval.significance
     base_key = recipe.eval.baseline or keys[0]
-    base = next((m for m in models if m.key == base_key), models[0])
+    if base_key != BEST_BASELINE:  # a missing base (a --partial run) falls back to the first
+        base_key = next((m.key for m in models if m.key == base_key), keys[0])
     candidates = [m for m in models if m.key in recipe.eval.baselines] or models
     metric_names = list(models[0].runs[0].keys())
+    scenario_cols = [f"auc_s{k}" for k in range(schema.num_scenarios)]
+    best = column_references(models, candidates, ["auc", "logloss", *scenario_cols])
     rows = []
-    for m in models:
+    for m, (ref, ll_ref, *scen_refs) in zip(models, best, strict=True):
         row: dict = {"model": m.key, "name": m.name, "seeds": m.seeds}
         for name in metric_names:
             mean, std = T.mean_std(m.values(name))
             row[name] = {"mean": mean, "std": std, "runs": m.values(name).tolist()}
-        row["relaimpr"] = M.rela_impr(row["auc"]["mean"], float(np.nanmean(base.values("auc"))))
-        ref = _pick_reference(m, candidates)
         row["test"] = compare(m, ref, alpha, recipe.eval.test) if ref is not None else None
+        row |= relaimpr_columns(
+            m, models, [ref, *scen_refs], base_key, recipe.eval.relaimpr, schema
+        )
+        tested = column_compare(
+            m, [ll_ref, *scen_refs], ["logloss", *scenario_cols], schema, alpha, recipe.eval.test
+        )
+        row["logloss_test"], row["scenario_tests"] = tested[0], tested[1:]
         rows.append(row)
     result = {
         "run": str(run_dir),
@@ -225,13 +339,16 @@ def summarize(run_dir: str | Path, partial: bool = False, data: Path | None = No
         "data": recipe.data,
         "scenarios": schema.scenario_names,
         "test_rows": int(models[0].predictions(models[0].seeds[0]).height),
-        "relaimpr_base": base.key,
+        "relaimpr_base": base_key,
+        "relaimpr_form": recipe.eval.relaimpr,
+        "baselines": [m.key for m in candidates],
         "alpha": alpha,
         "test": recipe.eval.test,
         "table_metrics": recipe.eval.metrics,
         "models": rows,
         "missing_runs": missing,
     }
+    result["setup"] = paper.dataset_setup(schema)
     if recipe.paper is not None:
         result["paper"] = paper.compare(recipe.paper, schema, rows)
     if schema.has_true_prob:
@@ -340,10 +457,11 @@ def table_rows(result: dict, style: CellStyle = REPORT) -> tuple[list[str], list
     rows = []
     for r in result["models"]:
         star = "*" if r["test"] and r["test"].get("significant") else ""
-        cells = [r["model"]] + [_cell(r[f"auc_s{k}"], style) for k in per_scenario]
-        cells += [_cell(r[k], style) + (star if k == "auc" else "") for k, _ in main + groups]
+        cells = [r["model"]]
+        cells += [_cell(r[f"auc_s{k}"], style) + _scenario_star(r, k) for k in per_scenario]
+        cells += [_cell(r[k], style) + _overall_star(r, k, star) for k, _ in main + groups]
         test = r["test"] or {}
-        cells += [f"{r['relaimpr']:+.2f}%"] * ("relaimpr" in show)
+        cells += [_pct(r["relaimpr"])] * ("relaimpr" in show)
         cells += [_p(test.get("welch_p", test.get("delong_p")), style)]
         cells += [_p(test.get("mannwhitney_p"), style)]
         rows.append(cells)
@@ -365,6 +483,57 @@ def results_table(result: dict, style: CellStyle = REPORT) -> Table:
     return Table(header, rows, title=title, styles=styles)
 
 
+def _pct(v: float) -> str:
+    """A RelaImpr cell: '-' where there is no base to compare with (nan)."""
+    return "-" if v is None or math.isnan(v) else f"{v:+.2f}%"
+
+
+def _overall_star(row: dict, metric: str, auc_star: str) -> str:
+    """The overall AUC's mark, and the Logloss's where it differs from the best baseline's."""
+    if metric == "auc":
+        return auc_star
+    test = row.get("logloss_test") if metric == "logloss" else None
+    return "*" if test and test.get("significant") else ""
+
+
+def _scenario_star(row: dict, k: int) -> str:
+    """'*' on scenario k's AUC where it differs from that scenario's best baseline."""
+    tests = row.get("scenario_tests") or []
+    return "*" if k < len(tests) and tests[k] and tests[k].get("significant") else ""
+
+
+def scenario_relaimpr_table(result: dict) -> Table | None:
+    """RelaImpr of each scenario's AUC (models as rows, scenarios as columns, as HierRec's
+    RelaImpr row is per column); None where the table has no per-scenario or RelaImpr
+    columns, or results.json predates per-scenario RelaImpr."""
+    k = _scenario_columns(result)
+    rows = result["models"]
+    if not k or "relaimpr" not in (result.get("table_metrics") or ()):
+        return None
+    if any("scenario_relaimpr" not in r for r in rows):
+        return None
+    body = [[r["model"], *map(_pct, r["scenario_relaimpr"])] for r in rows]
+    return Table(["Model", *result["scenarios"]], body, title="RelaImpr per scenario")
+
+
+RELAIMPR_FORMS = {
+    "auc_minus_half": "((AUC - 0.5) / (AUC_base - 0.5) - 1) x 100% (HierRec's Eq. 11)",
+    "ratio": "(AUC / AUC_base - 1) x 100% (HMDN's Tables 1-2)",
+}
+
+
+def relaimpr_legend(result: dict) -> str:
+    """What the RelaImpr columns hold: the form and the base."""
+    form = RELAIMPR_FORMS[result.get("relaimpr_form", "auc_minus_half")]
+    if result["relaimpr_base"] == BEST_BASELINE:
+        pool = ", ".join(result.get("baselines") or []) or "every model"
+        return (
+            f"RelaImpr = {form}, against the best baseline of each column (the best mean "
+            f"among {pool}; a baseline's own row against the best other)."
+        )
+    return f"RelaImpr = {form}, relative to {result['relaimpr_base']}."
+
+
 def terminal_tables(result: dict) -> list[Table]:
     """The same table as the terminal shows it, in 100 columns: the overall metrics with the
     significance marks and p-values, then the per-scenario AUCs in a table of their own (models
@@ -380,6 +549,8 @@ def terminal_tables(result: dict) -> list[Table]:
     if k:
         scen = result["scenarios"]
         tables.append(full.select(range(1, 1 + k), "AUC per scenario", header=scen))
+    if (rela := scenario_relaimpr_table(result)) is not None:
+        tables.append(rela)
     return tables
 
 
@@ -394,6 +565,8 @@ def render_table(result: dict, console: Console) -> None:
             console.print()
             print_tables(console, *paper.tables(result["paper"]))
         console.print(paper.legend(result["paper"]), highlight=False, markup=False)
+        for line in paper.protocol_lines(result["paper"]):
+            console.print(line, highlight=False, markup=False)
 
 
 TESTS = {"welch": "two-sided Welch t-test", "mannwhitney": "two-sided Mann-Whitney U test"}
@@ -403,9 +576,13 @@ def _legend(result: dict) -> str:
     n = {len(r["seeds"]) for r in result["models"]}
     over_seeds = f"{TESTS[result.get('test', 'welch')]} over seeds"
     test = over_seeds if max(n) > 1 else "DeLong's test, single run"
+    marked = "AUC differs from the best other model"
+    if any("logloss_test" in r for r in result["models"]):  # every column marked
+        scen = ", each scenario's AUC" if _scenario_columns(result) else ""
+        marked = f"the AUC, the Logloss{scen} differs from the best other model of its column"
     return (
-        f"mean ± std over seeds; * = AUC differs from the best other model at p < {result['alpha']}"
-        f" ({test}); RelaImpr relative to {result['relaimpr_base']}."
+        f"mean ± std over seeds; * = {marked} at p < {result['alpha']} ({test}); "
+        f"{relaimpr_legend(result)}"
     )
 
 
@@ -416,6 +593,22 @@ def _terminal_legend(result: dict, mwu: bool) -> str:
     text = _legend(result) + f" p: {test}'s p-value"
     text += "; MWU p: the Mann-Whitney U test's." if mwu else "."
     return text + " report.md has the full table and each row's reference model."
+
+
+def _column_significance_lines(result: dict) -> list[str]:
+    """report.md's per-column tests: the Logloss and each scenario's AUC against that
+    column's best baseline."""
+    lines = []
+    for r in result["models"]:
+        columns = [("Logloss", r.get("logloss_test"))]
+        columns += zip(result["scenarios"], r.get("scenario_tests") or [], strict=False)
+        for name, t in columns:
+            if t:
+                parts = [f"{k}={v:.4g}" for k, v in t.items() if k.endswith("_p")]
+                lines.append(f"- {r['model']}, {name}: vs {t['reference']}: " + ", ".join(parts))
+    return (
+        ["", "Per column (Logloss; each scenario's AUC on its rows):", "", *lines] if lines else []
+    )
 
 
 def _partial(result: dict) -> str:
@@ -430,7 +623,11 @@ def render_markdown(result: dict) -> str:
     if result.get("mirrors"):
         lines += [f"Mirrors: {result['mirrors']}", ""]
     lines += [f"Data: `{result['data']}`, test rows: {result['test_rows']:,}", ""]
+    if "setup" in result:
+        lines += [f"Setup: {paper.setup_text(result['setup'])}", ""]
     lines += [results_table(result).to_markdown()]
+    if (rela := scenario_relaimpr_table(result)) is not None:
+        lines += ["", f"{rela.title}:", "", rela.to_markdown()]
     lines += ["", _legend(result), ""]
     if result.get("missing_runs"):
         lines += [f"**{_partial(result)}**", ""]
@@ -442,12 +639,15 @@ def render_markdown(result: dict) -> str:
             for table in paper.tables(result["paper"]):
                 lines += [f"{table.title}:", "", table.to_markdown(), ""]
         lines += [paper.legend(result["paper"]), ""]
+        lines += [f"- {line}" for line in paper.protocol_lines(result["paper"])]
+        lines += [""] if paper.protocol_lines(result["paper"]) else []
     lines += ["## Significance", ""]
     for r in result["models"]:
         t = r["test"]
         if t:
             parts = [f"{k}={v:.4g}" for k, v in t.items() if k.endswith("_p") or k == "delong_z"]
             lines.append(f"- {r['model']} vs {t['reference']}: " + ", ".join(parts))
+    lines += _column_significance_lines(result)
     skipped = [
         f"{r['model']}: GAUC skipped {r['gauc_skipped']['mean']:.0f} users"
         for r in result["models"]

@@ -29,13 +29,18 @@ from msctr.evaluate.metrics import _labels, _probs  # shared input validation
 
 __all__ = [
     "ALPHA",
+    "DeLongGroups",
     "DeLongResult",
     "delong",
+    "delong_groups",
     "mann_whitney",
+    "mann_whitney_columns",
     "mean_std",
     "paired_t",
+    "paired_t_columns",
     "significance_mark",
     "welch_t",
+    "welch_t_columns",
 ]
 
 ALPHA = 0.05
@@ -149,6 +154,95 @@ def significance_mark(p_value: float, alpha: float = ALPHA) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# The same tests on many columns at once: one column per metric (each scenario's AUC), one row
+# per seed. Each column's p-value is the scalar function's on that column (same degenerate
+# rules), from one SciPy call over all the columns that can be tested.
+
+
+def _matrix(values: np.ndarray | list) -> np.ndarray:
+    x = np.asarray(values, dtype=np.float64)
+    return x.reshape(-1, 1) if x.ndim == 1 else x
+
+
+def _same_cols(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Per column: all of x equals ref (one value per column) up to rounding (`_same`)."""
+    scale = np.maximum(np.maximum(np.abs(x).max(axis=0), np.abs(ref)), 1e-300)
+    return np.all(np.abs(x - ref) <= _REL_TOL * scale, axis=0)
+
+
+def _finite_cols(*xs: np.ndarray) -> np.ndarray:
+    return np.logical_and.reduce([np.isfinite(x).all(axis=0) for x in xs])
+
+
+def _scipy_cols(test: Callable[[], object]) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.asarray(test().pvalue, dtype=np.float64)  # type: ignore[attr-defined]
+
+
+def welch_t_columns(a: np.ndarray | list, b: np.ndarray | list) -> np.ndarray:
+    """`welch_t` of each column of a [n_a, K] and b [n_b, K]: [K] p-values."""
+    a, b = _matrix(a), _matrix(b)
+    out = np.full(a.shape[1], np.nan)
+    if a.shape[0] < 2 or b.shape[0] < 2:
+        return out
+    finite = _finite_cols(a, b)
+    both_constant = _same_cols(a, a[0]) & _same_cols(b, b[0])
+    out[finite & both_constant & _same_cols(a, b[0])] = 1.0
+    run = finite & ~both_constant
+    if run.any():
+        out[run] = _scipy_cols(lambda: sps.ttest_ind(a[:, run], b[:, run], equal_var=False))
+    return out
+
+
+def paired_t_columns(a: np.ndarray | list, b: np.ndarray | list) -> np.ndarray:
+    """`paired_t` of each column: row i of a and of b from the same seed."""
+    a, b = _matrix(a), _matrix(b)
+    if a.shape != b.shape:
+        raise UserError(
+            f"paired t-test needs one value per seed on both sides, got {a.shape[0]} and "
+            f"{b.shape[0]}; run both configurations on the same seeds or use the Welch test"
+        )
+    out = np.full(a.shape[1], np.nan)
+    if a.shape[0] < 2:
+        return out
+    finite = _finite_cols(a, b)
+    d = a - b
+    tol = _REL_TOL * np.maximum(np.maximum(np.abs(a).max(axis=0), np.abs(b).max(axis=0)), 1e-300)
+    flat = np.ptp(d, axis=0) <= tol
+    out[finite & flat & np.all(np.abs(d) <= tol, axis=0)] = 1.0
+    run = finite & ~flat
+    if run.any():
+        out[run] = _scipy_cols(lambda: sps.ttest_rel(a[:, run], b[:, run]))
+    return out
+
+
+def mann_whitney_columns(a: np.ndarray | list, b: np.ndarray | list) -> np.ndarray:
+    """`mann_whitney` of each column (exact without ties up to 50 values a side, else the
+    tie-corrected normal approximation, chosen per column)."""
+    a, b = _matrix(a), _matrix(b)
+    out = np.full(a.shape[1], np.nan)
+    if a.shape[0] < 1 or b.shape[0] < 1:
+        return out
+    finite = _finite_cols(a, b)
+    both = np.concatenate([a, b])
+    constant = _same_cols(both, both[0])
+    out[finite & constant] = 1.0
+    ranked = np.sort(both, axis=0)
+    ties = np.any(ranked[1:] == ranked[:-1], axis=0)
+    small = max(a.shape[0], b.shape[0]) <= _MW_EXACT_MAX
+    for method, cols in (("exact", ~ties & small), ("asymptotic", ties | (not small))):
+        run = finite & ~constant & cols
+        if run.any():
+            out[run] = _scipy_cols(
+                lambda run=run, method=method: sps.mannwhitneyu(
+                    a[:, run], b[:, run], alternative="two-sided", method=method
+                )
+            )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # DeLong's test
 
 
@@ -244,3 +338,90 @@ def delong(y: np.ndarray, p1: np.ndarray, p2: np.ndarray) -> DeLongResult:
         )
     z = diff / np.sqrt(var)
     return DeLongResult(auc1, auc2, float(z), float(2.0 * sps.norm.sf(abs(z))), var)
+
+
+@dataclass(frozen=True)
+class DeLongGroups:
+    """DeLong's test in each group of rows (each scenario's test rows): [G] arrays with the
+    meaning of `DeLongResult`'s fields, and the same rules for undefined groups."""
+
+    auc1: np.ndarray
+    auc2: np.ndarray
+    z: np.ndarray
+    p_value: np.ndarray
+    var: np.ndarray
+
+
+def _group_components(
+    is_pos: np.ndarray, score: np.ndarray, group: np.ndarray, m: np.ndarray, n: np.ndarray
+) -> np.ndarray:
+    """`_components` inside each group at once: rows sorted by (group, score), tie blocks
+    never cross a group, and the clicks / non-clicks counted before a block are those of its
+    own group. Returns V10 at the clicks and V01 at the non-clicks, in row order."""
+    total = score.shape[0]
+    order = np.lexsort((score, group))
+    s_sorted, g_sorted, pos_sorted = score[order], group[order], is_pos[order]
+    new_group = np.empty(total, dtype=bool)
+    new_group[0] = True
+    new_group[1:] = g_sorted[1:] != g_sorted[:-1]
+    new_block = new_group.copy()
+    new_block[1:] |= s_sorted[1:] != s_sorted[:-1]
+    starts = np.flatnonzero(new_block)  # [B]
+    block = np.cumsum(new_block) - 1  # [total]
+    cx = np.add.reduceat(pos_sorted.astype(np.int64), starts)  # [B]
+    cy = np.diff(np.append(starts, total)) - cx
+    # counts before each block within its group: running totals less the group's start
+    first = np.maximum.accumulate(np.where(new_group[starts], np.arange(starts.size), 0))
+    cx_run, cy_run = np.cumsum(cx) - cx, np.cumsum(cy) - cy
+    cx_before, cy_before = cx_run - cx_run[first], cy_run - cy_run[first]
+    with np.errstate(divide="ignore", invalid="ignore"):  # a group lacking a class: nan
+        v_sorted = np.where(
+            pos_sorted,
+            (cy_before + 0.5 * cy)[block] / n[g_sorted],
+            1.0 - (cx_before + 0.5 * cx)[block] / m[g_sorted],
+        )
+    v = np.empty(total)
+    v[order] = v_sorted
+    return v
+
+
+def _group_var(d: np.ndarray, group: np.ndarray, count: np.ndarray, size: int) -> np.ndarray:
+    """Sample variance (ddof=1) of d within each group (two passes, for precision)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = np.bincount(group, weights=d, minlength=size) / count
+        sq = np.bincount(group, weights=(d - mean[group]) ** 2, minlength=size)
+        return sq / (count - 1)
+
+
+def delong_groups(
+    y: np.ndarray, p1: np.ndarray, p2: np.ndarray, group: np.ndarray, num_groups: int
+) -> DeLongGroups:
+    """`delong` on the rows of each group 0..num_groups-1, all groups in one pass (one sort by
+    group and score per scorer): a single run's per-scenario marks."""
+    y = _labels(y)
+    p = (_probs(p1, y.shape[0]), _probs(p2, y.shape[0]))
+    group = np.asarray(group).astype(np.int64)
+    pos = y == 1
+    m = np.bincount(group[pos], minlength=num_groups)
+    n = np.bincount(group[~pos], minlength=num_groups)
+    nan = np.full(num_groups, np.nan)
+    if y.size == 0:
+        return DeLongGroups(nan, nan.copy(), nan.copy(), nan.copy(), nan.copy())
+    v1, v2 = (_group_components(pos, p[r], group, m, n) for r in (0, 1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auc1 = np.bincount(group[pos], weights=v1[pos], minlength=num_groups) / m
+        auc2 = np.bincount(group[pos], weights=v2[pos], minlength=num_groups) / m
+        var = _group_var(v1[pos] - v2[pos], group[pos], m, num_groups) / m
+        var += _group_var(v1[~pos] - v2[~pos], group[~pos], n, num_groups) / n
+    both = (m > 0) & (n > 0)
+    auc1, auc2 = np.where(both, auc1, np.nan), np.where(both, auc2, np.nan)
+    var = np.where(both & (m >= 2) & (n >= 2), var, np.nan)
+    diff = auc1 - auc2
+    noisy = var > 0.0  # nan compares False
+    flat = var <= 0.0  # no estimated noise: z 0 and p 1 when the AUCs agree, else nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(noisy, diff / np.sqrt(np.where(noisy, var, 1.0)), np.nan)
+    z = np.where(flat & (diff == 0), 0.0, z)
+    p_value = np.where(noisy, 2.0 * sps.norm.sf(np.abs(z)), np.nan)
+    p_value = np.where(flat & (diff == 0), 1.0, p_value)
+    return DeLongGroups(auc1, auc2, z, p_value, np.where(flat, 0.0, var))
