@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -265,6 +266,24 @@ def _best(study: Any) -> Any:
         return None
 
 
+def _earlier(optuna: Any, work: Work, schema: Schema) -> list[tuple[Target, Any]]:
+    """The recipe's models this command did not tune (`--model`) whose study in tune.db an
+    earlier tune of the same recipe made (same fingerprint, trial caps included)."""
+    names = set(optuna.get_all_study_names(work.storage))
+    tuned = {t.index for t in work.targets}
+    found = []
+    for i, entry in enumerate(work.recipe.models):
+        if i in tuned or entry.key not in names:
+            continue
+        raw = model_space(work.recipe.search, entry.search)
+        target = Target(i, entry.key, raw, parse_space(raw, f"search of {entry.key}"))
+        study = optuna.load_study(study_name=entry.key, storage=work.storage)
+        fp = study_fingerprint(work.recipe, target, schema, work.caps)
+        if study.user_attrs.get("fingerprint") == fp:
+            found.append((target, study))
+    return found
+
+
 def _grid_sampler(optuna: Any, grid: dict[str, list], seed: int) -> Any:
     """Optuna's grid sampler without its stop at the grid's end (`Study.stop`, which works
     only inside `Study.optimize`, not with ask-and-tell): `_run_trials` counts the budget
@@ -390,7 +409,8 @@ def run_tune(
         sweep_stale(folder)  # trial folders and temporary files of a killed tune
         storage = f"sqlite:///{(folder / 'tune.db').resolve()}"
         work = Work(recipe, targets, [], folder, storage, sampler, seed, pruner, timeout, caps)
-        studies = _open_studies(optuna, work, data.schema)
+        schema = data.schema
+        studies = _open_studies(optuna, work, schema)
         budget = trials if trials is not None or not smoke else SMOKE_TRIALS
         per_model = f"{budget or DEFAULT_TRIALS} trial(s)"
         if sampler == "grid":
@@ -423,6 +443,9 @@ def run_tune(
                     _run_all(optuna, work, studies, data, console, progress)
             finally:
                 progress.stop()
+        # a model tuned by an earlier `--model` into this folder keeps its place in tuned.yaml
+        for target, study in _earlier(optuna, work, schema):
+            targets, studies = [*targets, target], [*studies, study]
         return _finish(optuna, storage, recipe, targets, studies, folder, console, sampler, {
             "trials": budget, "timeout": timeout, "sampler_seed": seed, "smoke": smoke,
             "pruner": pruner, "trial_epochs": caps.epochs, "trial_rows": caps.rows,
@@ -774,13 +797,18 @@ def _figures(optuna: Any, study: Any, target: Target, folder: Path, metric: str)
         return []
     plots = {"history": optuna.visualization.matplotlib.plot_optimization_history}
     if len(done) >= 2 and len({json.dumps(t.params, sort_keys=True) for t in done}) >= 2:
-        plots["importance"] = optuna.visualization.matplotlib.plot_param_importances
+        plots["importance"] = partial(  # seeded: the same study draws the same figure
+            optuna.visualization.matplotlib.plot_param_importances,
+            evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+        )
     names = []
     for kind, plot in plots.items():
         with warnings.catch_warnings():  # Optuna marks its matplotlib plots experimental
             warnings.simplefilter("ignore")
             ax = plot(study, target_name=f"validation {metric}")
-        ax.set_title(f"{target.label}: {ax.get_title().lower()}")
+        for loc in ("left", "center"):  # Optuna titles one of them
+            if title := ax.get_title(loc=loc):
+                ax.set_title(f"{target.label}: {title.lower()}", loc=loc)
         fig = ax.figure
         fig.set_size_inches(7, 4.2)
         fig.tight_layout()

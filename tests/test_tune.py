@@ -503,3 +503,36 @@ def _states(db: Path) -> list[str]:
             return [s for (s,) in c.execute("select state from trials")]
         except sqlite3.OperationalError:  # the tables are not there yet
             return []
+
+
+@pytest.mark.slow
+def test_tuned_report_says_which_budget_each_model_got(capsys, tmp_path, data_dir):
+    """`--model` tunes one model at a time into one folder; tuned.yaml keeps every model tuned
+    there, and report.md of `msctr train tuned.yaml` has a Tuning section with each model's
+    trials, naming a model that was not tuned. The figures are written beside the study."""
+    recipe = write_recipe(tmp_path, data_dir)
+    args = ["tune", str(recipe), "--smoke"]
+    code, out, err = run_main(capsys, *args, "--model", "DNN")
+    assert code == 0, err
+    folder = tmp_path / "run-smoke-tune"
+    assert (folder / "history_DNN.png").stat().st_size > 0
+    assert (folder / "importance_DNN.png").stat().st_size > 0
+    tuned = load_recipe(folder / "tuned.yaml")
+    assert list(tuned.tuning.models) == ["DNN"] and tuned.tuning.sampler == "tpe"
+    code, out, err = run_main(capsys, "train", str(folder / "tuned.yaml"))
+    assert code == 0, err
+    report = (Path(f"{tmp_path / 'run-smoke'}-tuned") / "report.md").read_text()
+    assert "## Tuning" in report and "tpe sampler, pruner median" in report
+    assert "| DNN | params.dropout, params.hidden | 2 | 2 | 0 | 0 |" in report
+    assert "**Not tuned** (trained with the params as written): MMoE." in report
+    code, out, err = run_main(capsys, *args, "--model", "MMoE")
+    assert code == 0, err
+    tuned = load_recipe(folder / "tuned.yaml")
+    assert sorted(tuned.tuning.models) == ["DNN", "MMoE"]  # DNN's best is kept
+    res = json.loads((folder / "results.json").read_text())
+    assert tuned.models[0].params["hidden"] == res["models"]["DNN"]["best_params"]["params.hidden"]
+    code, out, err = run_main(capsys, "train", str(folder / "tuned.yaml"), "--fresh")
+    assert code == 0, err
+    report = (Path(f"{tmp_path / 'run-smoke'}-tuned") / "report.md").read_text()
+    assert "| MMoE | params.dropout, params.expert_hidden | 2 |" in report
+    assert "Not tuned" not in report

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -349,6 +349,8 @@ def summarize(run_dir: str | Path, partial: bool = False, data: Path | None = No
         "missing_runs": missing,
     }
     result["setup"] = paper.dataset_setup(schema)
+    if recipe.tuning is not None:
+        result["tuning"] = tuning_record(recipe)
     if recipe.paper is not None:
         result["paper"] = paper.compare(recipe.paper, schema, rows)
     if schema.has_true_prob:
@@ -618,6 +620,54 @@ def _partial(result: dict) -> str:
     )
 
 
+def tuning_record(recipe: Recipe) -> dict:
+    """The recipe's `tuning:` (what `msctr tune` did before it, tuned.yaml carries it) with
+    the models of the table it did not tune: results.json's `tuning`."""
+    record = asdict(recipe.tuning)
+    record["untuned"] = [m.key for m in recipe.models if m.key not in recipe.tuning.models]
+    return record
+
+
+def tuning_lines(result: dict) -> list[str]:
+    """report.md's Tuning section: the budget each model's hyperparameters got on validation,
+    so a reader sees whether the comparison was fair (every model tuned alike) or not."""
+    t = result.get("tuning")
+    if t is None:
+        return []
+    caps = [f"at most {t['trial_epochs']} epoch(s)"] if t.get("trial_epochs") else []
+    caps += [f"on the first {t['trial_rows']:,} train rows"] if t.get("trial_rows") else []
+    budget = f"{t['trials']} trial(s) per model" if t.get("trials") else "the sampler's default"
+    if t.get("timeout"):
+        budget += f", {t['timeout']:g}s at most per model"
+    lines = [
+        "## Tuning",
+        "",
+        f"Hyperparameters chosen by `msctr tune` on the validation split only ({t['sampler']} "
+        f"sampler, pruner {t['pruner']}, ranked by validation {t['metric']}; budget: {budget}"
+        + (f"; each trial {' '.join(caps)}" if caps else "")
+        + f"). The search: `{t['results']}`.",
+        "",
+    ]
+    rows = []
+    for label, m in t["models"].items():
+        ended = m.get("complete", 0) + m.get("pruned", 0) + m.get("failed", 0)
+        best = "" if m.get("best_value") is None else f"{m['best_value']:.4f}"
+        rows.append([label, ", ".join(m.get("keys", [])), str(ended), str(m.get("complete", 0)),
+                     str(m.get("pruned", 0)), str(m.get("failed", 0)), best])  # fmt: skip
+    table = Table(
+        ["model", "searched", "trials", "complete", "pruned", "failed", f"best val {t['metric']}"],
+        rows,
+    )
+    lines += [table.to_markdown(), ""]
+    if t["untuned"]:
+        lines += [
+            f"**Not tuned** (trained with the params as written): {', '.join(t['untuned'])}. "
+            "A comparison is fair only when every model had the same budget.",
+            "",
+        ]
+    return lines
+
+
 def render_markdown(result: dict) -> str:
     lines = [f"# {result['recipe']}", ""]
     if result.get("mirrors"):
@@ -641,6 +691,7 @@ def render_markdown(result: dict) -> str:
         lines += [paper.legend(result["paper"]), ""]
         lines += [f"- {line}" for line in paper.protocol_lines(result["paper"])]
         lines += [""] if paper.protocol_lines(result["paper"]) else []
+    lines += tuning_lines(result)
     lines += ["## Significance", ""]
     for r in result["models"]:
         t = r["test"]
