@@ -171,7 +171,15 @@ def plan(recipe: Recipe, model: str | None, sampler: str) -> list[Target]:
     and the data's schema; trains nothing, writes nothing."""
     if sampler not in SAMPLERS:
         raise UserError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-    indices = [model_index(recipe, model, "--model")] if model else range(len(recipe.models))
+    if model:
+        indices = [model_index(recipe, model, "--model")]
+    else:  # the models with a space: a paper may give one for some models only
+        indices = [i for i, m in enumerate(recipe.models) if model_space(recipe.search, m.search)]
+        if not indices:
+            raise UserError(
+                "no model of the recipe has a search space; add `search:` to a model entry or "
+                "to the recipe (docs/tune.md)"
+            )
     schema = Schema.load(recipe.data)
     targets = []
     for i in indices:
@@ -293,6 +301,10 @@ def _grid_sampler(optuna: Any, grid: dict[str, list], seed: int) -> Any:
         def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
             pass
 
+        def point(self, grid_id: int) -> dict[str, Any]:
+            """The params of grid point `grid_id` (Optuna's own mapping, as it suggests them)."""
+            return dict(zip(self._param_names, self._all_grids[grid_id]))
+
     return Grid(grid, seed=seed)
 
 
@@ -343,8 +355,11 @@ def _retry_stale(optuna: Any, study: Any, console: Console) -> None:
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     for t in running:
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-        if t.params:
-            study.enqueue_trial(t.params)
+        params = t.params
+        if not params and "grid_id" in t.system_attrs:  # killed before its values were drawn
+            params = study.sampler.point(t.system_attrs["grid_id"])
+        if params:
+            study.enqueue_trial(params)
         console.print(
             f"trial {t.number} of {escape(study.study_name)} was left running by a tune that "
             "stopped: marked failed, its point tried again"
@@ -420,6 +435,9 @@ def run_tune(
             + (f", {timeout:g}s at most" if timeout else "")
             + f", {sampler} sampler, pruner {pruner}; each trial: {caps.shown()}"
         ))  # fmt: skip
+        spaceless = [m.key for m in recipe.models if not model_space(recipe.search, m.search)]
+        if spaceless and model is None:
+            console.print(Text(f"not tuned (no search space): {', '.join(spaceless)}"))
         for target, study in zip(targets, studies):
             _retry_stale(optuna, study, console)
             want = budget or DEFAULT_TRIALS
@@ -492,7 +510,8 @@ def _run_trials(
             if _settled(optuna, study) + len(running) >= want:
                 return
             trial = study.ask()
-        values = {k: s.suggest(trial) for k, s in target.space.items()}
+            # drawn at once: a trial killed before its values exist is retried by grid id
+            values = {k: s.suggest(trial) for k, s in target.space.items()}
         try:
             value = _trial(optuna, trial, target, work, values, data, console, progress, metric)
         except optuna.TrialPruned:  # counts as ended: the budget is trials started and ended
@@ -796,7 +815,8 @@ def _figures(optuna: Any, study: Any, target: Target, folder: Path, metric: str)
     if not done:
         return []
     plots = {"history": optuna.visualization.matplotlib.plot_optimization_history}
-    if len(done) >= 2 and len({json.dumps(t.params, sort_keys=True) for t in done}) >= 2:
+    points = {json.dumps(t.params, sort_keys=True) for t in done}
+    if len(points) >= 2 and len({t.value for t in done}) >= 2:  # fANOVA needs both to vary
         plots["importance"] = partial(  # seeded: the same study draws the same figure
             optuna.visualization.matplotlib.plot_param_importances,
             evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),

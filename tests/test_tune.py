@@ -97,7 +97,14 @@ def test_optuna_missing_is_one_line(capsys, monkeypatch, tmp_path, data_dir):
         (["--trial-epochs", "0"], "--trial-epochs must be at least 1, got 0"),
         (["--trial-rows", "0"], "--trial-rows must be at least 1, got 0"),
         (["--trial-rows", "100", "--set", "train.loader=stream"], "streams it"),
-        (["--set", "models.0.search={}", "--set", "search={}"], "DNN has no search space"),
+        (
+            ["--set", "models.0.search={}", "--set", "search={}", "--model", "DNN"],
+            "model DNN has no search space",
+        ),
+        (
+            ["--set", "models.0.search={}", "--set", "models.1.search={}", "--set", "search={}"],
+            "no model of the recipe has a search space",
+        ),
     ],
 )
 def test_bad_space_is_one_line_and_writes_nothing(capsys, tmp_path, data_dir, args, needle):
@@ -229,19 +236,21 @@ def test_grid_tries_exactly_the_space_once(capsys, tmp_path, data_dir):
     space = parse_space({"params.hidden": {"layers": {"depth": [1, 2], "width": [8, 16]}}}, "s")
     killed = study.ask()  # as a tune killed in its third trial leaves it: RUNNING
     space["params.hidden"].suggest(killed)
+    study.ask()  # and one killed before its values were drawn: its grid point only
     code, out, err = run_main(capsys, *args)
     assert code == 0, err
     assert "trial 2 of DNN was left running" in out
+    assert "trial 3 of DNN was left running" in out
     done = trials(tmp_path / "run-tune", "DNN")
     names = ("params.hidden.depth", "params.hidden.width")
     complete = [t for t in done if t.state == optuna.trial.TrialState.COMPLETE]
     points = sorted(tuple(t.params[n] for n in names) for t in complete)
     assert points == [(1, 8), (1, 16), (2, 8), (2, 16)]
-    assert [t.state.name for t in done].count("FAIL") == 1 and len(done) == 5
+    assert [t.state.name for t in done].count("FAIL") == 2 and len(done) == 6
     code, out, err = run_main(capsys, *args)  # the grid is done: nothing is trained again
     assert code == 0, err
-    assert "kept DNN: 4 trial(s) ended earlier" in out and "trial 5 of DNN" not in out
-    assert len(trials(tmp_path / "run-tune", "DNN")) == 5
+    assert "kept DNN: 4 trial(s) ended earlier" in out and "trial 6 of DNN" not in out
+    assert len(trials(tmp_path / "run-tune", "DNN")) == 6
 
 
 @pytest.mark.slow
@@ -361,8 +370,7 @@ def test_a_lagging_trial_is_pruned_and_counts(capsys, monkeypatch, tmp_path, dat
     assert sorted(p.name for p in folder.iterdir()) == [
         ".claim",
         ".lock",
-        "history_DNN.png",
-        "importance_DNN.png",
+        "history_DNN.png",  # no importance figure: every finished trial has the same value
         "results.json",
         "tune.db",
         "tuned.yaml",
