@@ -45,6 +45,9 @@ class EarlyStopping:
 class TrainConfig:
     optimizer: Literal["adam"] = "adam"
     lr: float = 1e-3
+    # the learning rate of epoch e (from 0) is lr * lr_decay**e: SFPNet's "decay rate of 0.9"
+    # per epoch; 1.0 keeps it constant
+    lr_decay: float = 1.0
     weight_decay: float = 0.0
     batch_size: int = 2000
     epochs: int = 10
@@ -74,6 +77,11 @@ class TrainConfig:
             )
         if any(not 0 <= s < 2**32 for s in self.seeds):
             raise UserError(f"{where}.seeds must be integers in [0, 2**32), got {self.seeds}")
+        if not 0 < self.lr_decay <= 1:
+            raise UserError(
+                f"{where}.lr_decay must be in (0, 1] (the learning rate's factor per epoch; 1 "
+                f"keeps it constant), got {self.lr_decay}"
+            )
         for key in ("lr", "batch_size", "epochs", "eval_batch_size", "shuffle_buffer"):
             value = getattr(self, key)
             if not value > 0 or not math.isfinite(value):
@@ -329,6 +337,8 @@ def run_fingerprint(recipe: Recipe, entry: ModelEntry, schema: Schema) -> dict:
     model and its parameters with defaults filled in, and the result-affecting train keys.
     Labels and eval keys are not in it: they cannot change a run's predictions."""
     train = {k: v for k, v in asdict(recipe.train).items() if k not in NOT_RESULT_TRAIN_KEYS}
+    if train["lr_decay"] == 1.0:  # absent when constant: runs from before the key still match
+        del train["lr_decay"]
     fp = {
         "data": schema.info.get("prepared_md5", "unknown"),
         "model": entry.name,

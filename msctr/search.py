@@ -25,7 +25,7 @@ from msctr.errors import UserError
 
 # the train keys a trial may vary: each changes how one run trains, none what is measured
 # (seeds, eval_rows, early_stopping.metric, loader) or where (device)
-TRAIN_KEYS = ("lr", "weight_decay", "batch_size", "epochs", "early_stopping.patience")
+TRAIN_KEYS = ("lr", "lr_decay", "weight_decay", "batch_size", "epochs", "early_stopping.patience")
 KINDS = ("choice", "int", "float", "layers")
 _MODIFIERS = {"choice": (), "int": ("step", "log"), "float": ("step", "log"), "layers": ()}
 

@@ -327,6 +327,9 @@ def fit_one(
         if streamed:
             when = f"before epoch {epoch + 1} of {run_name}"
             dist.on_main(lambda when=when: data.check_unchanged(when))
+        # set from the epoch, not stepped: a resumed run's rate is the one it stopped at
+        lr = t.lr * t.lr_decay**epoch
+        optimizer.set_lr(lr)
         model.train()
         seen, loss_sum, train_seconds = train_epoch(
             run,
@@ -366,6 +369,7 @@ def fit_one(
             "train_loss": loss_sum / max(seen, 1),
             "samples": seen,
             "samples_per_s": seen / max(train_seconds, 1e-9),
+            "lr": lr,
             "val_auc": val["auc"],
             "val_logloss": val["logloss"],
             "best": improved,

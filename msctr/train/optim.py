@@ -102,6 +102,11 @@ class Optimizers:
         for o in self.optimizers:
             o.step()
 
+    def set_lr(self, lr: float) -> None:
+        for o in self.optimizers:
+            for group in o.param_groups:
+                group["lr"] = lr
+
 
 def set_sparse_embeddings(model: torch.nn.Module, mode: bool | str) -> list[torch.nn.Parameter]:
     """Switch every FeatureEmbedding table to row-sparse gradients (True), to dense (False), or
