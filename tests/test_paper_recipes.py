@@ -99,3 +99,10 @@ def test_smoke_trains_every_row_on_data_prepared_as_the_recipe_says(path, raw_da
     # generated raw files prepared as the paper did: the paper's figures are set beside ours
     assert "paper vs measured" in result.output
     assert "not shown" not in result.output
+    # the paper's search space (msctr tune): every value of every key checked on this data
+    searched = [m.key for m in recipe.models if m.search]
+    if searched:
+        from msctr.tune import plan
+
+        tuned = load_recipe(ROOT / "recipes" / path, [f"data={data}"])
+        assert [t.label for t in plan(tuned, None, "grid")] == searched
