@@ -3,6 +3,7 @@
 
     python benchmarks/tune_pruning.py                      # prepares /tmp data if needed
     python benchmarks/tune_pruning.py --data data/synthetic --work /tmp/tune-bench
+    python benchmarks/tune_pruning.py --data /tmp/syn100k --rows 100000   # half the rows
 
 Each search is a real `msctr tune` (a subprocess, as a user runs it) on the same recipe:
 validation AUC as the metric (early stopping on it, patience 2, at most 8 epochs), one
@@ -11,7 +12,6 @@ training seed. Searches:
 - `grid`: every point, no pruner (the reference: the best point of the whole space);
 - `grid+halving`: every point, Optuna's successive halving (a point lagging at epoch 1 or 4
   stops there);
-- `grid+median`: every point, Optuna's median pruner;
 - `tpe+median`: 10 TPE trials, median pruner.
 
 For each it prints the configuration chosen, its validation AUC, where that point ranks in
@@ -39,7 +39,6 @@ MODELS = [("dnn", "DNN", "params.hidden"), ("mmoe", "MMoE", "params.expert_hidde
 SEARCHES = {
     "grid": ["--sampler", "grid", "--pruner", "none"],
     "grid+halving": ["--sampler", "grid", "--pruner", "halving"],
-    "grid+median": ["--sampler", "grid", "--pruner", "median"],
     "tpe+median": ["--sampler", "tpe", "--pruner", "median", "--trials", "10"],
 }
 
@@ -92,11 +91,22 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, default=Path("/tmp/msctr-bench-synthetic"))
     p.add_argument("--work", type=Path, default=None)
+    p.add_argument("--rows", type=int, default=200_000, help="rows of the prepared data")
     a = p.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     if not (a.data / "schema.json").exists():
         subprocess.run(
-            [sys.executable, "-m", "msctr", "prepare", "synthetic", "--out", str(a.data)],
+            [
+                sys.executable,
+                "-m",
+                "msctr",
+                "prepare",
+                "synthetic",
+                "--out",
+                str(a.data),
+                "--rows",
+                str(a.rows),
+            ],
             check=True,
             stdout=subprocess.DEVNULL,
         )
