@@ -92,6 +92,14 @@ def check_out(
     return out
 
 
+def check_min_count(min_count: int) -> None:
+    if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
+        raise UserError(
+            f"--min-count must be a whole number of at least 1, got {min_count!r}; "
+            "1 keeps every value seen in training"
+        )
+
+
 class _Lookup:
     """Raw values -> vocabulary ids for a whole batch at once (what `Vocabulary.encode` computes).
 
@@ -150,7 +158,9 @@ class _Lookup:
 
 @dataclass
 class Vocabulary:
-    """Raw value -> id, ids 1..V by descending training frequency (ties by value); 0 = OOV."""
+    """Raw value -> id, ids 1..V by descending training frequency (ties by value); 0 = OOV:
+    values never seen in training, and those seen there fewer than `min_count` times (one
+    shared id, as the Ali-CCP processing the papers use gives them)."""
 
     field: str
     values: pl.Series
@@ -440,6 +450,7 @@ def prepare(
     from it: for sources whose plan is expensive to re-run (CSV scans, joins, parsing), and the
     way to keep memory bounded, since each pass then streams from disk.
     """
+    check_min_count(min_count)
     out = check_out(out, overwrite)
     frame = table.frame
     _check_columns(table, set(frame.collect_schema().names()))
@@ -539,7 +550,7 @@ def _prepare(
             "user_column": f.user,
             "session_column": f.session,
             "encoders": "encoders.parquet",
-            "prepared_md5": files_md5([tmp / f"{split}.parquet" for split in S.SPLITS]),
+            "prepared_md5": prepared_md5(tmp, min_count),
         },
     )
     schema.save(tmp)
@@ -690,6 +701,17 @@ def _write_splits(
         if rows[split] == 0:
             raise UserError(f"the {split} split is empty; give more rows or other fractions")
     return rows, counts, clicks
+
+
+def prepared_md5(folder: Path, min_count: int) -> str:
+    """The dataset's fingerprint: its split files, and the vocabulary threshold when it is not
+    1 (a threshold no value falls below leaves the files as they were, yet a run trained
+    under one setting must not pass for a run of the other). At 1 the md5 is the files' own,
+    as it was before the threshold could be set."""
+    paths = [folder / f"{split}.parquet" for split in S.SPLITS]
+    if min_count == 1:
+        return files_md5(paths)
+    return hashlib.md5(f"{files_md5(paths)} min_count={min_count}".encode()).hexdigest()
 
 
 def files_md5(paths: list[Path], chunk: int = 1 << 22) -> str:
