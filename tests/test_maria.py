@@ -70,7 +70,7 @@ def test_switches_remove_their_parts(schema, batch):
     assert bare.scaling is None and bare.refinement is None and bare.correlation is None
 
     # each switch removes its module, and the experts' and gate's weights of its inputs
-    n, d, E = full.embedding.num_fields, SMALL["embed_dim"], SMALL["num_experts"]
+    n, d, E = full.num_fields, SMALL["embed_dim"], SMALL["num_experts"]
     per_input = E * SMALL["expert_hidden"][0] + E  # first expert layer + gate, per input unit
     refined, pairs = n * SMALL["num_refiners"] * SMALL["refine_dim"], n * (n - 1) // 2
     assert n_params(full) - n_params(variants["fs"]) == n_params(full.scaling)
@@ -91,7 +91,7 @@ def test_switches_remove_their_parts(schema, batch):
             load_shared(full, model)
             assert (out - model(batch)).abs().max() > 1e-4, s
         # dropping all three leaves the MoE + towers over the plain field embeddings
-        torch.testing.assert_close(bare.features(batch), bare.embedding.fields(batch).flatten(1))
+        torch.testing.assert_close(bare.features(batch), bare.fields(batch).flatten(1))
         # without fs the later parts read the raw embeddings: the full model with its
         # factors forced to 1 computes the same
         no_fs = variants["fs"]
@@ -105,7 +105,7 @@ def test_feature_scaling_range_and_stop_gradient(schema, batch):
     with torch.no_grad():
         for p in model.embedding.parameters():
             p.mul_(100.0)  # push the gate towards both ends of its range
-    emb = model.embedding.fields(batch).detach().requires_grad_(True)
+    emb = model.fields(batch).detach().requires_grad_(True)
     alpha = model.scaling.factors(emb, emb[:, 0].detach())
     assert alpha.shape == emb.shape
     assert (alpha > 0).all() and (alpha < 2).all()

@@ -137,11 +137,15 @@ def test_block_dims_several_sequences_and_bad_params():
     two = make_batch(schema, 32)
     model = build("sfpnet", schema, {**SMALL, "num_blocks": 2, "block_dims": [12, 6]})
     assert model.blocks[1].d_out == 6
-    # behaviors of both sequences form one set; each one's DIN query is its own target field
-    assert model.target_idx.tolist() == [1] * 8 + [3] * 4
+    # behaviors of both sequences form one set; each one's DIN query is the mean of the
+    # candidate's fields its attributes share: f1 and f2 for hist, f3 for hist3
+    assert model.behavior_seq.tolist() == [0] * 8 + [1] * 4
+    assert model.query_weight[0, 1:4].tolist() == [0.5, 0.5, 0.0]
+    assert model.query_weight[1, 1:4].tolist() == [0.0, 0.0, 1.0]
+    assert model.query_weight.sum(1).tolist() == [1.0, 1.0]
     assert torch.isfinite(model(two)).all()
     only = build("sfpnet", schema, {**SMALL, "sequences": ["hist3"]})
-    assert only.target_idx.tolist() == [3] * 4
+    assert only.behavior_seq.tolist() == [0] * 4 and only.query_weight[0, 3] == 1.0
     with pytest.raises(UserError, match="block_dims"):
         build("sfpnet", schema, {**SMALL, "num_blocks": 3, "block_dims": [8]})
     with pytest.raises(UserError, match="nope"):

@@ -308,6 +308,12 @@ def _check_columns(table: SourceTable, columns: set[str]) -> None:
                 raise UserError(
                     f"sequence column '{col}' shares '{target}', which is not a sparse field"
                 )
+        for col, query in seq.queries.items():
+            if col not in seq.columns or query not in f.sparse:
+                raise UserError(
+                    f"sequence '{seq.name}': column '{col}' is queried by '{query}'; give a "
+                    "column of the sequence and a sparse field"
+                )
 
 
 def _label_codes(label: str, dtype: pl.DataType) -> pl.Expr:
@@ -666,9 +672,8 @@ def _encoded_columns(
         )
         for col, target in seq.columns.items():
             exprs.append(enc.vocabs[target].encode_sequence(col, L).alias(col))
-        sequences.append(
-            Sequence(seq.name, L, length, [SequenceField(c, t) for c, t in seq.columns.items()])
-        )
+        fields = [SequenceField(c, t, seq.queries.get(c, t)) for c, t in seq.columns.items()]
+        sequences.append(Sequence(seq.name, L, length, fields))
     if f.user:
         exprs.append(pl.col(f.user).hash(seed=0).reinterpret(signed=True).alias(S.USER))
     if f.session:
