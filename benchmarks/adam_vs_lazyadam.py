@@ -45,6 +45,24 @@ def prepare_data(rows: int) -> Path:
     return folder
 
 
+def touched_share(data: SplitData, batch_size: int, batches: int = 20) -> float:
+    """Mean share of the table's rows one training batch touches (its sparse fields and valid
+    behaviors): where it is near 1 the two optimizers update nearly the same rows."""
+    schema, cols = data.schema, data.train
+    sizes = [f.vocab_size for f in schema.sparse]
+    offsets = torch.tensor([0, *sizes[:-1]]).cumsum(0)
+    order = torch.randperm(len(cols), generator=torch.Generator().manual_seed(0))
+    shares = []
+    for k in range(min(batches, len(cols) // batch_size)):
+        b = cols.batch(order[k * batch_size : (k + 1) * batch_size])
+        ids = [(b.sparse + offsets).flatten()]
+        for i, seq in enumerate(schema.sequences):
+            o = torch.tensor([int(offsets[schema.sparse_index(f.shares)]) for f in seq.fields])
+            ids.append((b.seq_ids[i] + o)[b.seq_mask[i]].flatten())
+        shares.append(torch.unique(torch.cat(ids)).numel() / sum(sizes))
+    return statistics.mean(shares) if shares else float("nan")
+
+
 def one_run(recipe: Recipe, name: str, seed: int, data: SplitData, run: Path) -> dict:
     fit_one(recipe, ModelEntry(name), seed, data, run)
     pred = pl.read_parquet(run / "predictions.parquet")
@@ -97,7 +115,10 @@ def main(argv: list[str] | None = None) -> dict:
         f"{args.batch_size}, lr {args.lr}, weight decay {args.weight_decay}, up to "
         f"{args.epochs} epochs (early stopping on val logloss), seeds {seeds}"
     )
+    share = touched_share(data, args.batch_size) if data.train is not None else float("nan")
+    print(f"a training batch touches {share:.0%} of the table's rows (mean of 20 batches)")
     results: dict = {
+        "touched_share": share,
         "data": str(folder),
         "table_rows": rows,
         "args": vars(args) | {"data": str(folder), "json": None},

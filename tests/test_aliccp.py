@@ -149,6 +149,24 @@ def test_histories_are_queried_by_the_candidate_items_field(prepared):
     }
 
 
+def test_a_dataset_prepared_before_the_query_fields_is_refused(prepared, tmp_path):
+    """Its histories would be queried by their own user field again: re-prepare instead."""
+    import json
+    import shutil
+
+    out, _ = prepared
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    d = json.loads((old / "schema.json").read_text())
+    for seq in d["sequences"]:
+        for f in seq["fields"]:
+            del f["query"]
+    (old / "schema.json").write_text(json.dumps(d))
+    with pytest.raises(UserError, match="re-run `msctr prepare aliccp`") as e:
+        Schema.load(old)
+    assert "\n" not in str(e.value)
+
+
 def _pooled(model, batch) -> torch.Tensor:
     """Each row's behavior sequences as the model pools them: [B, sequences * d]."""
     if hasattr(model, "represent"):  # SFPNet: V of Eq. 8
