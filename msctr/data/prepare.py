@@ -93,6 +93,7 @@ def check_out(
 
 
 def check_min_count(min_count: int) -> None:
+    """The vocabulary threshold of `prepare --min-count`: a whole number, at least 1."""
     if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
         raise UserError(
             f"--min-count must be a whole number of at least 1, got {min_count!r}; "
