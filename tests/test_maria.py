@@ -2,6 +2,7 @@
 plain loops, feature scaling's range and stop-gradient, the coupling gate, parameter checks,
 planted signal."""
 
+import dataclasses
 import itertools
 
 import pytest
@@ -255,3 +256,31 @@ def test_learns_planted_signal(config):
     torch.manual_seed(0)
     model = build("maria", schema, {"embed_dim": 8, "dropout": 0.0, **PLANTED[config]})
     assert train_and_auc(model, schema) > 0.835
+
+
+def test_sequences_are_pooled_by_target_attention_on_the_candidate(schema, batch):
+    """The pooled sequence field moves when only the candidate's queried fields (f1, f2: the
+    fields the sequence shares) change, not when another field does, and padded behaviors
+    weigh nothing; mean pooling (before issue 25) moved with neither."""
+    torch.manual_seed(0)
+    model = build("maria", schema, SMALL).eval()
+    with torch.no_grad():
+        for p in model.embedding.parameters():
+            p.mul_(50.0)
+
+        def pooled(b):
+            return model.fields(b)[:, -1]  # the one sequence's field
+
+        def with_column(k: int):
+            sparse = batch.sparse.clone()
+            sparse[:, k] = (sparse[:, k] + 1) % schema.sparse[k].vocab_size
+            return dataclasses.replace(batch, sparse=sparse)
+
+        base = pooled(batch)
+        has = batch.seq_mask[0].any(1)
+        moved = (pooled(with_column(1)) - base).abs().amax(1)
+        assert (moved[has] > 1e-4).all() and (moved[~has] == 0).all()
+        assert torch.equal(pooled(with_column(0)), base)
+        ids = batch.seq_ids[0].clone()
+        ids[~batch.seq_mask[0]] = 7  # padding filled with a real id
+        torch.testing.assert_close(pooled(dataclasses.replace(batch, seq_ids=(ids,))), base)
