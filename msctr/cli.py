@@ -105,6 +105,14 @@ def resumable() -> Iterator[None]:
         raise
 
 
+MinCount = Annotated[
+    int,
+    typer.Option(
+        help="Values seen fewer times than this in the training split share the "
+        "out-of-vocabulary id with values never seen there (1: keep every value)."
+    ),
+]
+
 Overwrite = Annotated[
     bool,
     typer.Option(
@@ -165,6 +173,7 @@ def prepare_synthetic(
             "control). Left out: the default data. See docs/synthetic.md."
         ),
     ] = None,
+    min_count: MinCount = 1,
     overwrite: Overwrite = False,
 ) -> None:
     """Generate planted-signal data (known click probabilities) and prepare it.
@@ -173,7 +182,7 @@ def prepare_synthetic(
 
     Example: msctr prepare synthetic --out data/mechanisms/hierrec --rows 60000 --structure hierrec
     """
-    from msctr.data.prepare import check_out, prepare
+    from msctr.data.prepare import check_min_count, check_out, prepare
     from msctr.data.sources.synthetic import STRUCTURES, generate
     from msctr.resources import need_memory
 
@@ -187,10 +196,11 @@ def prepare_synthetic(
             f"--structure {structure!r} is not one of {', '.join(STRUCTURES)}; "
             "leave it out for the default data"
         )
+    check_min_count(min_count)
     check_out(out, overwrite)  # before the generator's minutes, not after
     with console.status("generating and preparing synthetic data"):
         table = generate(rows=rows, scenarios=scenarios, seed=seed, structure=structure)
-        schema = prepare(table, out, seed=seed, overwrite=overwrite)
+        schema = prepare(table, out, seed=seed, min_count=min_count, overwrite=overwrite)
     report_prepared(schema, out)
 
 
@@ -209,6 +219,7 @@ def prepare_table(
     order: Annotated[str | None, typer.Option(help="Column giving log order.")] = None,
     split: Annotated[str, typer.Option(help="sequential | random")] = "sequential",
     seed: Annotated[int, seed_option("Seed for a random split.")] = 0,
+    min_count: MinCount = 1,
     overwrite: Overwrite = False,
 ) -> None:
     """Prepare any table given a field map.
@@ -216,9 +227,10 @@ def prepare_table(
     Example: msctr prepare table clicks.csv --label click --scenario tab --sparse user,item,cat
     --dense price --user user --order ts --out data/mine
     """
-    from msctr.data.prepare import check_out, prepare
+    from msctr.data.prepare import check_min_count, check_out, prepare
     from msctr.data.sources.table import read_table
 
+    check_min_count(min_count)
     check_out(out, overwrite, inputs=(path,))
     table = read_table(
         path,
@@ -231,7 +243,9 @@ def prepare_table(
         order=order,
         split=split,
     )
-    schema = prepare(table, out, seed=seed, materialize=True, overwrite=overwrite)
+    schema = prepare(
+        table, out, seed=seed, min_count=min_count, materialize=True, overwrite=overwrite
+    )
     report_prepared(schema, out)
 
 
@@ -258,6 +272,7 @@ def prepare_kuairand(
     cache_dir: Annotated[
         Path | None, typer.Option(help="Download cache (default $MSCTR_CACHE or ~/.cache/msctr).")
     ] = None,
+    min_count: MinCount = 1,
     overwrite: Overwrite = False,
 ) -> None:
     """KuaiRand from the files its owners publish, in the HierRec or Scenario-Wise Rec setup.
@@ -266,12 +281,13 @@ def prepare_kuairand(
     """
 
     from msctr.data.download import cache_root, fetch
-    from msctr.data.prepare import check_out, prepare
+    from msctr.data.prepare import check_min_count, check_out, prepare
     from msctr.data.sources import kuairand
     from msctr.io import os_errors, scratch_dir
 
     if variant not in kuairand.VARIANTS:
         raise UserError(f"--variant must be one of {', '.join(kuairand.VARIANTS)}, got {variant!r}")
+    check_min_count(min_count)
     out = out or Path(f"data/kuairand-{variant}-{setup}")
     # before a download, not after
     check_out(out, overwrite, inputs=(raw_dir, cache_root(cache_dir)))
@@ -300,7 +316,7 @@ def prepare_kuairand(
                 archive_md5=archive_md5,
                 work_dir=work,
             )
-            schema = prepare(table, out, seed=seed, overwrite=overwrite)
+            schema = prepare(table, out, seed=seed, min_count=min_count, overwrite=overwrite)
     report_prepared(schema, out)
 
 
@@ -320,6 +336,7 @@ def prepare_aliccp(
     seq_len: Annotated[int, typer.Option(help="Entries kept per history; 0: none.")] = 20,
     dense: Annotated[bool, typer.Option(help="Add the D-value columns as dense inputs.")] = False,
     seed: Annotated[int, seed_option("Seed of the val split.")] = 0,
+    min_count: MinCount = 1,
     overwrite: Overwrite = False,
 ) -> None:
     """Ali-CCP from the raw Tianchi files (streamed), or from the processed 33-column CSVs.
@@ -327,12 +344,13 @@ def prepare_aliccp(
     Example: msctr prepare aliccp --raw-dir ~/data/ali-ccp --out data/aliccp
     """
 
-    from msctr.data.prepare import check_out, prepare
+    from msctr.data.prepare import check_min_count, check_out, prepare
     from msctr.data.sources import aliccp
     from msctr.io import os_errors, scratch_dir
 
     if (raw_dir is None) == (processed_dir is None):
         raise UserError("give exactly one of --raw-dir (raw Ali-CCP files) or --processed-dir")
+    check_min_count(min_count)
     check_out(out, overwrite, inputs=(raw_dir, processed_dir))
     with os_errors("prepare"), scratch_dir(out) as work:
         with console.status("reading Ali-CCP and preparing"):
@@ -346,7 +364,7 @@ def prepare_aliccp(
                     seed=seed,
                     work_dir=work,
                 )
-                schema = prepare(table, out, seed=seed, overwrite=overwrite)
+                schema = prepare(table, out, seed=seed, min_count=min_count, overwrite=overwrite)
             else:
                 table = aliccp.load_processed(
                     processed_dir,
@@ -355,7 +373,14 @@ def prepare_aliccp(
                     dense=dense,
                     seed=seed,
                 )
-                schema = prepare(table, out, seed=seed, materialize=True, overwrite=overwrite)
+                schema = prepare(
+                    table,
+                    out,
+                    seed=seed,
+                    min_count=min_count,
+                    materialize=True,
+                    overwrite=overwrite,
+                )
     report_prepared(schema, out)
 
 

@@ -4,15 +4,20 @@ The generator keeps, for every skeleton line, the ids the adapter must read (joi
 features, history lists); the prepared splits are checked against them row by row.
 """
 
+import dataclasses
+
 import numpy as np
 import polars as pl
 import pytest
+import torch
 from conftest import codes, invoke, runner, vocab
 
 from msctr.cli import app
+from msctr.data.loader import load_columns
 from msctr.data.schema import Schema
 from msctr.data.sources import aliccp
 from msctr.errors import UserError
+from msctr.models.registry import build
 from msctr.testing.rawgen import (
     ALICCP_CROSS_FIELDS,
     ALICCP_HISTORY_FIELDS,
@@ -128,6 +133,88 @@ def test_histories_are_sequences_in_file_order(raw, prepared):
             pad[:, k] = np.where(k < lens, col, 0)  # 0-padded after the history
         assert (ids == pad).all(), f
         assert lens.mean() > 1
+
+
+def test_histories_are_queried_by_the_candidate_items_field(prepared):
+    out, _ = prepared
+    schema = Schema.load(out)
+    got = {q.name: [(f.column, f.shares, f.query) for f in q.fields] for q in schema.sequences}
+    # each history keeps its own ids (feature ids are numbered per field) and is compared with
+    # the candidate item's value of the same kind
+    assert got == {
+        "seq_109_14": [("hist_109_14", "109_14", "206")],  # categories
+        "seq_110_14": [("hist_110_14", "110_14", "207")],  # shops
+        "seq_127_14": [("hist_127_14", "127_14", "216")],  # brands
+        "seq_150_14": [("hist_150_14", "150_14", "210")],  # intentions
+    }
+
+
+def test_a_dataset_prepared_before_the_query_fields_is_refused(prepared, tmp_path):
+    """Its histories would be queried by their own user field again: re-prepare instead."""
+    import json
+    import shutil
+
+    out, _ = prepared
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    d = json.loads((old / "schema.json").read_text())
+    for seq in d["sequences"]:
+        for f in seq["fields"]:
+            del f["query"]
+    (old / "schema.json").write_text(json.dumps(d))
+    with pytest.raises(UserError, match="re-run `msctr prepare aliccp`") as e:
+        Schema.load(old)
+    assert "\n" not in str(e.value)
+
+
+def _pooled(model, batch) -> torch.Tensor:
+    """Each row's behavior sequences as the model pools them: [B, sequences * d]."""
+    if hasattr(model, "represent"):  # SFPNet: V of Eq. 8
+        return model.represent(batch)[1]
+    return model.fields(batch)[:, -4:].flatten(1)  # MARIA: the four pooled sequence fields
+
+
+@pytest.mark.parametrize(
+    "name, params",
+    [("sfpnet", {}), ("sfpnet", {"drop": ["stb"]}), ("maria", {})],
+    ids=["sfpnet", "sfpnet-no-blocks", "maria"],
+)
+def test_pooled_behaviors_change_with_the_candidate_item(prepared, name, params):
+    """Same user, same histories, another candidate item: DIN target attention (SFPNet's Eq. 8,
+    MARIA's sequence pooling) weighs the behaviors differently, so the pooled vector moves.
+    Without SFPNet's blocks (which mix every field into every other) and in MARIA, the pooled
+    vector reads the candidate through the query alone: a user field changed instead leaves
+    it as it was, and so would a query read from a user field."""
+    out, _ = prepared
+    schema = Schema.load(out)
+    cols = load_columns(out, "train", schema)
+    # 512 rows spread over the split (its first rows are the earliest: mostly no history yet)
+    batch = cols.batch(torch.linspace(0, len(cols) - 1, 512).long())
+    item = [schema.sparse_index(f) for f in ALICCP_ITEM_FIELDS]
+    user = [schema.sparse_index(f) for f in ("121", "125", "129")]
+
+    def swapped(cols: list[int]):  # those columns taken from the next row; the rest kept
+        sparse = batch.sparse.clone()
+        sparse[:, cols] = batch.sparse.roll(1, dims=0)[:, cols]
+        return dataclasses.replace(batch, sparse=sparse)
+
+    torch.manual_seed(0)
+    model = build(name, schema, {"embed_dim": 8, **params}).eval()
+    with torch.no_grad():
+        for p in model.embedding.parameters():  # init std 0.01 -> 0.5: differences well clear
+            p.mul_(50.0)
+        base = _pooled(model, batch)
+        moved = (_pooled(model, swapped(item)) - base).abs().amax(1)
+        still = (_pooled(model, swapped(user)) - base).abs().amax(1)
+    queried = [schema.sparse_index(f) for f in ("206", "207", "216", "210")]
+    new_query = (batch.sparse[:, queried] != batch.sparse.roll(1, dims=0)[:, queried]).any(1)
+    has_history = torch.stack([m.any(1) for m in batch.seq_mask], dim=1).any(1)
+    rows = new_query & has_history
+    assert rows.sum() > 50
+    assert (moved[rows] > 1e-4).all()
+    assert (moved[~has_history] == 0).all()  # no behaviors: nothing to weigh
+    if name == "maria" or params:
+        assert (still == 0).all()
 
 
 def test_no_encoder_is_fitted_on_val_or_test(raw, prepared):

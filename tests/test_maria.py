@@ -2,6 +2,7 @@
 plain loops, feature scaling's range and stop-gradient, the coupling gate, parameter checks,
 planted signal."""
 
+import dataclasses
 import itertools
 
 import pytest
@@ -70,7 +71,7 @@ def test_switches_remove_their_parts(schema, batch):
     assert bare.scaling is None and bare.refinement is None and bare.correlation is None
 
     # each switch removes its module, and the experts' and gate's weights of its inputs
-    n, d, E = full.embedding.num_fields, SMALL["embed_dim"], SMALL["num_experts"]
+    n, d, E = full.num_fields, SMALL["embed_dim"], SMALL["num_experts"]
     per_input = E * SMALL["expert_hidden"][0] + E  # first expert layer + gate, per input unit
     refined, pairs = n * SMALL["num_refiners"] * SMALL["refine_dim"], n * (n - 1) // 2
     assert n_params(full) - n_params(variants["fs"]) == n_params(full.scaling)
@@ -91,7 +92,7 @@ def test_switches_remove_their_parts(schema, batch):
             load_shared(full, model)
             assert (out - model(batch)).abs().max() > 1e-4, s
         # dropping all three leaves the MoE + towers over the plain field embeddings
-        torch.testing.assert_close(bare.features(batch), bare.embedding.fields(batch).flatten(1))
+        torch.testing.assert_close(bare.features(batch), bare.fields(batch).flatten(1))
         # without fs the later parts read the raw embeddings: the full model with its
         # factors forced to 1 computes the same
         no_fs = variants["fs"]
@@ -105,7 +106,7 @@ def test_feature_scaling_range_and_stop_gradient(schema, batch):
     with torch.no_grad():
         for p in model.embedding.parameters():
             p.mul_(100.0)  # push the gate towards both ends of its range
-    emb = model.embedding.fields(batch).detach().requires_grad_(True)
+    emb = model.fields(batch).detach().requires_grad_(True)
     alpha = model.scaling.factors(emb, emb[:, 0].detach())
     assert alpha.shape == emb.shape
     assert (alpha > 0).all() and (alpha < 2).all()
@@ -255,3 +256,31 @@ def test_learns_planted_signal(config):
     torch.manual_seed(0)
     model = build("maria", schema, {"embed_dim": 8, "dropout": 0.0, **PLANTED[config]})
     assert train_and_auc(model, schema) > 0.835
+
+
+def test_sequences_are_pooled_by_target_attention_on_the_candidate(schema, batch):
+    """The pooled sequence field moves when only the candidate's queried fields (f1, f2: the
+    fields the sequence shares) change, not when another field does, and padded behaviors
+    weigh nothing; mean pooling (before issue 25) moved with neither."""
+    torch.manual_seed(0)
+    model = build("maria", schema, SMALL).eval()
+    with torch.no_grad():
+        for p in model.embedding.parameters():
+            p.mul_(50.0)
+
+        def pooled(b):
+            return model.fields(b)[:, -1]  # the one sequence's field
+
+        def with_column(k: int):
+            sparse = batch.sparse.clone()
+            sparse[:, k] = (sparse[:, k] + 1) % schema.sparse[k].vocab_size
+            return dataclasses.replace(batch, sparse=sparse)
+
+        base = pooled(batch)
+        has = batch.seq_mask[0].any(1)
+        moved = (pooled(with_column(1)) - base).abs().amax(1)
+        assert (moved[has] > 1e-4).all() and (moved[~has] == 0).all()
+        assert torch.equal(pooled(with_column(0)), base)
+        ids = batch.seq_ids[0].clone()
+        ids[~batch.seq_mask[0]] = 7  # padding filled with a real id
+        torch.testing.assert_close(pooled(dataclasses.replace(batch, seq_ids=(ids,))), base)

@@ -115,3 +115,90 @@ def test_streamed_loader_matches_memory(tmp_path):
     key = lambda t: sorted(map(tuple, t.tolist()))  # noqa: E731
     assert key(rows) == key(mem.sparse.long())
     assert Schema.load(tmp_path / "l").rows["train"] == 1600
+
+
+def _counted_table() -> SourceTable:
+    """Train rows hold 'a' 3 times, 'b' twice, 'c' once (and a null twice); val and test hold
+    'c' and the never-seen 'z'."""
+    train = ["a", "a", "a", "b", "b", "c", None, None]
+    rest = ["a", "b", "c", "z"]
+    frame = pl.DataFrame(
+        {
+            "y": [0, 1] * 8,
+            "tab": [1] * 16,
+            "v": train + rest + rest,
+            "split": ["train"] * 8 + ["val"] * 4 + ["test"] * 4,
+        }
+    ).with_columns(hist=pl.concat_list("v", pl.lit("b"), pl.lit("c")))
+    fields = FieldMap(
+        label="y",
+        scenario="tab",
+        sparse=["v"],
+        sequences=[SequenceSpec("h", {"hist": "v"}, max_len=3)],
+    )
+    return SourceTable(frame.lazy(), fields, name="counted", split="given", split_column="split")
+
+
+def test_min_count_maps_rare_training_values_to_the_unseen_id(tmp_path):
+    schema = prepare(_counted_table(), tmp_path / "two", min_count=2)
+    assert schema.info["min_count"] == 2
+    assert schema.sparse[0].vocab_size == 4  # 'a', 'b', null (2 each or more) + the OOV id 0
+    ids = {
+        sp: pl.read_parquet(tmp_path / "two" / f"{sp}.parquet")["v"].to_list()
+        for sp in ("train", "val", "test")
+    }
+    a, b, null = ids["train"][0], ids["train"][3], ids["train"][6]
+    assert len({a, b, null}) == 3 and 0 not in (a, b, null)  # counts at N keep their own id
+    assert ids["train"][5] == 0  # 'c': seen once in training, below 2 -> the rare id
+    assert ids["val"] == ids["test"] == [a, b, 0, 0]  # 'c' rare, 'z' unseen: the same id 0
+    hist = pl.read_parquet(tmp_path / "two" / "train.parquet")["hist"].to_list()
+    assert hist[0] == [a, b, 0]  # sequences share the field's vocabulary, rare ids included
+    # at 1 every training value keeps an id; 'z' (never in training) is still 0
+    one = prepare(_counted_table(), tmp_path / "one")
+    assert one.sparse[0].vocab_size == 5
+    val = pl.read_parquet(tmp_path / "one" / "val.parquet")["v"].to_list()
+    assert 0 not in val[:3] and val[3] == 0
+
+
+def test_min_count_changes_the_datasets_fingerprint(tmp_path):
+    base = prepare(_counted_table(), tmp_path / "one", min_count=1).info["prepared_md5"]
+    same = prepare(_counted_table(), tmp_path / "one-again", min_count=1).info["prepared_md5"]
+    # no value has fewer than 1 occurrence, so the files of min_count 1 and 1 are the same
+    assert base == same
+    fit = prepare(_counted_table(), tmp_path / "two", min_count=2).info["prepared_md5"]
+    assert fit != base
+    # a threshold no training value falls below (no null, all counts >= 2 at 'a'/'b' only)
+    kept = _counted_table()
+    kept.frame = kept.frame.filter(pl.col("v").is_in(["a", "b"]))
+    one = prepare(kept, tmp_path / "k1", min_count=1)
+    two = prepare(kept, tmp_path / "k2", min_count=2)
+    for sp in ("train", "val", "test"):  # the same files ...
+        assert (tmp_path / "k1" / f"{sp}.parquet").read_bytes() == (
+            tmp_path / "k2" / f"{sp}.parquet"
+        ).read_bytes()
+    # ... under another fingerprint: a run of one setting never passes for the other's
+    assert one.info["prepared_md5"] != two.info["prepared_md5"]
+
+
+@pytest.mark.parametrize("bad", [0, -3])
+def test_min_count_below_one_is_refused(tmp_path, bad):
+    with pytest.raises(UserError, match="--min-count must be a whole number of at least 1"):
+        prepare(_counted_table(), tmp_path / "x", min_count=bad)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        ["synthetic"],
+        ["table", "t.csv", "--label", "y", "--scenario", "s", "--sparse", "a"],
+        ["kuairand", "--raw-dir", "nowhere"],
+        ["aliccp", "--raw-dir", "nowhere"],
+    ],
+)
+def test_every_prepare_command_refuses_min_count_below_one(capsys, tmp_path, source):
+    from conftest import one_line_error
+
+    out = str(tmp_path / "out")
+    one_line_error(capsys, "--min-count", "prepare", *source, "--out", out, "--min-count", "0")
+    assert not (tmp_path / "out").exists()

@@ -84,7 +84,12 @@ def assert_only_own_rows_move(before, after, scenario, target, what):
         after[~mine], before[~mine], rtol=0, atol=1e-7, msg=lambda m: f"{what}: {m}"
     )
     moved = (after[mine] - before[mine]).abs()
-    assert moved.min() > 1e-7, f"{what}: rows of scenario {target} did not move ({moved.min()})"
+    # every own row moves: a row not routed to the perturbed weights is unchanged bit for bit
+    # on the CPU, as the other rows show. The size of the move is judged over the scenario's
+    # rows: one row's can fall near 0 by chance (SFPNet, once its attention queried by the
+    # candidate's mean: 9e-8 for one row of 24, 2e-6 to 2e-4 for the others)
+    assert (moved > 0).all(), f"{what}: a row of scenario {target} did not move"
+    assert moved.median() > 1e-6, f"{what}: rows of scenario {target} barely moved ({moved})"
 
 
 @pytest.mark.parametrize("model_name", list(ROUTED))

@@ -92,6 +92,15 @@ def check_out(
     return out
 
 
+def check_min_count(min_count: int) -> None:
+    """The vocabulary threshold of `prepare --min-count`: a whole number, at least 1."""
+    if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
+        raise UserError(
+            f"--min-count must be a whole number of at least 1, got {min_count!r}; "
+            "1 keeps every value seen in training"
+        )
+
+
 class _Lookup:
     """Raw values -> vocabulary ids for a whole batch at once (what `Vocabulary.encode` computes).
 
@@ -150,7 +159,9 @@ class _Lookup:
 
 @dataclass
 class Vocabulary:
-    """Raw value -> id, ids 1..V by descending training frequency (ties by value); 0 = OOV."""
+    """Raw value -> id, ids 1..V by descending training frequency (ties by value); 0 = OOV:
+    values never seen in training, and those seen there fewer than `min_count` times (one
+    shared id, as the Ali-CCP processing the papers use gives them)."""
 
     field: str
     values: pl.Series
@@ -298,6 +309,12 @@ def _check_columns(table: SourceTable, columns: set[str]) -> None:
                 raise UserError(
                     f"sequence column '{col}' shares '{target}', which is not a sparse field"
                 )
+        for col, query in seq.queries.items():
+            if col not in seq.columns or query not in f.sparse:
+                raise UserError(
+                    f"sequence '{seq.name}': column '{col}' is queried by '{query}'; give a "
+                    "column of the sequence and a sparse field"
+                )
 
 
 def _label_codes(label: str, dtype: pl.DataType) -> pl.Expr:
@@ -440,6 +457,7 @@ def prepare(
     from it: for sources whose plan is expensive to re-run (CSV scans, joins, parsing), and the
     way to keep memory bounded, since each pass then streams from disk.
     """
+    check_min_count(min_count)
     out = check_out(out, overwrite)
     frame = table.frame
     _check_columns(table, set(frame.collect_schema().names()))
@@ -539,7 +557,7 @@ def _prepare(
             "user_column": f.user,
             "session_column": f.session,
             "encoders": "encoders.parquet",
-            "prepared_md5": files_md5([tmp / f"{split}.parquet" for split in S.SPLITS]),
+            "prepared_md5": prepared_md5(tmp, min_count),
         },
     )
     schema.save(tmp)
@@ -655,9 +673,8 @@ def _encoded_columns(
         )
         for col, target in seq.columns.items():
             exprs.append(enc.vocabs[target].encode_sequence(col, L).alias(col))
-        sequences.append(
-            Sequence(seq.name, L, length, [SequenceField(c, t) for c, t in seq.columns.items()])
-        )
+        fields = [SequenceField(c, t, seq.queries.get(c, t)) for c, t in seq.columns.items()]
+        sequences.append(Sequence(seq.name, L, length, fields))
     if f.user:
         exprs.append(pl.col(f.user).hash(seed=0).reinterpret(signed=True).alias(S.USER))
     if f.session:
@@ -690,6 +707,17 @@ def _write_splits(
         if rows[split] == 0:
             raise UserError(f"the {split} split is empty; give more rows or other fractions")
     return rows, counts, clicks
+
+
+def prepared_md5(folder: Path, min_count: int) -> str:
+    """The dataset's fingerprint: its split files, and the vocabulary threshold when it is not
+    1 (a threshold no value falls below leaves the files as they were, yet a run trained
+    under one setting must not pass for a run of the other). At 1 the md5 is the files' own,
+    as it was before the threshold could be set."""
+    paths = [folder / f"{split}.parquet" for split in S.SPLITS]
+    if min_count == 1:
+        return files_md5(paths)
+    return hashlib.md5(f"{files_md5(paths)} min_count={min_count}".encode()).hexdigest()
 
 
 def files_md5(paths: list[Path], chunk: int = 1 << 22) -> str:

@@ -47,6 +47,16 @@ class DenseField:
 class SequenceField:
     column: str
     shares: str  # sparse field whose vocabulary and embedding this column uses
+    # the candidate's sparse field this attribute is compared with by target attention (DIN):
+    # the shared field itself where the behaviors are items of the candidate's own kind
+    # (synthetic, KuaiRand); on Ali-CCP a user history has its own id space and is queried by
+    # the candidate item's field of the same kind (109_14 by 206, ...). None: `shares`
+    query: str | None = None
+
+    @property
+    def target(self) -> str:
+        """The sparse field that queries this attribute: `query`, else `shares`."""
+        return self.query or self.shares
 
 
 @dataclass
@@ -102,11 +112,21 @@ class Schema:
                 raise UserError(f"{where}: dense '{f.name}' std must be positive, got {f.std}")
         for q in self.sequences:
             for sf in q.fields:
-                if sf.shares not in self.sparse_names:
-                    raise UserError(
-                        f"{where}: sequence column '{sf.column}' shares '{sf.shares}', which "
-                        "is not a sparse field"
-                    )
+                for role, name in (("shares", sf.shares), ("is queried by", sf.query)):
+                    if name is not None and name not in self.sparse_names:
+                        raise UserError(
+                            f"{where}: sequence column '{sf.column}' {role} '{name}', which "
+                            "is not a sparse field"
+                        )
+        if self.source == "aliccp" and any(
+            sf.query is None for q in self.sequences for sf in q.fields
+        ):
+            # prepared before the histories were queried by the candidate item: their
+            # attention would read a user field and weigh behaviors alike for every candidate
+            raise UserError(
+                f"{where}: this Ali-CCP dataset was prepared before its behavior histories "
+                "were queried by the candidate item's fields; re-run `msctr prepare aliccp`"
+            )
 
     # -- derived views -------------------------------------------------------------
     @property

@@ -2,8 +2,14 @@
 
 The scenario is injected at the bottom of the network, into the feature representations,
 and a plain MoE with scenario towers sits on top. With E = the field embeddings [B, n, d]
-(scenario, sparse, dense, pooled sequences), e_s the scenario embedding and sg the
-stop-gradient:
+(scenario, sparse, dense, one vector per behavior sequence), e_s the scenario embedding and
+sg the stop-gradient:
+
+Behavior sequences: pooled by target attention on the candidate, as the paper's embedding
+layer does (DIN's activation unit, one per sequence): behavior b_j = mean of its attribute
+embeddings, t = mean of the candidate's fields that query those attributes (the same rows
+where the sequence shares the candidate's vocabulary; the item's field of the same kind on
+Ali-CCP), w_j = MLP([b_j, t, b_j - t, b_j * t]), u = sum_j w_j b_j over valid behaviors.
 
 Feature scaling (FS): one factor per embedding element, in (0, gamma), gamma = 2:
     alpha = gamma * sigmoid(W2 ReLU(W1 [e_s ++ sg(E)]))          [B, n * d]
@@ -48,6 +54,7 @@ from msctr.models.blocks import MLP, GateNU, StackedMLP, at_least_fp32, autocast
 from msctr.models.embedding import FeatureEmbedding
 from msctr.models.registry import ModelParams, need_layers, register
 from msctr.models.scenario import ScenarioGroups, ScenarioMLP
+from msctr.models.sfpnet import TargetAttention
 
 
 @dataclass
@@ -73,6 +80,9 @@ class MariaParams(ModelParams):
     shared_tower: bool = True  # the extra tower shared by all scenarios, with its coupling gate
     dropout: float = 0.1
     batch_norm: bool = True  # inside the experts, as in this project's MMoE
+    # target attention over each behavior sequence (DIN's activation unit, as SFPNet's)
+    din_hidden: list[int] = field(default_factory=lambda: [80, 40])
+    din_softmax: bool = False  # DIN: raw (unnormalized) attention weights
 
     def check(self, where: str) -> None:
         need_layers(where, "expert_hidden", self.expert_hidden, "[256, 128]")
@@ -177,8 +187,18 @@ class Maria(nn.Module):
     def __init__(self, schema: Schema, p: MariaParams):
         super().__init__()
         S, d = schema.num_scenarios, p.embed_dim
-        self.embedding = FeatureEmbedding(schema, d)  # field 0 is the scenario: e_s
-        n = self.embedding.num_fields
+        # field 0 is the scenario (e_s); the sequences' vectors come from target attention
+        self.embedding = FeatureEmbedding(schema, d, pool_sequences=False)
+        S_q = len(schema.sequences)
+        query = torch.zeros(S_q, self.embedding.num_fields)  # each sequence's query weights
+        for i, seq in enumerate(schema.sequences):
+            for sf in seq.fields:  # + 1: the scenario field comes first
+                query[i, schema.sparse_index(sf.target) + 1] += 1.0 / len(seq.fields)
+        self.register_buffer("query_weight", query, persistent=False)
+        self.attention = nn.ModuleList(
+            TargetAttention(d, p.din_hidden, p.din_softmax) for _ in range(S_q)
+        )
+        n = self.num_fields = self.embedding.num_fields + S_q  # E's fields, sequences included
         self.scaling = FeatureScaling(n, d, p.fs_hidden, p.fs_gamma) if "fs" not in p.drop else None
         self.refinement = (
             FeatureRefinement(n, d, p.num_refiners, p.refine_dim, p.tau, p.hard, p.gumbel)
@@ -212,9 +232,22 @@ class Maria(nn.Module):
         sim = (1 + u @ u.T) / 2  # [S, S]
         return (sim.sum(1) - sim.diagonal()) / (S - 1)
 
+    def fields(self, batch: Batch) -> torch.Tensor:
+        """E [B, n, d]: scenario, sparse and dense fields, then each behavior sequence pooled
+        by target attention on the candidate."""
+        emb = self.embedding.fields(batch)  # [B, n - S_q, d]
+        if not len(self.attention):
+            return emb
+        t = torch.einsum("sn,bnd->bsd", self.query_weight.to(emb.dtype), emb)  # [B, S_q, d]
+        pooled = []
+        for i, attend in enumerate(self.attention):  # one per sequence (a handful)
+            v, mask = self.embedding.sequence(batch, i)  # [B, L, d], [B, L]
+            pooled.append(attend(v, t[:, i : i + 1].expand_as(v), mask))  # [B, d]
+        return torch.cat([emb, torch.stack(pooled, dim=1)], dim=1)
+
     def features(self, batch: Batch) -> torch.Tensor:
         """The MoE input x [B, in]: refined fields (or the fields) ++ correlations."""
-        emb = self.embedding.fields(batch)  # [B, n, d]
+        emb = self.fields(batch)  # [B, n, d]
         e_s = emb[:, 0]  # the scenario embedding, unscaled
         if self.scaling is not None:
             emb = self.scaling(emb, e_s)

@@ -221,8 +221,11 @@ class SFPNet(nn.Module):
         self.register_buffer("prior_idx", torch.tensor(prior, dtype=torch.long), persistent=False)
         d_s = d * (1 + len(p.prior_fields))
 
-        # behaviors: the chosen sequences, concatenated along the behavior axis; each
-        # behavior's DIN query is the target field its sequence's first column shares
+        # behaviors: the chosen sequences, concatenated along the behavior axis. Each
+        # behavior is the mean of its attributes' embeddings, so its DIN query (the target
+        # item, Eq. 8) is the mean of the candidate's fields that query those attributes: the
+        # same rows when a sequence shares the candidate's vocabulary (a clicked item that is
+        # the candidate matches it exactly), the item's field of the same kind on Ali-CCP
         names = [s.name for s in schema.sequences]
         for name in p.sequences:
             if name not in names:
@@ -232,13 +235,18 @@ class SFPNet(nn.Module):
                 )
         chosen = set(p.sequences or names)
         self.seq_index = [i for i, seq in enumerate(schema.sequences) if seq.name in chosen]
-        targets = [
-            [schema.sparse_index(schema.sequences[i].fields[0].shares) + shift]
-            * schema.sequences[i].max_len
-            for i in self.seq_index
+        query = torch.zeros(len(self.seq_index), n)  # [S', n]: each sequence's query weights
+        for row, i in enumerate(self.seq_index):
+            fields = schema.sequences[i].fields
+            for sf in fields:
+                query[row, schema.sparse_index(sf.target) + shift] += 1.0 / len(fields)
+        self.register_buffer("query_weight", query, persistent=False)
+        owner = [
+            row for row, i in enumerate(self.seq_index) for _ in range(schema.sequences[i].max_len)
         ]
+        # [Lb]: the sequence of each behavior (a list: models are also built on the meta device)
         self.register_buffer(
-            "target_idx", torch.tensor(sum(targets, []), dtype=torch.long), persistent=False
+            "behavior_seq", torch.tensor(owner, dtype=torch.long), persistent=False
         )
 
         L = 0 if "stb" in drop else p.num_blocks
@@ -296,7 +304,8 @@ class SFPNet(nn.Module):
         parts = [self.embedding.sequence(batch, i) for i in self.seq_index]
         return torch.cat([v for v, _ in parts], dim=1), torch.cat([m for _, m in parts], dim=1)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def represent(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x^L [B, n, d_L], V [B, d_L] the behaviors pooled by target attention, s_m)."""
         x = self.embedding.fields(batch)  # x_1..x_n, [B, n, d]
         s = torch.cat(
             [self.embedding.scenario(batch), x[:, self.prior_idx].flatten(1)], dim=1
@@ -304,8 +313,12 @@ class SFPNet(nn.Module):
         v, mask = self.behaviors(batch)  # [B, Lb, d], [B, Lb]
         for block in self.blocks:
             x, v = block(x, v, mask, s)  # [B, n, d_l], [B, Lb, d_l]
-        t = x[:, self.target_idx]  # target item's block-L representation per behavior, [B, Lb, d_L]
-        V = self.attention(v, t, mask)  # Eq. 8, [B, d_L]
+        # the target item's block-L representation per sequence [B, S', d_L], then per behavior
+        t = torch.einsum("sn,bnd->bsd", self.query_weight.to(x.dtype), x)[:, self.behavior_seq]
+        return x, self.attention(v, t, mask), s  # Eq. 8: V [B, d_L]
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        x, V, s = self.represent(batch)
         h = torch.cat([x.flatten(1), V], dim=1)  # H^1, [B, (n+1)*d_L]
         if self.tower is None:
             h = self.mlp(h)

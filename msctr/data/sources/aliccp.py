@@ -14,7 +14,9 @@ What the adapter makes of them (the HierRec / SFPNet / HMDN setups):
   four history fields 109_14, 110_14, 127_14, 150_14 as single values (their last entry, as in
   the widely shared processed files);
 - the four histories also as behavior sequences (their first `seq_len` entries in file order:
-  the raw data has no behavior times), each sharing its single-valued field's vocabulary;
+  the raw data has no behavior times), each sharing its single-valued field's vocabulary and
+  queried in target attention by the candidate item's field of the same kind (109_14
+  categories by 206, 110_14 shops by 207, 127_14 brands by 216, 150_14 intentions by 210);
 - partition = gender (124) x city (129) x scenario, HMDN's 33 partitions;
 - split: raw train -> train / val by a seeded hash of sample_id (``val_fraction``), raw test ->
   test (HierRec); or ``val_from="test"``: raw test halved into val / test the same way.
@@ -43,6 +45,9 @@ USER_FIELDS = ("101", "121", "122", "124", "125", "126", "127", "128", "129")
 HISTORY_FIELDS = ("109_14", "110_14", "127_14", "150_14")
 ITEM_FIELDS = ("205", "206", "207", "210", "216")
 CROSS_FIELDS = ("508", "509", "702", "853")
+# the candidate item's field that queries each history in target attention: the same kind of
+# value (data.md: 109_14 categories, 110_14 shops, 127_14 brands, 150_14 intentions)
+QUERY_OF = {"109_14": "206", "110_14": "207", "127_14": "216", "150_14": "210"}
 SCENARIO = "301"
 SPARSE = [*USER_FIELDS, *ITEM_FIELDS, *CROSS_FIELDS, *HISTORY_FIELDS]
 DENSE = [f"D{f}" for f in (*HISTORY_FIELDS, *CROSS_FIELDS)]  # the processed files' value columns
@@ -186,9 +191,12 @@ def _check_split_args(val_from: str, val_fraction: float) -> None:
 
 
 def _fields(seq_len: int, dense: bool, label: str, session: str | None) -> FieldMap:
+    # each history keeps the vocabulary of its own single-valued field (the same ids: the
+    # raw feature ids are numbered per field, so a category in 109_14 and the same category
+    # in 206 have different ids) and is queried by the candidate item's field of its kind
     sequences = [
-        SequenceSpec(f"seq_{f}", {f"hist_{f}": f}, max_len=seq_len)
-        for f in (HISTORY_FIELDS if seq_len else ())
+        SequenceSpec(f"seq_{f}", {f"hist_{f}": f}, max_len=seq_len, queries={f"hist_{f}": q})
+        for f, q in (QUERY_OF.items() if seq_len else ())
     ]
     return FieldMap(
         label=label,

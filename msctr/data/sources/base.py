@@ -21,11 +21,16 @@ class SequenceSpec:
     `columns` maps each list column of the frame to the sparse field whose
     vocabulary and embedding it shares (e.g. ``{"hist_video_id": "video_id"}``).
     Lists hold raw values, most recent first; `prepare` truncates to `max_len`.
+    `queries` maps a list column to the candidate's sparse field that target attention
+    compares it with, where that is not the shared field (Ali-CCP: the history of categories
+    109_14 has its own ids and is queried by the item's category 206); every column left out
+    is queried by the field it shares.
     """
 
     name: str
     columns: dict[str, str]
     max_len: int = 50
+    queries: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
