@@ -15,7 +15,7 @@
     runs/<recipe>/.msctr-run.json                  the model folders msctr made here (see below)
     runs/<recipe>/head_weights_<model>.png, ablation.png, bench.json   eval, ablate, bench
     runs/<recipe>/calibration.png, curves.png      eval: reliability diagram, learning curves
-    runs/<recipe>/tensorboard/, mlruns/            train.log's trackers (docs/tracking.md)
+    runs/<recipe>/tensorboard/, mlflow.db, mlartifacts/   train.log's trackers (docs/tracking.md)
 
 `<model>` is the model's label with every character a folder name should not hold replaced
 (see `model_folder`). Training writes these paths, evaluation and benchmarks read them; all
@@ -46,7 +46,7 @@ LOCK = ".lock"
 # what msctr writes directly in a run folder (besides model folders and head_weights_*.png)
 RUN_FILES = (
     "recipe.yaml", "results.json", "report.md", "bench.json", "ablation.png", "calibration.png",
-    "curves.png", "tensorboard", "mlruns",
+    "curves.png", "tensorboard", "mlflow.db", "mlartifacts",
 )  # fmt: skip
 SWEEP_FILES = ("results.json", "report.md", "sweep.png")
 # what `msctr tune` writes in its folder (docs/tune.md); Optuna's SQLite journal beside tune.db
@@ -215,9 +215,13 @@ class RunFolder:
         return self.root / "tensorboard"
 
     @property
-    def mlruns(self) -> Path:
-        """MLflow's local file store."""
-        return self.root / "mlruns"
+    def mlflow_db(self) -> Path:
+        """MLflow's local store (SQLite: its plain-file store is retired)."""
+        return self.root / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.root / "mlartifacts"
 
 
 def _safe_folder(name: str) -> bool:

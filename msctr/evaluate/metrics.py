@@ -504,11 +504,11 @@ def compute_all(
         out[f"auc_s{k}"] = float(per_s[k])
     if n:
         _, rows, sp, sy = _bin_sums(y[order], p[order], None, bins)
-        out["ece"] = float(_ece_of(rows, sp, sy)[0])
         out["calibration"] = float(_ratio(np.float64(p.sum()), np.float64(y.sum())))
+        out["ece"] = float(_ece_of(rows, sp, sy)[0])
         out["ne"] = float(_row_loss(y, p).mean() / _entropy(np.float64(y.mean())))
     else:
-        out["ece"] = out["calibration"] = out["ne"] = float("nan")
+        out["calibration"] = out["ece"] = out["ne"] = float("nan")
     per_c = _scenario_calibration_sorted(y, p, scenario, num_scenarios, order, bins)
     for name, values in per_c.items():
         for k in range(num_scenarios):

@@ -15,6 +15,7 @@ import polars as pl
 from rich.console import Console
 from rich.markup import escape
 
+from msctr import track
 from msctr.config import parse_yaml
 from msctr.data import schema as S
 from msctr.data.schema import Schema
@@ -246,8 +247,14 @@ def summarize(run_dir: str | Path, partial: bool = False, data: Path | None = No
     ]
     add_calibration(result, models, candidates, recipe, schema, run_dir)
     add_curves(result, models, run_dir)
-    write_json(RunFolder(run_dir).results, result)
-    write_text(RunFolder(run_dir).report, render_markdown(result) + calibration_markdown(result))
+    folder = RunFolder(run_dir)
+    write_json(folder.results, result)
+    write_text(folder.report, render_markdown(result) + calibration_markdown(result))
+    if "mlflow" in recipe.train.log:  # the runs' test figures and the report, beside the curves
+        track.check_available(["mlflow"])
+        figures = [folder.figure(f) for f in [*result["figures"], "calibration.png", "curves.png"]]
+        files = [folder.recipe, folder.report, folder.results, *figures]
+        track.log_results(run_dir, recipe.name, result, files)
     return result
 
 
