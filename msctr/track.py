@@ -41,7 +41,7 @@ def check_available(kinds: Iterable[str]) -> None:
         if importlib.util.find_spec(_EXTRAS[kind]) is None:
             raise UserError(
                 f"train.log names {kind}, whose package is not installed; install the extra "
-                f"with `pip install 'msctr[{kind}]'`, or leave {kind} out of train.log / --log"
+                f"with pip install 'msctr[{kind}]', or leave {kind} out of train.log / --log"
             )
 
 
