@@ -267,7 +267,8 @@ def test_eval_table_fits_100_columns(paper_run):
     lines = [re.split(r"\s{2,}", line.strip()) for line in out.splitlines()]
     for r in res["models"]:
         rows = [cells for cells in lines if cells[0] == r["model"]]
-        assert len(rows) == 3  # overall, and the per-scenario AUCs in two tables
+        # overall, the per-scenario AUCs in two tables, calibration (ratio, ECE)
+        assert len(rows) == 4 and len(rows[3]) == 3
         star = "*" if r["test"]["significant"] else ""
         assert rows[0][1].endswith("±" + f"{r['auc']['std']:.4f}".lstrip("0") + star)
         p = [f"{r['test'][k]:.1e}" for k in ("welch_p", "mannwhitney_p")]

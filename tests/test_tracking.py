@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -250,3 +251,17 @@ def test_killed_run_resumes_to_one_continuous_history_and_tracked_curve(
     _, evals = _mlflow_runs(run, "eval")
     names = {a.path for a in client.list_artifacts(evals[0].info.run_id)}
     assert {"report.md", "results.json", "calibration.png", "curves.png"} <= names
+
+
+def test_eval_of_a_tracked_folder_without_mlflow_is_one_line_before_writing(
+    capsys, monkeypatch, tmp_path, trained
+):
+    _, reference = trained
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    text = (run / "recipe.yaml").read_text()
+    (run / "recipe.yaml").write_text(text.replace("train:\n", "train:\n  log:\n  - mlflow\n", 1))
+    before = (run / "results.json").read_bytes()
+    monkeypatch.setitem(track._EXTRAS, "mlflow", "msctr_no_such_package")
+    one_line_error(capsys, "pip install 'msctr[mlflow]'", "eval", str(run))
+    assert (run / "results.json").read_bytes() == before

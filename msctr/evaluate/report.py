@@ -205,6 +205,8 @@ def compare(model: ModelRuns, ref: ModelRuns, alpha: float, test: str = "welch")
 def summarize(run_dir: str | Path, partial: bool = False, data: Path | None = None) -> dict:
     run_dir = Path(run_dir)
     recipe, schema = load_run(run_dir, data)
+    if "mlflow" in recipe.train.log:  # refused before anything is written, as in train
+        track.check_available(["mlflow"])
     models, missing = collect(run_dir, recipe, schema, partial, data)
     keys = [m.key for m in models]
     alpha = recipe.eval.significance
@@ -251,7 +253,6 @@ def summarize(run_dir: str | Path, partial: bool = False, data: Path | None = No
     write_json(folder.results, result)
     write_text(folder.report, render_markdown(result) + calibration_markdown(result))
     if "mlflow" in recipe.train.log:  # the runs' test figures and the report, beside the curves
-        track.check_available(["mlflow"])
         figures = [folder.figure(f) for f in [*result["figures"], "calibration.png", "curves.png"]]
         files = [folder.recipe, folder.report, folder.results, *figures]
         track.log_results(run_dir, recipe.name, result, files)
