@@ -199,14 +199,28 @@ def _check_scenarios(scenario: np.ndarray, num_scenarios: int) -> np.ndarray:
     return scenario
 
 
-def _scenario_auc_sorted(
+@dataclass(frozen=True)
+class _ScenarioRows:
+    """Labels, scores and scenario ids sorted by scenario, then score: what every
+    per-scenario metric reads, sorted once."""
+
+    y: np.ndarray
+    p: np.ndarray
+    k: np.ndarray
+    num_scenarios: int
+
+
+def _by_scenario(
     y: np.ndarray, p: np.ndarray, scenario: np.ndarray, num_scenarios: int, order: np.ndarray
-) -> np.ndarray:
-    scenario = _check_scenarios(scenario, num_scenarios)
-    keys = _small_int(scenario, num_scenarios)
+) -> _ScenarioRows:
+    keys = _small_int(_check_scenarios(scenario, num_scenarios), num_scenarios)
     o = _group_order(order, keys)
-    g = _grouped_auc(y[o], p[o], keys[o])
-    out = np.full(num_scenarios, np.nan)
+    return _ScenarioRows(y[o], p[o], keys[o], num_scenarios)
+
+
+def _scenario_auc_sorted(rows: _ScenarioRows) -> np.ndarray:
+    g = _grouped_auc(rows.y, rows.p, rows.k)
+    out = np.full(rows.num_scenarios, np.nan)
     out[g.keys.astype(np.int64)] = g.auc
     return out
 
@@ -335,28 +349,20 @@ def normalized_entropy(y: np.ndarray, p: np.ndarray) -> float:
     p = _probs(p, y.shape[0])
     if not y.size:
         return float("nan")
-    return float(_row_loss(y, p).mean() / _entropy(np.float64(y.mean())))
+    return float(logloss(y, p) / _entropy(np.float64(y.mean())))
 
 
-def _scenario_calibration_sorted(
-    y: np.ndarray,
-    p: np.ndarray,
-    scenario: np.ndarray,
-    num_scenarios: int,
-    order: np.ndarray,
-    bins: int,
-) -> dict[str, np.ndarray]:
-    keys = _small_int(scenario, num_scenarios)
-    o = _group_order(order, keys)
-    k, rows, sp, sy = _bin_sums(y[o], p[o], keys[o], bins)
-    ece_s = np.full(num_scenarios, np.nan)
-    ece_s[k.astype(np.int64)] = _ece_of(rows, sp, sy)
-    s = scenario.astype(np.int64)
-    n = np.bincount(s, minlength=num_scenarios)
-    clicks = np.bincount(s, weights=y, minlength=num_scenarios)
-    loss = np.bincount(s, weights=_row_loss(y, p), minlength=num_scenarios)
+def _scenario_calibration_sorted(rows: _ScenarioRows, bins: int) -> dict[str, np.ndarray]:
+    S = rows.num_scenarios
+    k, n_b, sp, sy = _bin_sums(rows.y, rows.p, rows.k, bins)
+    present = k.astype(np.int64)
+    n, clicks, p_sum = (np.zeros(S, dtype=np.int64), np.zeros(S), np.zeros(S))
+    n[present], clicks[present], p_sum[present] = n_b.sum(1), sy.sum(1), sp.sum(1)
+    ece_s = np.full(S, np.nan)
+    ece_s[present] = _ece_of(n_b, sp, sy)
+    loss = np.bincount(rows.k, weights=_row_loss(rows.y, rows.p), minlength=S)
     return {
-        "calibration": _ratio(np.bincount(s, weights=p, minlength=num_scenarios), clicks),
+        "calibration": _ratio(p_sum, clicks),
         "ece": ece_s,
         "ne": _ratio(loss, n) / _entropy(_ratio(clicks, n)),
     }
@@ -375,9 +381,10 @@ def per_scenario_calibration(
     class)."""
     y = _labels(y)
     p = _probs(p, y.shape[0])
-    scenario = _check_scenarios(_keys(scenario, y.shape[0], "scenario"), num_scenarios)
+    bins = _check_bins(bins)
+    scenario = _keys(scenario, y.shape[0], "scenario")
     return _scenario_calibration_sorted(
-        y, p, scenario, num_scenarios, _score_order(p), _check_bins(bins)
+        _by_scenario(y, p, scenario, num_scenarios, _score_order(p)), bins
     )
 
 
@@ -456,7 +463,7 @@ def per_scenario_auc(
     y = _labels(y)
     p = _probs(p, y.shape[0])
     scenario = _keys(scenario, y.shape[0], "scenario")
-    return _scenario_auc_sorted(y, p, scenario, num_scenarios, _score_order(p))
+    return _scenario_auc_sorted(_by_scenario(y, p, scenario, num_scenarios, _score_order(p)))
 
 
 def rela_impr(auc_model: float, auc_base: float) -> float:
@@ -493,23 +500,25 @@ def compute_all(
     p = _probs(p, n)
     scenario = _keys(scenario, n, "scenario")
     order = _score_order(p)
+    y_o, p_o = y[order], p[order]
     out: dict[str, float | int] = {
         "n": int(n),
         "ctr": float(y.mean()) if n else float("nan"),
-        "auc": float(_grouped_auc(y[order], p[order], None).auc[0]) if n else float("nan"),
+        "auc": float(_grouped_auc(y_o, p_o, None).auc[0]) if n else float("nan"),
         "logloss": logloss(y, p),
     }
-    per_s = _scenario_auc_sorted(y, p, scenario, num_scenarios, order)
+    by_scenario = _by_scenario(y, p, scenario, num_scenarios, order)
+    per_s = _scenario_auc_sorted(by_scenario)
     for k in range(num_scenarios):
         out[f"auc_s{k}"] = float(per_s[k])
     if n:
-        _, rows, sp, sy = _bin_sums(y[order], p[order], None, bins)
+        _, rows, sp, sy = _bin_sums(y_o, p_o, None, bins)
         out["calibration"] = float(_ratio(np.float64(p.sum()), np.float64(y.sum())))
         out["ece"] = float(_ece_of(rows, sp, sy)[0])
-        out["ne"] = float(_row_loss(y, p).mean() / _entropy(np.float64(y.mean())))
+        out["ne"] = float(out["logloss"] / _entropy(np.float64(y.mean())))
     else:
         out["calibration"] = out["ece"] = out["ne"] = float("nan")
-    per_c = _scenario_calibration_sorted(y, p, scenario, num_scenarios, order, bins)
+    per_c = _scenario_calibration_sorted(by_scenario, bins)
     for name, values in per_c.items():
         for k in range(num_scenarios):
             out[f"{name}_s{k}"] = float(values[k])
