@@ -398,11 +398,20 @@ def train(
             "starts `torchrun --nproc-per-node N -m msctr train ...` (docs/distributed.md)."
         ),
     ] = 1,
+    log: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Also log each epoch's figures to tensorboard or mlflow (repeatable, or "
+            "comma-separated); replaces the recipe's train.log (docs/tracking.md)."
+        ),
+    ] = None,
 ) -> None:
     """Train every model of a recipe over its seeds, then evaluate. Resumes by default:
     finished runs in the run folder are kept, an interrupted one continues from its last epoch.
 
     Example: msctr train recipes/synthetic/table.yaml --set train.seeds=[0,1,2]
+
+    Example: msctr train recipes/synthetic/table.yaml --log tensorboard --log mlflow
     """
     from msctr.evaluate.report import render_table, summarize
     from msctr.recipe import load_recipe
@@ -410,6 +419,9 @@ def train(
 
     if nproc < 1:
         raise UserError(f"--nproc must be at least 1, got {nproc}")
+    if log is not None:  # as train.log, checked by the recipe's rules
+        trackers = [k.strip() for item in log for k in item.split(",") if k.strip()]
+        set_ = [*(set_ or []), f"train.log=[{','.join(trackers)}]"]
     r = load_recipe(recipe, set_ or [], smoke=smoke)  # a bad recipe fails here, once
     if nproc > 1:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:

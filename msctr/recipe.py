@@ -65,6 +65,8 @@ class TrainConfig:
     sparse_embeddings: Literal["auto"] | bool = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast matmuls, fp32 weights
     compile: bool = False  # torch.compile the model (pays a compile time per shape)
+    # experiment trackers fed each epoch's figures (docs/tracking.md); results never depend on it
+    log: list[Literal["tensorboard", "mlflow"]] = field(default_factory=list)
 
     def validate(self, where: str) -> None:
         if not self.seeds:
@@ -97,19 +99,27 @@ class TrainConfig:
                 f"{where}.early_stopping.patience must be at least 1 (epochs without "
                 f"improvement before stopping), got {self.early_stopping.patience}"
             )
+        twice = sorted({k for k in self.log if self.log.count(k) > 1})
+        if twice:
+            raise UserError(f"{where}.log lists {twice} more than once; list each once")
         if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", self.device):
             raise UserError(f"{where}.device must be cpu, cuda, cuda:N or mps, got {self.device!r}")
 
 
 # eval.baseline's value for "the best baseline of each column" (HierRec's RelaImpr)
 BEST_BASELINE = "best"
-TABLE_METRICS = ("scenario_auc", "auc", "logloss", "gauc", "sgauc", "relaimpr")
+TABLE_METRICS = (
+    "scenario_auc", "auc", "logloss", "gauc", "sgauc", "relaimpr", "calibration", "ece", "ne",
+)  # fmt: skip
+# normalized entropy ranks models exactly as logloss does on one test set (the same base
+# rate divides every model's), so the terminal leaves it to report.md unless asked
+DEFAULT_TABLE_METRICS = tuple(m for m in TABLE_METRICS if m != "ne")
 
 
 @dataclass
 class EvalConfig:
     # columns of the comparison table (every metric is computed and saved regardless)
-    metrics: list[str] = field(default_factory=lambda: list(TABLE_METRICS))
+    metrics: list[str] = field(default_factory=lambda: list(DEFAULT_TABLE_METRICS))
     # RelaImpr's reference: a model label, or `best` for the best of `baselines` in each AUC
     # column (HierRec eq. 11); default: the first model
     baseline: str | None = None
@@ -119,8 +129,15 @@ class EvalConfig:
     significance: float = 0.05
     # the test behind a table's significance mark, over seeds (a single run: DeLong's test)
     test: Literal["welch", "mannwhitney"] = "welch"
+    calibration_bins: int = 10  # equal-mass bins of ECE and the reliability diagram
 
     def validate(self, where: str) -> None:
+        if isinstance(self.calibration_bins, bool) or not 1 <= self.calibration_bins <= 1000:
+            raise UserError(
+                f"{where}.calibration_bins is the number of equal-mass bins of ECE and the "
+                f"reliability diagram, a whole number in [1, 1000], e.g. 10; got "
+                f"{self.calibration_bins!r}"
+            )
         unknown = [m for m in self.metrics if m not in TABLE_METRICS]
         if unknown:
             raise UserError(
@@ -262,6 +279,8 @@ class Recipe:
                 del block["search"]
         if out["tuning"] is None:  # likewise
             del out["tuning"]
+        if not out["train"]["log"]:  # likewise a recipe without trackers
+            del out["train"]["log"]
         return out
 
 
@@ -325,10 +344,10 @@ def smoke_dict(raw: dict) -> dict:
 # -- what a (model, seed) run's results depend on --------------------------------------------
 
 # train keys that cannot change a run's results: `seeds` only lists which runs exist (each
-# seed is its own run). Every other train key can change the numbers, `threads` included:
-# the thread count changes how CPU kernels split their sums, so the same seed with another
-# thread count is not bit-identical (docs/recipes.md, "Resuming").
-NOT_RESULT_TRAIN_KEYS = ("seeds",)
+# seed is its own run), `log` which trackers watch them. Every other train key can change the
+# numbers, `threads` included: the thread count changes how CPU kernels split their sums, so
+# the same seed with another thread count is not bit-identical (docs/recipes.md, "Resuming").
+NOT_RESULT_TRAIN_KEYS = ("seeds", "log")
 
 
 def run_fingerprint(recipe: Recipe, entry: ModelEntry, schema: Schema) -> dict:

@@ -3,6 +3,7 @@
     runs/<recipe>/recipe.yaml                      the resolved recipe (data path absolute)
     runs/<recipe>/results.json, report.md          the comparison over models and seeds
     runs/<recipe>/<model>/seed_<k>/log.jsonl       one line per epoch
+    runs/<recipe>/<model>/seed_<k>/history.jsonl   every figure of every epoch (docs/tracking.md)
     runs/<recipe>/<model>/seed_<k>/best.pt         best checkpoint (by validation)
     runs/<recipe>/<model>/seed_<k>/predictions.parquet   test rows with the model's prob
     runs/<recipe>/<model>/seed_<k>/metrics.json    test metrics of this run
@@ -13,6 +14,8 @@
     runs/<recipe>/.lock                            held (flock) by the `msctr train` writing here
     runs/<recipe>/.msctr-run.json                  the model folders msctr made here (see below)
     runs/<recipe>/head_weights_<model>.png, ablation.png, bench.json   eval, ablate, bench
+    runs/<recipe>/calibration.png, curves.png      eval: reliability diagram, learning curves
+    runs/<recipe>/tensorboard/, mlflow.db, mlartifacts/   train.log's trackers (docs/tracking.md)
 
 `<model>` is the model's label with every character a folder name should not hold replaced
 (see `model_folder`). Training writes these paths, evaluation and benchmarks read them; all
@@ -41,7 +44,10 @@ from msctr.paths import refuse_protected
 MANIFEST = ".msctr-run.json"
 LOCK = ".lock"
 # what msctr writes directly in a run folder (besides model folders and head_weights_*.png)
-RUN_FILES = ("recipe.yaml", "results.json", "report.md", "bench.json", "ablation.png")
+RUN_FILES = (
+    "recipe.yaml", "results.json", "report.md", "bench.json", "ablation.png", "calibration.png",
+    "curves.png", "tensorboard", "mlflow.db", "mlartifacts",
+)  # fmt: skip
 SWEEP_FILES = ("results.json", "report.md", "sweep.png")
 # what `msctr tune` writes in its folder (docs/tune.md); Optuna's SQLite journal beside tune.db
 TUNE_FILES = ("tune.db", "tune.db-journal", "tuned.yaml", "results.json", ".claim")
@@ -65,6 +71,10 @@ class SeedRun:
     @property
     def log(self) -> Path:
         return self.folder / "log.jsonl"
+
+    @property
+    def history(self) -> Path:
+        return self.folder / "history.jsonl"
 
     @property
     def checkpoint(self) -> Path:
@@ -95,6 +105,7 @@ class SeedRun:
         """Every file msctr writes in a run's folder."""
         return (
             self.log,
+            self.history,
             self.checkpoint,
             self.predictions,
             self.metrics,
@@ -188,7 +199,7 @@ class RunFolder:
     def figures(self) -> list[Path]:
         """The figures eval and ablate write here."""
         names = [f"head_weights_{m}.png" for m in self.recorded_models() or []]
-        return [self.root / n for n in ["ablation.png", *names]]
+        return [self.root / n for n in ["ablation.png", "calibration.png", "curves.png", *names]]
 
     def model(self, key: str) -> Path:
         return self.root / model_folder(key)
@@ -198,6 +209,20 @@ class RunFolder:
 
     def figure(self, name: str) -> Path:
         return self.root / name
+
+    @property
+    def tensorboard(self) -> Path:
+        """TensorBoard's log folder: one sub-folder per run, `<model>/seed_<k>`."""
+        return self.root / "tensorboard"
+
+    @property
+    def mlflow_db(self) -> Path:
+        """MLflow's local store (SQLite: its plain-file store is retired)."""
+        return self.root / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.root / "mlartifacts"
 
 
 def _safe_folder(name: str) -> bool:

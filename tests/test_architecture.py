@@ -14,7 +14,7 @@ LAYERS = [
     ["msctr.ablate", "msctr.sweep", "msctr.tune", "msctr.bench"],
     ["msctr.train"],
     ["msctr.evaluate", "msctr.tables"],
-    ["msctr.recipe", "msctr.search", "msctr.flops"],
+    ["msctr.recipe", "msctr.search", "msctr.flops", "msctr.track"],
     ["msctr.models"],
     ["msctr.testing"],
     ["msctr.data"],

@@ -267,9 +267,11 @@ def test_eval_table_fits_100_columns(paper_run):
     lines = [re.split(r"\s{2,}", line.strip()) for line in out.splitlines()]
     for r in res["models"]:
         rows = [cells for cells in lines if cells[0] == r["model"]]
-        # overall, the per-scenario AUCs in two tables, RelaImpr per scenario (7 fit in one)
-        assert len(rows) == 4
+        # overall, the per-scenario AUCs in two tables, RelaImpr per scenario (7 fit in one),
+        # calibration (ratio, ECE)
+        assert len(rows) == 5
         assert rows[3] == [r["model"], *(f"{v:+.2f}%" for v in r["scenario_relaimpr"])]
+        assert len(rows[4]) == 3
         star = "*" if r["test"]["significant"] else ""
         assert rows[0][1].endswith("±" + f"{r['auc']['std']:.4f}".lstrip("0") + star)
         p = [f"{r['test'][k]:.1e}" for k in ("welch_p", "mannwhitney_p")]

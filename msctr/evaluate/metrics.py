@@ -19,17 +19,25 @@ import numpy as np
 from msctr.errors import UserError
 
 __all__ = [
+    "CALIBRATION_BINS",
     "GroupAUC",
+    "Reliability",
     "auc",
+    "calibration_ratio",
     "compute_all",
+    "ece",
     "group_auc",
     "logloss",
+    "normalized_entropy",
     "RELAIMPR_FORMS",
     "per_scenario_auc",
+    "per_scenario_calibration",
     "rela_impr",
+    "reliability",
 ]
 
 LOGLOSS_EPS = 1e-7
+CALIBRATION_BINS = 10  # eval.calibration_bins' default
 
 
 @dataclass(frozen=True)
@@ -177,9 +185,7 @@ def _group_auc_sorted(
     return GroupAUC(value, int(used.sum()), int((~used).sum()), rows_used)
 
 
-def _scenario_auc_sorted(
-    y: np.ndarray, p: np.ndarray, scenario: np.ndarray, num_scenarios: int, order: np.ndarray
-) -> np.ndarray:
+def _check_scenarios(scenario: np.ndarray, num_scenarios: int) -> np.ndarray:
     scenario = np.asarray(scenario)
     if not np.issubdtype(scenario.dtype, np.integer):
         raise UserError(
@@ -191,12 +197,196 @@ def _scenario_auc_sorted(
             f"scenario ids must lie in [0, {num_scenarios}), found "
             f"{int(scenario.min())}..{int(scenario.max())}; check num_scenarios in the schema"
         )
-    keys = _small_int(scenario, num_scenarios)
+    return scenario
+
+
+@dataclass(frozen=True)
+class _ScenarioRows:
+    """Labels, scores and scenario ids sorted by scenario, then score: what every
+    per-scenario metric reads, sorted once."""
+
+    y: np.ndarray
+    p: np.ndarray
+    k: np.ndarray
+    num_scenarios: int
+
+
+def _by_scenario(
+    y: np.ndarray, p: np.ndarray, scenario: np.ndarray, num_scenarios: int, order: np.ndarray
+) -> _ScenarioRows:
+    keys = _small_int(_check_scenarios(scenario, num_scenarios), num_scenarios)
     o = _group_order(order, keys)
-    g = _grouped_auc(y[o], p[o], keys[o])
-    out = np.full(num_scenarios, np.nan)
+    return _ScenarioRows(y[o], p[o], keys[o], num_scenarios)
+
+
+def _scenario_auc_sorted(rows: _ScenarioRows) -> np.ndarray:
+    g = _grouped_auc(rows.y, rows.p, rows.k)
+    out = np.full(rows.num_scenarios, np.nan)
     out[g.keys.astype(np.int64)] = g.auc
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration: are the probabilities right, not only their order
+
+
+@dataclass(frozen=True)
+class Reliability:
+    """A reliability diagram's points: per equal-mass bin, in ascending order of the scores,
+    the rows, the mean predicted probability and the observed click rate (nan where a bin is
+    empty: a tie block larger than a bin leaves the next bin with no rows)."""
+
+    rows: np.ndarray  # [B] int
+    predicted: np.ndarray  # [B]
+    observed: np.ndarray  # [B]
+
+
+def _check_bins(bins: int) -> int:
+    if isinstance(bins, bool) or not isinstance(bins, int | np.integer) or bins < 1:
+        raise UserError(
+            f"calibration bins must be a whole number >= 1, got {bins!r}; "
+            "set eval.calibration_bins, e.g. 10"
+        )
+    return int(bins)
+
+
+def _bin_sums(
+    y_s: np.ndarray, p_s: np.ndarray, k_s: np.ndarray | None, bins: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Equal-mass bins per group, from rows sorted by key then score (k_s=None: one group).
+
+    A row at 0-based position r of its group's ascending score order (n rows) falls in bin
+    floor(r * bins / n), except that a tie block goes whole to the bin of its first row, so a
+    bin's content never depends on the order of equal scores. Returns the keys [G] and, per
+    (group, bin), the rows, summed scores and summed labels, each [G, bins].
+    """
+    n = y_s.shape[0]
+    if n == 0:
+        z = np.zeros((0, bins))
+        return np.zeros(0, dtype=np.int64), z.astype(np.int64), z, z
+    new_group = np.ones(n, dtype=bool)
+    if k_s is None:
+        new_group[1:] = False
+    else:
+        new_group[1:] = k_s[1:] != k_s[:-1]
+    new_block = new_group.copy()
+    new_block[1:] |= p_s[1:] != p_s[:-1]
+    at = np.arange(n)
+    group_first = np.maximum.accumulate(np.where(new_group, at, 0))  # [n]
+    block_first = np.maximum.accumulate(np.where(new_block, at, 0))  # [n]
+    starts = np.flatnonzero(new_group)  # [G]
+    group = np.cumsum(new_group) - 1  # [n]
+    size = np.diff(np.append(starts, n))[group]  # [n] rows of the row's group
+    cell = group * bins + (block_first - group_first) * bins // size  # [n] exact integers
+    cells = len(starts) * bins
+    rows = np.bincount(cell, minlength=cells).reshape(-1, bins)
+    sum_p = np.bincount(cell, weights=p_s, minlength=cells).reshape(-1, bins)
+    sum_y = np.bincount(cell, weights=y_s, minlength=cells).reshape(-1, bins)
+    keys = np.zeros(1, dtype=np.int64) if k_s is None else k_s[starts]
+    return keys, rows, sum_p, sum_y
+
+
+def _ece_of(rows: np.ndarray, sum_p: np.ndarray, sum_y: np.ndarray) -> np.ndarray:
+    """ECE per group [G] from its bins [G, B]: sum_b n_b/n |mean p_b - mean y_b|, which is
+    sum_b |sum p_b - sum y_b| / n (no division per bin, so empty bins add exactly 0)."""
+    n = rows.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, np.abs(sum_p - sum_y).sum(1) / n, np.nan)
+
+
+def _entropy(ctr: np.ndarray) -> np.ndarray:
+    """Entropy (nats) of a Bernoulli(ctr); nan where ctr is 0, 1 or nan (no base to divide by)."""
+    c = np.asarray(ctr, dtype=np.float64)
+    ok = (c > 0) & (c < 1)
+    c = np.where(ok, c, 0.5)
+    return np.where(ok, -(c * np.log(c) + (1 - c) * np.log1p(-c)), np.nan)
+
+
+def _row_loss(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    q = np.clip(p, LOGLOSS_EPS, 1.0 - LOGLOSS_EPS)
+    return -np.where(y == 1, np.log(q), np.log1p(-q))
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def calibration_ratio(y: np.ndarray, p: np.ndarray) -> float:
+    """Sum of predicted probabilities over the number of clicks: 1 when the model predicts as
+    many clicks as happened, above 1 when it over-predicts; nan when there is no click."""
+    y = _labels(y)
+    p = _probs(p, y.shape[0])
+    return float(_ratio(np.float64(p.sum()), np.float64(y.sum())))
+
+
+def ece(y: np.ndarray, p: np.ndarray, bins: int = CALIBRATION_BINS) -> float:
+    """Expected calibration error over `bins` equal-mass bins of the scores (see _bin_sums for
+    the bins, ties included): sum_b n_b/n |mean predicted_b - click rate_b|; nan on no rows."""
+    y = _labels(y)
+    p = _probs(p, y.shape[0])
+    bins = _check_bins(bins)
+    o = _score_order(p)
+    _, rows, sp, sy = _bin_sums(y[o], p[o], None, bins)
+    return float(_ece_of(rows, sp, sy)[0]) if y.size else float("nan")
+
+
+def reliability(y: np.ndarray, p: np.ndarray, bins: int = CALIBRATION_BINS) -> Reliability:
+    """The points of a reliability diagram over the same bins as `ece`."""
+    y = _labels(y)
+    p = _probs(p, y.shape[0])
+    bins = _check_bins(bins)
+    o = _score_order(p)
+    _, rows, sp, sy = _bin_sums(y[o], p[o], None, bins)
+    if not y.size:
+        rows, sp, sy = np.zeros((1, bins), dtype=np.int64), np.zeros((1, bins)), np.zeros((1, bins))
+    return Reliability(rows[0], _ratio(sp[0], rows[0]), _ratio(sy[0], rows[0]))
+
+
+def normalized_entropy(y: np.ndarray, p: np.ndarray) -> float:
+    """Logloss divided by the entropy of the rows' own click rate (the logloss of predicting
+    that rate for every row): below 1 the model beats the constant; nan on one class."""
+    y = _labels(y)
+    p = _probs(p, y.shape[0])
+    if not y.size:
+        return float("nan")
+    return float(logloss(y, p) / _entropy(np.float64(y.mean())))
+
+
+def _scenario_calibration_sorted(rows: _ScenarioRows, bins: int) -> dict[str, np.ndarray]:
+    S = rows.num_scenarios
+    k, n_b, sp, sy = _bin_sums(rows.y, rows.p, rows.k, bins)
+    present = k.astype(np.int64)
+    n, clicks, p_sum = (np.zeros(S, dtype=np.int64), np.zeros(S), np.zeros(S))
+    n[present], clicks[present], p_sum[present] = n_b.sum(1), sy.sum(1), sp.sum(1)
+    ece_s = np.full(S, np.nan)
+    ece_s[present] = _ece_of(n_b, sp, sy)
+    loss = np.bincount(rows.k, weights=_row_loss(rows.y, rows.p), minlength=S)
+    return {
+        "calibration": _ratio(p_sum, clicks),
+        "ece": ece_s,
+        "ne": _ratio(loss, n) / _entropy(_ratio(clicks, n)),
+    }
+
+
+def per_scenario_calibration(
+    y: np.ndarray,
+    p: np.ndarray,
+    scenario: np.ndarray,
+    num_scenarios: int,
+    bins: int = CALIBRATION_BINS,
+) -> dict[str, np.ndarray]:
+    """Calibration ratio, ECE and normalized entropy of each scenario 0..num_scenarios-1:
+    {"calibration": [S], "ece": [S], "ne": [S]}, each over that scenario's rows alone (its
+    own bins, its own click rate); nan where a scenario has no rows (ratio: no click; NE: one
+    class)."""
+    y = _labels(y)
+    p = _probs(p, y.shape[0])
+    bins = _check_bins(bins)
+    scenario = _keys(scenario, y.shape[0], "scenario")
+    return _scenario_calibration_sorted(
+        _by_scenario(y, p, scenario, num_scenarios, _score_order(p)), bins
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,7 +464,7 @@ def per_scenario_auc(
     y = _labels(y)
     p = _probs(p, y.shape[0])
     scenario = _keys(scenario, y.shape[0], "scenario")
-    return _scenario_auc_sorted(y, p, scenario, num_scenarios, _score_order(p))
+    return _scenario_auc_sorted(_by_scenario(y, p, scenario, num_scenarios, _score_order(p)))
 
 
 RELAIMPR_FORMS = ("auc_minus_half", "ratio")
@@ -306,27 +496,43 @@ def compute_all(
     num_scenarios: int,
     user: np.ndarray | None = None,
     session: np.ndarray | None = None,
+    bins: int = CALIBRATION_BINS,
 ) -> dict[str, float | int]:
     """Every per-run metric in one flat dict (what the evaluator stores per run).
 
-    Keys: n, ctr, auc, logloss, auc_s{k} for k < num_scenarios; with `user`: gauc, gauc_groups,
-    gauc_skipped; with `session`: sgauc, sgauc_groups, sgauc_skipped. The scores are sorted
-    once and every grouping reuses that order.
+    Keys: n, ctr, auc, logloss, auc_s{k} for k < num_scenarios; calibration, ece, ne and
+    calibration_s{k}, ece_s{k}, ne_s{k} (ECE over `bins` equal-mass bins); with `user`: gauc,
+    gauc_groups, gauc_skipped; with `session`: sgauc, sgauc_groups, sgauc_skipped. The scores
+    are sorted once and every grouping reuses that order.
     """
+    bins = _check_bins(bins)
     y = _labels(y)
     n = y.shape[0]
     p = _probs(p, n)
     scenario = _keys(scenario, n, "scenario")
     order = _score_order(p)
+    y_o, p_o = y[order], p[order]
     out: dict[str, float | int] = {
         "n": int(n),
         "ctr": float(y.mean()) if n else float("nan"),
-        "auc": float(_grouped_auc(y[order], p[order], None).auc[0]) if n else float("nan"),
+        "auc": float(_grouped_auc(y_o, p_o, None).auc[0]) if n else float("nan"),
         "logloss": logloss(y, p),
     }
-    per_s = _scenario_auc_sorted(y, p, scenario, num_scenarios, order)
+    by_scenario = _by_scenario(y, p, scenario, num_scenarios, order)
+    per_s = _scenario_auc_sorted(by_scenario)
     for k in range(num_scenarios):
         out[f"auc_s{k}"] = float(per_s[k])
+    if n:
+        _, rows, sp, sy = _bin_sums(y_o, p_o, None, bins)
+        out["calibration"] = float(_ratio(np.float64(p.sum()), np.float64(y.sum())))
+        out["ece"] = float(_ece_of(rows, sp, sy)[0])
+        out["ne"] = float(out["logloss"] / _entropy(np.float64(y.mean())))
+    else:
+        out["calibration"] = out["ece"] = out["ne"] = float("nan")
+    per_c = _scenario_calibration_sorted(by_scenario, bins)
+    for name, values in per_c.items():
+        for k in range(num_scenarios):
+            out[f"{name}_s{k}"] = float(values[k])
     for name, keys, what in (("gauc", user, "user"), ("sgauc", session, "session")):
         if keys is None:
             continue

@@ -15,6 +15,7 @@ import polars as pl
 from rich.console import Console
 from rich.markup import escape
 
+from msctr import track
 from msctr.config import parse_yaml
 from msctr.data import schema as S
 from msctr.data.schema import Schema
@@ -37,7 +38,9 @@ from msctr.tables import Table, print_tables
 BAYES = "Bayes ceiling"
 
 
-def run_metrics(pred: pl.DataFrame, num_scenarios: int, prob: str = "prob") -> dict:
+def run_metrics(
+    pred: pl.DataFrame, num_scenarios: int, prob: str = "prob", bins: int = M.CALIBRATION_BINS
+) -> dict:
     cols = set(pred.columns)
     return M.compute_all(
         pred[S.LABEL].to_numpy(),
@@ -46,6 +49,7 @@ def run_metrics(pred: pl.DataFrame, num_scenarios: int, prob: str = "prob") -> d
         num_scenarios,
         user=pred[S.USER].to_numpy() if S.USER in cols else None,
         session=pred[S.SESSION].to_numpy() if S.SESSION in cols else None,
+        bins=bins,
     )
 
 
@@ -153,7 +157,7 @@ def collect(
             predictions = read_predictions(run.predictions)
             if not out and not runs:  # a folder trained before `train` refused such test rows
                 M.check_test_labels(predictions[S.LABEL].to_numpy(), recipe.train.eval_rows)
-            m = run_metrics(predictions, schema.num_scenarios)
+            m = run_metrics(predictions, schema.num_scenarios, bins=recipe.eval.calibration_bins)
             write_json(run.metrics, m)
             seeds.append(seed)
             runs.append(m)
@@ -307,6 +311,8 @@ def column_compare(
 def summarize(run_dir: str | Path, partial: bool = False, data: Path | None = None) -> dict:
     run_dir = Path(run_dir)
     recipe, schema = load_run(run_dir, data)
+    if "mlflow" in recipe.train.log:  # refused before anything is written, as in train
+        track.check_available(["mlflow"])
     models, missing = collect(run_dir, recipe, schema, partial, data)
     keys = [m.key for m in models]
     alpha = recipe.eval.significance
@@ -355,12 +361,20 @@ def summarize(run_dir: str | Path, partial: bool = False, data: Path | None = No
         result["paper"] = paper.compare(recipe.paper, schema, rows)
     if schema.has_true_prob:
         pred = models[0].predictions(models[0].seeds[0])
-        result["bayes"] = run_metrics(pred, schema.num_scenarios, prob=S.TRUE_PROB)
+        bins = recipe.eval.calibration_bins
+        result["bayes"] = run_metrics(pred, schema.num_scenarios, prob=S.TRUE_PROB, bins=bins)
     result["figures"] = [
         path.name for m in models if (path := plot_head_weights(m, schema, run_dir)) is not None
     ]
-    write_json(RunFolder(run_dir).results, result)
-    write_text(RunFolder(run_dir).report, render_markdown(result))
+    add_calibration(result, models, candidates, recipe, schema, run_dir)
+    add_curves(result, models, run_dir)
+    folder = RunFolder(run_dir)
+    write_json(folder.results, result)
+    write_text(folder.report, render_markdown(result) + calibration_markdown(result))
+    if "mlflow" in recipe.train.log:  # the runs' test figures and the report, beside the curves
+        figures = [folder.figure(f) for f in [*result["figures"], "calibration.png", "curves.png"]]
+        files = [folder.recipe, folder.report, folder.results, *figures]
+        track.log_results(run_dir, recipe.name, result, files)
     return result
 
 
@@ -560,6 +574,10 @@ def render_table(result: dict, console: Console) -> None:
     tables = terminal_tables(result)
     print_tables(console, *tables)
     console.print(_terminal_legend(result, mwu="MWU p" in tables[0].header), markup=False)
+    if (calibration := calibration_table(result, TERMINAL)) is not None:
+        console.print()
+        print_tables(console, calibration)
+        console.print(calibration_legend(result), markup=False)
     if result.get("missing_runs"):
         console.print(f"[bold yellow]{escape(_partial(result))}[/]", highlight=False)
     if "paper" in result:
@@ -710,3 +728,231 @@ def render_markdown(result: dict) -> str:
             "Groups without both labels are left out of GAUC/S-GAUC: " + "; ".join(skipped),
         ]
     return "\n".join(lines) + "\n"
+
+
+# -- calibration and learning curves (docs/metrics.md, "Calibration") --------------------------
+
+# the calibration figures and their column names; the ratio's test compares |ratio - 1|
+CALIBRATION = {"calibration": "Calib.", "ece": "ECE", "ne": "NE"}
+TESTS_RUN = ("welch", "mannwhitney", "paired")  # seed_tests' p-values, in report.md's order
+
+
+def seed_tests(model: ModelRuns, ref: ModelRuns, metric: str, alpha: float, test: str) -> dict:
+    """`model`'s per-seed values of `metric` against `ref`'s, with the tests `compare` runs on
+    AUC over seeds (Welch, Mann-Whitney U, paired t over shared seeds); `test` decides
+    `significant`. Empty for single runs: DeLong's test is AUC's alone. The calibration
+    ratio is tested by its distance from 1, so 0.9 and 1.1 are equally good."""
+    a, b = model.values(metric), ref.values(metric)
+    if metric == "calibration":
+        a, b = np.abs(a - 1.0), np.abs(b - 1.0)
+    if len(a) < 2 or len(b) < 2:
+        return {}
+    out = {"welch_p": T.welch_t(a, b), "mannwhitney_p": T.mann_whitney(a, b)}
+    shared = sorted(set(model.seeds) & set(ref.seeds))
+    if len(shared) >= 2:
+        ia = [model.seeds.index(s) for s in shared]
+        ib = [ref.seeds.index(s) for s in shared]
+        out["paired_p"] = T.paired_t(a[ia], b[ib])
+    out["significant"] = bool(out[f"{test}_p"] < alpha)
+    return out
+
+
+def _points(r: M.Reliability) -> dict:
+    return {k: [None if math.isnan(v) else v for v in getattr(r, k).tolist()]
+            for k in ("predicted", "observed")} | {"rows": r.rows.tolist()}  # fmt: skip
+
+
+def add_calibration(
+    result: dict,
+    models: list[ModelRuns],
+    candidates: list[ModelRuns],
+    recipe: Recipe,
+    schema: Schema,
+    run_dir: Path,
+) -> None:
+    """Each row's calibration tests against its reference (the best other model by AUC), and
+    result["calibration"]: the bins and each model's reliability points (first seed; the
+    Bayes ceiling's too where the truth is known), drawn to calibration.png."""
+    alpha, test = recipe.eval.significance, recipe.eval.test
+    refs = column_references(models, candidates, ["auc"])  # the AUC column's best baseline
+    for row, m, (ref,) in zip(result["models"], models, refs, strict=True):
+        row["calibration_test"] = (
+            None
+            if ref is None
+            else {"reference": ref.key}
+            | {k: seed_tests(m, ref, k, alpha, test) for k in CALIBRATION}
+        )
+    bins = recipe.eval.calibration_bins
+    curves = {}
+    for m in models:
+        pred = m.predictions(m.seeds[0])
+        y = pred[S.LABEL].to_numpy()
+        curves[m.key] = _points(M.reliability(y, pred["prob"].to_numpy(), bins))
+        if schema.has_true_prob and BAYES not in curves:
+            curves[BAYES] = _points(M.reliability(y, pred[S.TRUE_PROB].to_numpy(), bins))
+    result["calibration"] = {"bins": bins, "reliability": curves}
+    path = plot_reliability(curves, bins, RunFolder(run_dir).figure("calibration.png"))
+    result["calibration"]["figure"] = path.name
+
+
+def _figure_axes(figsize: tuple[float, float], panels: int = 1):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, panels, figsize=figsize)
+    return plt, fig, axes
+
+
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+def plot_reliability(curves: dict[str, dict], bins: int, path: Path) -> Path:
+    """Predicted against observed click rate per equal-mass bin, one line per model, the
+    diagonal for perfect calibration; axes up to the largest point, both the same scale."""
+    plt, fig, ax = _figure_axes((6.0, 5.4))
+    top = 0.0
+    # the models in curves.png's colours, the Bayes ceiling last in grey
+    names = [n for n in curves if n != BAYES] + [n for n in curves if n == BAYES]
+    for i, name in enumerate(names):
+        c = curves[name]
+        xy = [(x, y) for x, y in zip(c["predicted"], c["observed"]) if x is not None]
+        if not xy:
+            continue
+        xs, ys = zip(*xy)
+        top = max(top, *xs, *ys)
+        bayes = name == BAYES
+        ax.plot(
+            xs, ys, marker="" if bayes else "o", markersize=4, label=name,
+            color="0.4" if bayes else f"C{i % 10}", linestyle="--" if bayes else "-",
+        )  # fmt: skip
+    top = min(1.0, top * 1.05) or 1.0
+    ax.plot([0, top], [0, top], color="0.75", linewidth=1, zorder=0, label="perfectly calibrated")
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, top)
+    ax.set_aspect("equal")
+    ax.set_xlabel("mean predicted CTR in the bin")
+    ax.set_ylabel("observed CTR in the bin")
+    ax.set_title(f"Reliability: {bins} equal-mass bins of the test rows (first seed)", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
+    return _save(plt, fig, path)
+
+
+def read_history(run: SeedRun) -> list[dict]:
+    """A run's per-epoch lines: history.jsonl, or log.jsonl for a run trained before it."""
+    path = run.history if run.history.is_file() else run.log
+    if not path.is_file():
+        return []
+    with reading(path, "retrain this model and seed"):
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def add_curves(result: dict, models: list[ModelRuns], run_dir: Path) -> None:
+    """curves.png: validation AUC and training loss per epoch of every model and seed, the
+    best epoch (the one whose weights were kept) marked; nothing when no run has a history."""
+    runs = []
+    for m in models:
+        for seed in m.seeds:
+            lines = read_history(m.run(seed))
+            if lines:
+                best = [r["epoch"] for r in lines if r.get("best")]
+                runs.append((m.key, seed, lines, best[-1] if best else None))
+    if not runs:
+        return
+    path = plot_curves(runs, RunFolder(run_dir).figure("curves.png"))
+    result["curves"] = path.name
+
+
+def plot_curves(runs: list[tuple[str, int, list[dict], int | None]], path: Path) -> Path:
+    plt, fig, (auc_ax, loss_ax) = _figure_axes((11.0, 4.4), panels=2)
+    colors: dict[str, str] = {}
+    for key, _seed, lines, best in runs:
+        first = key not in colors
+        color = colors.setdefault(key, f"C{len(colors) % 10}")
+        epochs = [r["epoch"] for r in lines]
+        for ax, field in ((auc_ax, "val_auc"), (loss_ax, "train_loss")):
+            ax.plot(epochs, [r[field] for r in lines], color=color, alpha=0.8, marker=".",
+                    label=key if first and ax is auc_ax else None)  # fmt: skip
+        if best is not None:
+            at = next(r for r in lines if r["epoch"] == best)
+            auc_ax.plot(best, at["val_auc"], marker="*", markersize=12, color=color,
+                        markeredgecolor="black", linestyle="")  # fmt: skip
+    auc_ax.set_title("validation AUC per epoch (★ best epoch, the weights kept)", fontsize=10)
+    loss_ax.set_title("training loss (BCE) per epoch", fontsize=10)
+    for ax in (auc_ax, loss_ax):
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    auc_ax.legend(fontsize=7, title="one line per seed", title_fontsize=7)
+    return _save(plt, fig, path)
+
+
+def _calibration_cell(row: dict, key: str, style: CellStyle) -> str:
+    stars = (row.get("calibration_test") or {}).get(key, {}).get("significant")
+    return _cell(row[key], style) + ("*" if stars else "")
+
+
+def calibration_table(result: dict, style: CellStyle) -> Table | None:
+    """The calibration figures of the recipe's eval.metrics (all of them with `style`
+    REPORT), models as rows, the Bayes ceiling last; None when none is asked for."""
+    shown = set(result.get("table_metrics") or ()) if style is TERMINAL else set(CALIBRATION)
+    keys = [k for k in CALIBRATION if k in shown and k in result["models"][0]]
+    if not keys:
+        return None
+    header = ["Model", *(CALIBRATION[k] for k in keys)]
+    rows = [[r["model"], *(_calibration_cell(r, k, style) for k in keys)] for r in result["models"]]
+    if "bayes" in result:
+        rows.append([BAYES, *(_fmt(result["bayes"].get(k)) for k in keys)])
+    title = "Calibration"
+    styles = ["dim" if r[0] == BAYES else None for r in rows]
+    return Table(header, rows, title=title, styles=styles)
+
+
+def calibration_legend(result: dict) -> str:
+    bins = result["calibration"]["bins"]
+    test = TESTS[result.get("test", "welch")]
+    return (
+        "Calib. = predicted / observed clicks (1 is right); ECE = expected calibration error "
+        f"over {bins} equal-mass bins of the scores; NE = logloss / entropy of the test rows' "
+        "click rate (below 1 beats predicting that rate). * = differs from the same reference "
+        f"as AUC at p < {result['alpha']} ({test} over seeds; the ratio by |ratio − 1|; "
+        "single runs are not tested)."
+    )
+
+
+def calibration_markdown(result: dict) -> str:
+    """report.md's calibration section: every figure with its p-values, per scenario, the
+    reliability diagram; then the learning curves."""
+    if "calibration" not in result:
+        return ""
+    table = calibration_table(result, REPORT)
+    scen = result["scenarios"]
+    lines = ["## Calibration", "", table.to_markdown(), "", calibration_legend(result), ""]
+    tests = [
+        [r["model"], t["reference"], CALIBRATION[k], *(_p(t[k].get(f"{n}_p")) for n in TESTS_RUN)]
+        for r in result["models"]
+        if (t := r.get("calibration_test"))
+        for k in CALIBRATION
+        if t[k]
+    ]
+    if tests:
+        header = ["Model", "vs", "figure", "Welch p", "Mann-Whitney p", "paired t p"]
+        lines += [Table(header, tests).to_markdown(), ""]
+    for key, what in (("calibration", "Calibration ratio"), ("ece", "ECE"), ("ne", "NE")):
+        header = ["Model", *scen]
+        rows = [[r["model"], *(_cell(r[f"{key}_s{k}"]) for k in range(len(scen)))]
+                for r in result["models"]]  # fmt: skip
+        if "bayes" in result:
+            rows.append([BAYES, *(_fmt(result["bayes"][f"{key}_s{k}"]) for k in range(len(scen)))])
+        lines += [f"{what} per scenario:", "", Table(header, rows).to_markdown(), ""]
+    fig = result["calibration"]["figure"]
+    lines += [f"![{fig}]({fig})", ""]
+    if "curves" in result:
+        lines += ["## Learning curves", "", f"![{result['curves']}]({result['curves']})", ""]
+    return "\n".join(lines)

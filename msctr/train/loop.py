@@ -43,7 +43,9 @@ from msctr.models.registry import (
 from msctr.recipe import ModelEntry, Recipe, run_fingerprint
 from msctr.resources import check_threads
 from msctr.runs import RunFolder, SeedRun, check_labels, check_run_folder, model_folder
+from msctr.track import check_available
 from msctr.train import distributed as dist
+from msctr.train.history import History
 from msctr.train.launch import user_pid
 from msctr.train.optim import LazyAdam, Optimizers, make_optimizer
 from msctr.train.resume import RESUME_VERSION, check_folder, clear_folder, load_state, save_state
@@ -267,12 +269,15 @@ def fit_one(
     progress: Progress | None = None,
     fingerprint: dict | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    tracking: Path | None = None,
 ) -> dict:
     """Train one model with one seed; write checkpoint, predictions and log; return a summary.
 
     `on_epoch(epoch, val)`, if given, is called after each epoch (counted from 1) has been
     scored and recorded, with its validation figures (`auc`, `logloss`): `msctr tune` reports
-    them to Optuna's pruner there, and an exception it raises ends the run.
+    them to Optuna's pruner there, and an exception it raises ends the run. Each epoch's
+    figures go to history.jsonl, and to `train.log`'s trackers in the `tracking` folder's
+    stores (the run folder; None: no trackers).
 
     After each epoch the whole training state (weights, every optimizer's state, early
     stopping, the epoch, every random state) goes to `last.pt`; a run that finds one continues
@@ -309,6 +314,8 @@ def fit_one(
         if best_state is not None:
             best_state = {k: v.to(device) for k, v in best_state.items()}
         set_rng_state(state["rng_ranks"][w.rank] if w.parallel else state["rng"])
+    restored = resumed[0] if resumed is not None else None
+    history = History(files, recipe, entry, data.schema, fingerprint, restored, w.main, tracking)
     # the compiled module shares the model's parameters; checkpoints come from `model`.
     # Scoring uses the model itself, never the DDP wrapper (whose forward is a collective)
     scorer = torch.compile(model) if t.compile else model
@@ -377,6 +384,8 @@ def fit_one(
         if w.parallel:
             line["processes"] = w.size
         lines.append(json.dumps(line))
+        timing = {"train_seconds": train_seconds}  # the line has the rest, lr included
+        history.add(line, timing, data.val_labels, val_p, data.val.scenario)
         tick = time.perf_counter()
         rngs = dist.gather_objects(rng_state())  # every rank's dropout stream, on rank 0
         if w.main:
@@ -388,6 +397,7 @@ def fit_one(
                 "optimizers": [o.state_dict() for o in optimizer.optimizers],
                 "stopping": [stopping.best_score, stopping.best_epoch, stopping.waited],
                 "log": lines,
+                "history": history.lines,
                 "seconds": time.perf_counter() - start,
                 "checkpoint_seconds": checkpoint_seconds,
                 "rng": rngs[0],
@@ -400,9 +410,11 @@ def fit_one(
         if w.main:
             with files.log.open("a") as fh:
                 fh.write(lines[-1] + "\n")
+        history.commit()
         if on_epoch is not None:
             on_epoch(epoch + 1, val)
     dist.stop_together()
+    history.close()
     if data.test is None:  # tuning (msctr.tune): validation only, the test split is not loaded
         best = json.loads(lines[stopping.best_epoch])
         return {
@@ -516,6 +528,7 @@ def train_recipe(
     console = console or Console()
     # everything that can refuse the recipe runs before the run folder is touched
     resolve_device(recipe.train.device)
+    check_available(recipe.train.log)
     check_labels(e.key for e in recipe.models)
     check_run_folder(recipe.run_dir, inputs=(recipe.data,))
     w, _ = dist.setup(recipe.train.device)
@@ -620,7 +633,14 @@ def _train_runs(
                         )
                         continue
                     summary = fit_one(
-                        recipe, entry, seed, data, files.folder, progress, fingerprint
+                        recipe,
+                        entry,
+                        seed,
+                        data,
+                        files.folder,
+                        progress,
+                        fingerprint,
+                        tracking=folder.root,
                     )
                     how = "resumed and trained" if resumed else "trained"
                     console.print(
