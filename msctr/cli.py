@@ -648,6 +648,66 @@ def bench_inference(
     render(run_bench(r, cfg, console), console)
 
 
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="Run folder of `msctr train` (runs/<name>).")],
+    input: Annotated[
+        Path, typer.Option("--input", help="Raw rows: CSV or Parquet, as `prepare` read them.")
+    ],
+    out: Annotated[Path, typer.Option(help="Parquet file for the scores.")],
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", help="Score with this model (label); repeatable; default all."),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Whose checkpoint (default: the run's first seed).")
+    ] = None,
+    ensemble: Annotated[
+        bool, typer.Option(help="Mean of the probabilities of every seed of the run.")
+    ] = False,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Rows per forward (default: train.eval_batch_size).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda (cuda:N) or mps.")] = "cpu",
+    threads: Annotated[int | None, typer.Option(help="torch intra-op threads.")] = None,
+    keep: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated input columns copied to the output (keys)."),
+    ] = None,
+    chunk_rows: Annotated[
+        int, typer.Option(help="Rows read, encoded and scored at a time (bounds memory).")
+    ] = 200_000,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="The run's prepared dataset, if it moved (default: recipe.yaml's)."),
+    ] = None,
+) -> None:
+    """Score new raw rows with a trained run: encoded with the run's dataset's encoders (fitted
+    on its training rows), one probability column per model; prints how many values per
+    field training never had (docs/predict.md).
+
+    Example: msctr predict runs/synthetic-hierrec --input tomorrow.parquet --out scores.parquet
+
+    Example: msctr predict runs/mine --input new.csv --out s.parquet --model DNN --ensemble
+    """
+    from msctr.predict import PredictConfig, render, run_predict
+
+    cfg = PredictConfig(
+        input=input,
+        out=out,
+        models=model or None,
+        seed=seed,
+        ensemble=ensemble,
+        batch_size=batch_size,
+        device=device,
+        threads=threads,
+        keep=[c.strip() for c in keep.split(",") if c.strip()] if keep else [],
+        chunk_rows=chunk_rows,
+        data=data,
+    )
+    render(run_predict(run, cfg, console), console)
+
+
 def print_error(message: str) -> None:
     """One `error: ...` line on stderr, the message printed literally: it carries user text
     (column names, paths, labels) that rich would otherwise read as markup ('[bold]click'
