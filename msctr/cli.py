@@ -708,6 +708,38 @@ def predict(
     render(run_predict(run, cfg, console), console)
 
 
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="Run folder of `msctr train` (runs/<name>).")],
+    format: Annotated[str, typer.Option("--format", help="torchscript or onnx.")],
+    out: Annotated[Path, typer.Option(help="Folder for the export (written whole, atomically).")],
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", help="Export this model (label); repeatable; default all."),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Whose checkpoint (default: the run's first seed).")
+    ] = None,
+    rows: Annotated[
+        int | None, typer.Option(help="Check on the first N test rows only (default: all).")
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="The run's prepared dataset, if it moved (default: recipe.yaml's)."),
+    ] = None,
+) -> None:
+    """Export a run's models for serving without msctr: TorchScript or ONNX over the prepared
+    id tensors, with encoders.parquet and contract.json (inputs, id ranges, dense statistics);
+    each export is checked against PyTorch on the test split (docs/predict.md#export).
+
+    Example: msctr export runs/synthetic-hierrec --format onnx --out exports/hierrec
+    """
+    from msctr.export import ExportConfig, render, run_export
+
+    cfg = ExportConfig(format, out, models=model or None, seed=seed, data=data, rows=rows)
+    render(run_export(run, cfg, console), console)
+
+
 def print_error(message: str) -> None:
     """One `error: ...` line on stderr, the message printed literally: it carries user text
     (column names, paths, labels) that rich would otherwise read as markup ('[bold]click'
