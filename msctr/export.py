@@ -75,7 +75,7 @@ class ExportConfig:
 
 @dataclass
 class Exported:
-    key: str
+    model: str  # the label
     name: str
     seed: int
     file: str
@@ -352,7 +352,9 @@ def render(result: ExportResult, console: Console) -> None:
     table.add_column("max |diff|", justify="right")
     table.add_column("rows", justify="right")
     for x in result.exported:
-        table.add_row(escape(x.key), escape(x.file), f"{x.max_abs_diff:.1e}", f"{x.rows_checked:,}")
+        table.add_row(
+            escape(x.model), escape(x.file), f"{x.max_abs_diff:.1e}", f"{x.rows_checked:,}"
+        )
     console.print(table)
     for key, why in result.failed.items():
         console.print(f"[yellow]not exported[/] {escape(key)}: {escape(why)}")
