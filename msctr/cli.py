@@ -605,6 +605,13 @@ def bench_inference(
     variants: Annotated[
         str, typer.Option(help="Comma-separated: eager, bf16, compile, compile-bf16.")
     ] = "eager",
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated: torch (the variants), torchscript, onnxruntime (the model "
+            "exported, checked against eager's AUC; onnxruntime needs msctr[export])."
+        ),
+    ] = "torch",
     threads: Annotated[int | None, typer.Option(help="torch intra-op threads.")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda (cuda:N).")] = "cpu",
     rows: Annotated[int | None, typer.Option(help="Score the first N test rows only.")] = None,
@@ -628,6 +635,8 @@ def bench_inference(
     initialised model (the table says which).
 
     Example: msctr bench-inference recipes/synthetic/table.yaml --variants eager,bf16
+
+    Example: msctr bench-inference recipes/synthetic/hierrec.yaml --backend torch,onnxruntime
     """
     from msctr.bench import BenchConfig, parse_int_list, render, run_bench
     from msctr.recipe import load_recipe
@@ -637,6 +646,7 @@ def bench_inference(
         models=[m.strip() for m in models.split(",") if m.strip()] if models else None,
         batch_sizes=parse_int_list(batch_sizes, "--batch-sizes"),
         variants=[v.strip() for v in variants.split(",") if v.strip()],
+        backends=[b.strip() for b in backend.split(",") if b.strip()],
         device=device,
         threads=threads,
         rows=rows,

@@ -13,6 +13,7 @@ with the reason. docs/predict.md#export describes the folder.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import warnings
@@ -60,6 +61,8 @@ def need_onnx() -> Any:
         import onnxruntime
     except ImportError:
         raise UserError(EXPORT_MISSING) from None
+    # errors only: its graph-optimiser warnings about renamed inputs are not the user's concern
+    onnxruntime.set_default_logger_severity(3)
     return onnxruntime
 
 
@@ -131,6 +134,55 @@ def tensors(cols: Columns) -> tuple[torch.Tensor, ...]:
     for ids, n in zip(cols.seq_ids, cols.seq_len, strict=True):
         out += [ids.long(), n.long()]
     return tuple(out)
+
+
+def batch_inputs(batch: Batch) -> tuple[torch.Tensor, ...]:
+    """A Batch as the exported model's inputs (the sequence lengths from its masks)."""
+    out = [batch.scenario, batch.sparse, batch.dense, batch.partition]
+    for ids, mask in zip(batch.seq_ids, batch.seq_mask, strict=True):
+        out += [ids, mask.sum(1)]
+    return tuple(out)
+
+
+def backend_runner(model: torch.nn.Module, backend: str, schema: Schema, example: Batch):
+    """`model` exported to `backend` (torchscript, onnxruntime) in memory, as a function of a
+    Batch returning probabilities [B] (what `bench-inference --backend` times). The ONNX
+    session uses torch's intra-op thread count, so both backends get the same cores."""
+    scorer = Scorer(model.eval()).eval()
+    xs = batch_inputs(example)
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")
+        if backend == "torchscript":
+            traced = torch.jit.trace(scorer, xs, check_trace=False)
+            buf = io.BytesIO()
+            torch.jit.save(traced, buf)
+            buf.seek(0)
+            loaded = torch.jit.load(buf)
+
+            def run_ts(batch: Batch) -> torch.Tensor:
+                with torch.no_grad():
+                    return loaded(*batch_inputs(batch))
+
+            return run_ts
+        ort = need_onnx()
+        names = input_names(schema)
+        buf = io.BytesIO()
+        torch.onnx.export(
+            scorer, xs, buf, dynamo=False, input_names=names, output_names=["prob"],
+            dynamic_axes={n: {0: "batch"} for n in [*names, "prob"]}, opset_version=OPSET,
+        )  # fmt: skip
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
+    wanted = {i.name for i in session.get_inputs()}
+
+    def run_ort(batch: Batch) -> torch.Tensor:
+        feed = {
+            n: x.numpy() for n, x in zip(names, batch_inputs(batch), strict=True) if n in wanted
+        }
+        return torch.from_numpy(session.run(["prob"], feed)[0])
+
+    return run_ort
 
 
 def contract(schema: Schema, recipe: Recipe, data: Path, fmt: str) -> dict:

@@ -210,3 +210,25 @@ def test_a_second_export_replaces_the_first(capsys, run, tmp_path):
         "contract.json",
         "encoders.parquet",
     ]
+
+
+def test_bench_inference_backends_are_columns_checked_against_eager(run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "bench.json"
+    result = invoke(
+        "bench-inference", str(run / "recipe.yaml"), "--models", "DNN,HierRec", "--backend",
+        "torch,torchscript,onnxruntime", "--batch-sizes", "64", "--repeats", "1", "--min-time",
+        "0", "--out", str(out),
+    )  # fmt: skip
+    bench = json.loads(out.read_text())
+    assert bench["config"]["variants"] == ["eager", "torchscript", "onnxruntime"]
+    for m in bench["models"]:
+        for backend in ("torchscript", "onnxruntime"):
+            v = m["variants"][backend]
+            assert v["auc_ok"], (m["model"], backend, v["auc_diff_vs_eager"])
+    assert "torchscript s" in result.output and "onnxruntime s" in result.output
+
+
+def test_an_unknown_backend_is_one_line(capsys, run):
+    one_line_error(capsys, "unknown backend(s) ['tensorrt']", "bench-inference",
+                   str(run / "recipe.yaml"), "--backend", "torch,tensorrt")  # fmt: skip
