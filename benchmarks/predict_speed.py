@@ -97,7 +97,9 @@ def model_only(recipe: Path, batch: int, threads: int, onnx: bool, out: Path) ->
     for m in result.models:
         figures[m.model] = {
             v: {
-                "samples_per_s": r.by_batch_size[0].samples_per_s,
+                # the best window: under other processes' load the least disturbed one, as
+                # predict's figure is the best of its runs
+                "samples_per_s": r.by_batch_size[0].samples_per_s_min_max[1],
                 "test_split_s": r.test_seconds.mean,
                 "auc_ok": r.auc_ok,
             }
@@ -160,8 +162,19 @@ def main() -> None:
         out: dict = {"machine": machine(torch.device("cpu"))}
         out["args"] = {k: str(v) for k, v in vars(args).items()}
         out["models"] = {}
+        rates = {
+            m: predict_rate(run, raw, m, args.batch_size, args.threads, args.repeats, work)
+            for m in ("DNN", "HierRec")
+        }
+        # the model alone once more after predict: the best of the two benches, so a load
+        # spike during one of them does not decide the ratio
+        again = model_only(recipe, args.batch_size, args.threads, args.onnx, work / "bench.json")
+        for m, variants in again.items():
+            for v, r in variants.items():
+                if r["samples_per_s"] > alone[m][v]["samples_per_s"]:
+                    alone[m][v] = r
         for model in ("DNN", "HierRec"):
-            rate = predict_rate(run, raw, model, args.batch_size, args.threads, args.repeats, work)
+            rate = rates[model]
             eager = alone[model]["eager"]["samples_per_s"]
             row = {
                 "predict_rows_per_s": rate,
