@@ -267,6 +267,10 @@ def check_out(out: Path, run_dir: Path, data: Path) -> None:
     refused before the work."""
     hint = "give a new folder for the export, e.g. --out exports/NAME"
     refuse_protected(out, f"--out '{out}'", hint, (run_dir, data))
+    inside = Path(os.path.abspath(out))
+    if any(p == Path(os.path.abspath(run_dir)) for p in inside.parents):
+        # a run folder holds only what train writes: a later train would refuse it
+        raise UserError(f"--out '{out}' is inside the run folder '{run_dir}'; {hint}")
     sweep_stale(out.parent, out.name)
     if not os.path.lexists(out):
         return

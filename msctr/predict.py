@@ -242,8 +242,6 @@ def run_predict(
         for s in seeds:
             check_trained(folder.seed(e.key, s), e.key, s, schema, data)
     check_out_file(cfg.out, "--out", "scores file", is_scores_file, inputs=(cfg.input, data))
-    if cfg.input.resolve() == cfg.out.resolve():
-        raise UserError(f"--out '{cfg.out}' is the input; give a new file for the scores")
     fitted = FittedEncoders(data, schema)
     device = resolve_device(cfg.device)
     if cfg.threads:
@@ -269,7 +267,18 @@ def run_predict(
                 f"training never had (e.g. {examples}), and no model has a scenario id for "
                 f"them; drop those rows, or map them to a trained scenario ({known})"
             )
-        return _score(cfg, schema, fitted, source, rows, models, batch_size, precision, console)
+        scoring = Scoring(models, batch_size, device, precision)
+        return _score(cfg, schema, fitted, source, rows, scoring, console)
+
+
+@dataclass
+class Scoring:
+    """The models (label -> one per seed) and how they score."""
+
+    models: dict[str, list[torch.nn.Module]]
+    batch_size: int
+    device: torch.device
+    precision: str  # the recipe's train.precision: the test split was scored so
 
 
 def _score(
@@ -278,13 +287,10 @@ def _score(
     fitted: FittedEncoders,
     source: pl.LazyFrame,
     rows: int,
-    models: dict[str, list[torch.nn.Module]],
-    batch_size: int,
-    precision: str,
+    scoring: Scoring,
     console: Console,
 ) -> PredictResult:
-    device = next(iter(models.values()))[0]
-    device = next(device.parameters()).device
+    models = scoring.models
     names = pl.Series(schema.scenario_names, dtype=pl.String)
     seq_fields = [f"{f.column} (sequence)" for q in schema.sequences for f in q.fields]
     fields = [*schema.sparse_names, *seq_fields]
@@ -293,14 +299,18 @@ def _score(
     columns = [prob_column(k) for k in models]
     fix = "check that the file is complete and well-formed"
     tick = time.perf_counter()
+    with reading(cfg.input, fix):
+        # one plan, its vocabularies' lookup tables built once; each chunk's slice is pushed
+        # down into the Parquet scan, so a chunk reads and encodes its own rows only
+        encoded_rows = fitted.encode(source)
     with atomic_path(cfg.out) as tmp, _progress(console) as progress:
         task = progress.add_task("predict", total=rows, rate=0.0)
         writer: pq.ParquetWriter | None = None
         try:
             for start in range(0, rows, cfg.chunk_rows):
-                part = source.slice(start, cfg.chunk_rows)
                 with reading(cfg.input, fix):
-                    encoded = fitted.encode(part).collect()
+                    encoded = encoded_rows.slice(start, cfg.chunk_rows).collect()
+                    part = source.slice(start, cfg.chunk_rows)
                     kept = part.select(cfg.keep).collect() if cfg.keep else None
                 cols = Columns.from_arrow(encoded.to_arrow(), schema)
                 _count_unseen(cols, schema, unseen, looked)
@@ -310,7 +320,11 @@ def _score(
                 out["scenario"] = names.gather(cols.scenario.numpy())
                 for key, nets in models.items():
                     p = np.mean(
-                        [score(m, cols, batch_size, device, precision) for m in nets], axis=0
+                        [
+                            score(m, cols, scoring.batch_size, scoring.device, scoring.precision)
+                            for m in nets
+                        ],
+                        axis=0,
                     )
                     out[prob_column(key)] = pl.Series(prob_column(key), p, dtype=pl.Float64)
                 table = pl.DataFrame(out).to_arrow()
