@@ -700,6 +700,9 @@ def predict(
 
     Example: msctr predict runs/mine --input new.csv --out s.parquet --model DNN --ensemble
     """
+    from msctr.train.runtime import limit_heaps
+
+    limit_heaps(threads or 2)  # before Polars' and torch's threads allocate (docs/predict.md)
     from msctr.predict import PredictConfig, render, run_predict
 
     cfg = PredictConfig(

@@ -42,7 +42,7 @@ from msctr.recipe import ModelEntry, Recipe
 from msctr.resources import check_threads
 from msctr.runs import RunFolder, SeedRun
 from msctr.train.loop import predict as score
-from msctr.train.runtime import keep_freed_memory, resolve_device
+from msctr.train.runtime import limit_heaps, release_freed_memory, resolve_device
 
 CHUNK_ROWS = 200_000
 # the key in the output's Parquet metadata that marks it as msctr predict's (so a rerun may
@@ -246,7 +246,9 @@ def run_predict(
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    keep_freed_memory()
+    # not train's keep_freed_memory: chunks of varying sizes would fragment a heap that is
+    # never trimmed, and bounded memory matters more here than page faults
+    limit_heaps(torch.get_num_threads())
     models = {
         e.key: [load_model(recipe, e, schema, s)[0].to(device).eval() for s in seeds]
         for e in entries
@@ -333,6 +335,8 @@ def _score(
                     writer = pq.ParquetWriter(tmp, table.schema.with_metadata(meta))
                 writer.write_table(table)
                 done = start + len(cols)
+                del encoded, cols, table, out
+                release_freed_memory()
                 rate = done / max(time.perf_counter() - tick, 1e-9)
                 progress.update(task, completed=done, rate=rate)
         finally:
