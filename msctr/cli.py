@@ -651,6 +651,13 @@ def bench_inference(
     variants: Annotated[
         str, typer.Option(help="Comma-separated: eager, bf16, compile, compile-bf16.")
     ] = "eager",
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated: torch (the variants), torchscript, onnxruntime (the model "
+            "exported, checked against eager's AUC; onnxruntime needs msctr[export])."
+        ),
+    ] = "torch",
     threads: Annotated[int | None, typer.Option(help="torch intra-op threads.")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda (cuda:N).")] = "cpu",
     rows: Annotated[int | None, typer.Option(help="Score the first N test rows only.")] = None,
@@ -674,6 +681,8 @@ def bench_inference(
     initialised model (the table says which).
 
     Example: msctr bench-inference recipes/synthetic/table.yaml --variants eager,bf16
+
+    Example: msctr bench-inference recipes/synthetic/hierrec.yaml --backend torch,onnxruntime
     """
     from msctr.bench import BenchConfig, parse_int_list, render, run_bench
     from msctr.recipe import load_recipe
@@ -683,6 +692,7 @@ def bench_inference(
         models=[m.strip() for m in models.split(",") if m.strip()] if models else None,
         batch_sizes=parse_int_list(batch_sizes, "--batch-sizes"),
         variants=[v.strip() for v in variants.split(",") if v.strip()],
+        backends=[b.strip() for b in backend.split(",") if b.strip()],
         device=device,
         threads=threads,
         rows=rows,
@@ -692,6 +702,101 @@ def bench_inference(
         out=out,
     )
     render(run_bench(r, cfg, console), console)
+
+
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="Run folder of `msctr train` (runs/<name>).")],
+    input: Annotated[
+        Path, typer.Option("--input", help="Raw rows: CSV or Parquet, as `prepare` read them.")
+    ],
+    out: Annotated[Path, typer.Option(help="Parquet file for the scores.")],
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", help="Score with this model (label); repeatable; default all."),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Whose checkpoint (default: the run's first seed).")
+    ] = None,
+    ensemble: Annotated[
+        bool, typer.Option(help="Mean of the probabilities of every seed of the run.")
+    ] = False,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Rows per forward (default: train.eval_batch_size).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda (cuda:N) or mps.")] = "cpu",
+    threads: Annotated[int | None, typer.Option(help="torch intra-op threads.")] = None,
+    keep: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated input columns copied to the output (keys)."),
+    ] = None,
+    chunk_rows: Annotated[
+        int, typer.Option(help="Rows read, encoded and scored at a time (bounds memory).")
+    ] = 200_000,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="The run's prepared dataset, if it moved (default: recipe.yaml's)."),
+    ] = None,
+) -> None:
+    """Score new raw rows with a trained run: encoded with the run's dataset's encoders (fitted
+    on its training rows), one probability column per model; prints how many values per
+    field training never had (docs/predict.md).
+
+    Example: msctr predict runs/synthetic-hierrec --input tomorrow.parquet --out scores.parquet
+
+    Example: msctr predict runs/mine --input new.csv --out s.parquet --model DNN --ensemble
+    """
+    from msctr.train.runtime import limit_heaps
+
+    limit_heaps(threads or 2)  # before Polars' and torch's threads allocate (docs/predict.md)
+    from msctr.predict import PredictConfig, render, run_predict
+
+    cfg = PredictConfig(
+        input=input,
+        out=out,
+        models=model or None,
+        seed=seed,
+        ensemble=ensemble,
+        batch_size=batch_size,
+        device=device,
+        threads=threads,
+        keep=[c.strip() for c in keep.split(",") if c.strip()] if keep else [],
+        chunk_rows=chunk_rows,
+        data=data,
+    )
+    render(run_predict(run, cfg, console), console)
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="Run folder of `msctr train` (runs/<name>).")],
+    format: Annotated[str, typer.Option("--format", help="torchscript or onnx.")],
+    out: Annotated[Path, typer.Option(help="Folder for the export (written whole, atomically).")],
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", help="Export this model (label); repeatable; default all."),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Whose checkpoint (default: the run's first seed).")
+    ] = None,
+    rows: Annotated[
+        int | None, typer.Option(help="Check on the first N test rows only (default: all).")
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="The run's prepared dataset, if it moved (default: recipe.yaml's)."),
+    ] = None,
+) -> None:
+    """Export a run's models for serving without msctr: TorchScript or ONNX over the prepared
+    id tensors, with encoders.parquet and contract.json (inputs, id ranges, dense statistics);
+    each export is checked against PyTorch on the test split (docs/predict.md#export).
+
+    Example: msctr export runs/synthetic-hierrec --format onnx --out exports/hierrec
+    """
+    from msctr.export import ExportConfig, render, run_export
+
+    cfg = ExportConfig(format, out, models=model or None, seed=seed, data=data, rows=rows)
+    render(run_export(run, cfg, console), console)
 
 
 def print_error(message: str) -> None:

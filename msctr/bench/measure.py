@@ -61,6 +61,10 @@ VARIANTS: dict[str, tuple[str, bool]] = {
     "compile-bf16": ("bf16", True),
 }
 AUC_TOLERANCE = 1e-3
+# where the model runs: torch (the `VARIANTS`, always run: eager is the AUC check's
+# reference), or exported in memory (msctr.export) and run by TorchScript or ONNX Runtime,
+# each one more variant of the tables, checked against eager like bf16 and compile
+BACKENDS = ("torch", "torchscript", "onnxruntime")
 
 
 @dataclass
@@ -68,6 +72,7 @@ class BenchConfig:
     models: list[str] | None = None  # model keys (labels) or names; None = all
     batch_sizes: list[int] = field(default_factory=lambda: [1, 256, 2000, 8192])
     variants: list[str] = field(default_factory=lambda: ["eager"])
+    backends: list[str] = field(default_factory=lambda: ["torch"])
     device: str = "cpu"
     threads: int | None = None
     rows: int | None = None  # score the first N test rows only
@@ -96,6 +101,20 @@ def check_config(cfg: BenchConfig) -> None:
         raise UserError(
             f"unknown variant(s) {bad or cfg.variants}; choose from {', '.join(VARIANTS)}"
         )
+    bad = [b for b in cfg.backends if b not in BACKENDS]
+    if bad or not cfg.backends:
+        raise UserError(
+            f"unknown backend(s) {bad or cfg.backends}; choose from {', '.join(BACKENDS)}"
+        )
+    if set(cfg.backends) - {"torch"} and cfg.device != "cpu":
+        raise UserError(
+            f"--backend {','.join(cfg.backends)}: the exported backends run on the CPU here; "
+            "use --device cpu, or --backend torch"
+        )
+    if "onnxruntime" in cfg.backends:
+        from msctr.export import need_onnx  # the optional extra, named when missing
+
+        need_onnx()
     if not 0 <= cfg.min_seconds < math.inf:  # inf would ask for endless timed calls
         raise UserError(
             f"--min-time must be a finite number of seconds >= 0, e.g. 0.3; got {cfg.min_seconds}"
@@ -106,6 +125,11 @@ def check_config(cfg: BenchConfig) -> None:
         raise UserError(f"--rows must be positive, got {cfg.rows}")
     if cfg.threads is not None and cfg.threads < 1:
         raise UserError(f"--threads must be positive, got {cfg.threads}")
+
+
+def all_variants(cfg: BenchConfig) -> list[str]:
+    """The torch variants, then one per exported backend."""
+    return [*cfg.variants, *(b for b in cfg.backends if b != "torch")]
 
 
 def bench_device(name: str) -> torch.device:
@@ -284,13 +308,19 @@ def bench_model(
     e2e_batch = fixed_batch(cols, min(e2e_bs, len(cols)), device)
     res.macs_per_sample_e2e = flops.forward_flops(model, e2e_batch).macs_per_sample
 
-    for variant in cfg.variants:
+    for variant in all_variants(cfg):
         log(f"{entry.key}: {variant}")
+        plain = variant in VARIANTS and not VARIANTS[variant][1]  # eager or bf16: no compiler
         try:
-            run = runner(model, variant, device)
+            if variant in VARIANTS:
+                run = runner(model, variant, device)
+            else:
+                from msctr.export import backend_runner  # export imports this module
+
+                run = backend_runner(model, variant, schema, fixed_batch(cols, 64, device))
             score_test_split(run, folder, schema, cfg.rows, e2e_bs, device)  # warm-up
-        except Exception as e:  # a compiler missing or failing must not end the benchmark
-            if not VARIANTS[variant][1]:
+        except Exception as e:  # a compiler or exporter failing must not end the benchmark
+            if plain:
                 raise
             res.variants[variant] = VariantFailed(f"{type(e).__name__}: {e}".splitlines()[0])
             continue
@@ -305,7 +335,7 @@ def bench_model(
         by_batch_size = []
         for b in batches.values():
             timing = time_calls(run, b, cfg, device)
-            if not VARIANTS[variant][1]:  # the tracker would trace through compiled graphs
+            if plain:  # the tracker would trace through compiled graphs, and sees no ORT
                 extra = peak_forward_bytes(runner(model, variant, device, False), b, device)
                 timing.peak_bytes = res.weight_bytes + batch_bytes(b) + extra
             by_batch_size.append(timing)
@@ -353,7 +383,7 @@ def run_bench(recipe: Recipe, cfg: BenchConfig, console: Console | None = None) 
         seed=seed,
         machine=machine(device),
         batch_sizes=cfg.batch_sizes,
-        variants=cfg.variants,
+        variants=all_variants(cfg),
         repeats=cfg.repeats,
         e2e_batch_size=recipe.train.eval_batch_size,
     )

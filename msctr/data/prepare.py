@@ -21,7 +21,7 @@ import polars as pl
 
 from msctr.data import schema as S
 from msctr.data.schema import DenseField, Schema, Sequence, SequenceField, SparseField
-from msctr.data.sources.base import FieldMap, SourceTable
+from msctr.data.sources.base import FieldMap, SequenceSpec, SourceTable
 from msctr.errors import UserError
 from msctr.io import (
     atomic_dir,
@@ -440,6 +440,19 @@ def _assign_split(table: SourceTable, frame: pl.LazyFrame, n: int, seed: int) ->
     ).drop(POSITION, strict=False)
 
 
+def split_rows(table: SourceTable, split: str, seed: int = 0) -> pl.LazyFrame:
+    """The raw rows `prepare(table, seed=seed)` puts in `split`, in the order of its
+    <split>.parquet: what `msctr predict` on a split's raw rows reads (its exactness test)."""
+    if split not in S.SPLITS:
+        raise UserError(f"split must be one of {', '.join(S.SPLITS)}, got {split!r}")
+    frame = table.frame
+    if table.fields.order:
+        frame = frame.sort(table.fields.order, maintain_order=True)
+    n = frame.select(pl.len()).collect().item()
+    frame = _assign_split(table, frame.with_row_index(ROW), n, seed)
+    return frame.filter(pl.col(SPLIT) == split).drop(SPLIT, ROW)
+
+
 def prepare(
     table: SourceTable,
     out: str | Path,
@@ -495,6 +508,7 @@ def _prepare(
 ) -> Schema:
     """Everything after the source is readable; writes the dataset's files into `tmp`."""
     f = table.fields
+    raw_types = input_types(f, frame.collect_schema())
     n, label_codes, dense_values = _check_source(table, frame)
     if f.order:
         frame = frame.sort(f.order, maintain_order=True)
@@ -557,6 +571,8 @@ def _prepare(
             "user_column": f.user,
             "session_column": f.session,
             "encoders": "encoders.parquet",
+            # the raw type of every model input column: `msctr predict` reads new rows as these
+            "raw_types": raw_types,
             "prepared_md5": prepared_md5(tmp, min_count),
         },
     )
@@ -729,3 +745,193 @@ def files_md5(paths: list[Path], chunk: int = 1 << 22) -> str:
             while block := fh.read(chunk):
                 digest.update(block)
     return digest.hexdigest()
+
+
+# -- the fitted encoders, applied to new raw rows (msctr predict) ------------------------------
+
+
+def input_types(f: FieldMap, types: pl.Schema) -> dict[str, str]:
+    """The raw type of each column the prepared model inputs come from (scenario, sparse,
+    dense, sequence columns), as Polars names it."""
+    columns = [f.scenario, *f.sparse, *f.dense, *(c for seq in f.sequences for c in seq.columns)]
+    return {c: str(types[c]) for c in dict.fromkeys(columns)}
+
+
+def type_kind(dtype: pl.DataType) -> str:
+    """What a column holds, in words: two types of one kind (Int32 and Int64) encode alike
+    after a cast, two kinds (integers and text) do not."""
+    if isinstance(dtype, (pl.List, pl.Array)):
+        return f"lists of {type_kind(dtype.inner)}"
+    if dtype.is_integer():
+        return "integers"
+    if dtype.is_float():
+        return "decimals"
+    if dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum):
+        return "text"
+    if dtype == pl.Boolean:
+        return "booleans"
+    if dtype == pl.Null:
+        return "nothing (all missing)"
+    return str(dtype)
+
+
+def parse_type(name: str) -> pl.DataType | None:
+    """A type `input_types` recorded, back as a Polars type (None for a type this msctr
+    cannot name back, e.g. a struct: such a column is then read as the input gives it)."""
+    if name.startswith("List(") and name.endswith(")"):
+        inner = parse_type(name[5:-1])
+        return None if inner is None else pl.List(inner)
+    dtype = getattr(pl, name, None)
+    if isinstance(dtype, type) and issubclass(dtype, pl.DataType):
+        return dtype()
+    return None
+
+
+class FittedEncoders:
+    """A prepared dataset's encoders, as fitted on its training rows, read back from its
+    encoders.parquet and schema.json and applied to new raw rows exactly as `prepare` applied
+    them to val/test: the same expressions (`_encoded_columns`), over vocabularies with the
+    same values in the same id order, the same dense statistics, the same partition key.
+
+    The input columns are cast to the types they had when the data was prepared (recorded in
+    schema.json's info.raw_types): a value then reaches the vocabulary as the same value, so
+    it gets the same id (an integer column read as Int32 instead of Int64 included). A column
+    of another kind (text where there were integers) is refused: its values could never match.
+    """
+
+    def __init__(self, folder: str | Path, schema: Schema) -> None:
+        self.folder = Path(folder)
+        self.schema = schema
+        info = schema.info
+        if "scenario_column" not in info or "scenario_values" not in info:
+            raise UserError(
+                f"'{self.folder}/schema.json' does not record the scenario column and values "
+                "(prepared by an older msctr); re-run `msctr prepare` and retrain"
+            )
+        self.fields = FieldMap(
+            label=info.get("label") or S.LABEL,
+            scenario=info["scenario_column"],
+            sparse=schema.sparse_names,
+            dense=schema.dense_names,
+            sequences=[
+                SequenceSpec(q.name, {f.column: f.shares for f in q.fields}, q.max_len)
+                for q in schema.sequences
+            ],
+        )
+        self.raw_types: dict[str, str] = dict(info.get("raw_types") or {})
+        path = self.folder / "encoders.parquet"
+        if not path.is_file():
+            raise UserError(
+                f"prepared dataset '{self.folder}' has no encoders.parquet; re-run `msctr prepare`"
+            )
+        with reading(path, "re-run `msctr prepare` for this dataset"):
+            table = pl.read_parquet(path)
+        self.vocab_text = {
+            name: group.sort("id").get_column("value")
+            for (name,), group in table.group_by("field", maintain_order=True)
+        }
+        for sf in schema.sparse:
+            got = len(self.vocab_text.get(sf.name, ()))
+            if got + 1 != sf.vocab_size:
+                raise UserError(
+                    f"'{path}' holds {got} values of field '{sf.name}', its schema.json says "
+                    f"{sf.vocab_size - 1}; the dataset's files do not belong together: re-run "
+                    "`msctr prepare`"
+                )
+        self.scenario_text = pl.Series(list(info["scenario_values"].values()), dtype=pl.String)
+
+    @property
+    def columns(self) -> list[str]:
+        """The raw columns the model inputs come from."""
+        f = self.fields
+        seq = [c for s in f.sequences for c in s.columns]
+        return list(dict.fromkeys([f.scenario, *f.sparse, *f.dense, *seq]))
+
+    def trained_type(self, column: str) -> pl.DataType | None:
+        name = self.raw_types.get(column)
+        return None if name is None else parse_type(name)
+
+    def check(self, types: pl.Schema, where: str) -> None:
+        """Refuse an input that lacks a column, or holds one of another kind than in
+        training, before anything is read."""
+        missing = [c for c in self.columns if c not in types]
+        if missing:
+            raise UserError(
+                f"{where} lacks column(s) {', '.join(missing)} that the model reads; give "
+                "them as in the table the dataset was prepared from"
+            )
+        for c in self.columns:
+            want = self.trained_type(c)
+            if want is None or types[c] == pl.Null:  # an all-missing column: missing values
+                continue
+            if type_kind(types[c]) != type_kind(want):
+                raise UserError(
+                    f"{where}: column '{c}' holds {type_kind(types[c])} ({types[c]}), but when "
+                    f"the dataset was prepared it held {type_kind(want)} ({want}); give it as "
+                    "in training"
+                )
+
+    def _values(self, text: pl.Series, dtype: pl.DataType | None) -> pl.Series:
+        """Vocabulary values (stored as text) back in the type they were fitted in."""
+        if dtype is None or dtype == pl.String:
+            return text
+        try:
+            return text.cast(dtype, strict=True)
+        except (pl.exceptions.PolarsError, ValueError):
+            return text  # compared as text, as encoders.parquet wrote them
+
+    def encode(self, frame: pl.LazyFrame) -> pl.LazyFrame:
+        """The prepared model columns (`schema` module docstring) of `frame`'s raw rows, in
+        row order; an unseen scenario gets id -1 (`unseen_scenarios` finds them first)."""
+        f = self.fields
+        frame = frame.select(self.columns)
+        types = frame.collect_schema()
+        casts = []
+        for c in self.columns:
+            want = self.trained_type(c)
+            if want is not None and types[c] != want:
+                casts.append(pl.col(c).cast(want))
+        if casts:
+            frame = frame.with_columns(casts)
+            types = frame.collect_schema()
+        vocabs = {}
+        for c in f.sparse:
+            text = self.vocab_text.get(c, pl.Series([], dtype=pl.String))
+            values = self._values(text, self.trained_type(c) or types[c])
+            if values.dtype == pl.String and types[c] != pl.String:  # compared as text
+                frame = frame.with_columns(pl.col(c).cast(pl.String))
+            vocabs[c] = Vocabulary(c, values)
+        enc = Encoders(
+            scenario_values=self.scenario_values(types),
+            scenario_names=self.schema.scenario_names,
+            vocabs=vocabs,
+            dense=self.schema.dense,
+        )
+        dense_values = _dense_values(frame, f.dense, types)
+        exprs, _ = _encoded_columns(f, enc, pl.lit(0, pl.Int8), dense_values)
+        key = pl.concat_str(
+            [pl.col(c).cast(pl.String) for c in self.schema.partition_fields], separator="|"
+        )
+        part = Vocabulary("_key", self.vocab_text.get("_key", pl.Series([], dtype=pl.String)))
+        return frame.select(exprs).with_columns(part.encode(key).alias(S.PARTITION))
+
+    def scenario_values(self, types: pl.Schema) -> pl.Series:
+        c = self.fields.scenario
+        return self._values(self.scenario_text, self.trained_type(c) or types[c])
+
+    def unseen_scenarios(self, frame: pl.LazyFrame) -> tuple[int, list]:
+        """Rows of `frame` whose scenario value training never had (or is missing), and up
+        to five of those values."""
+        c = self.fields.scenario
+        want = self.trained_type(c)
+        col = pl.col(c) if want is None else pl.col(c).cast(want)
+        known = self.scenario_values(frame.collect_schema() if want is None else {c: want})
+        if known.dtype == pl.String:
+            col = col.cast(pl.String)
+        bad = frame.select(col.alias(c)).filter(
+            ~pl.col(c).is_in(known.implode()) | pl.col(c).is_null()
+        )
+        found = bad.select(
+            pl.len(), pl.col(c).unique(maintain_order=True).head(5).implode()
+        ).collect()
+        return int(found.item(0, 0)), list(found.item(0, 1))

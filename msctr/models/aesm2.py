@@ -146,8 +146,13 @@ class ScenarioLayer(nn.Module):
         if self.training and self.p.gate_noise > 0:
             noisy = gates + self.p.gate_noise * torch.randn_like(gates)
         sel = select_experts(noisy, scenario, self.p.top_k_specific, self.p.top_k_shared)
-        chosen = torch.zeros_like(own, dtype=torch.bool)
-        chosen.scatter_(1, sel.specific, True).scatter_(1, sel.shared, True)
+        # out of place, with tensor sources: TorchScript's tracer cannot save an in-place
+        # scatter of a Python scalar (msctr export)
+        chosen = (
+            torch.zeros_like(own, dtype=torch.bool)
+            .scatter(1, sel.specific, torch.ones_like(sel.specific, dtype=torch.bool))
+            .scatter(1, sel.shared, torch.ones_like(sel.shared, dtype=torch.bool))
+        )
         # softmax over the selected experts only (the others get weight exactly 0)
         w = torch.softmax(own.masked_fill(~chosen, float("-inf")), dim=-1)
         if self.training:

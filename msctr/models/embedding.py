@@ -117,7 +117,9 @@ class FeatureEmbedding(nn.Module):
         m = batch.seq_mask[i].to(self.table.weight.dtype)  # [B, L]
         w = m / (K * m.sum(1, keepdim=True).clamp_min(1.0))  # [B, L]; empty rows -> zeros
         w = w.unsqueeze(-1).expand(B, L, K).reshape(B, L * K)
-        if ids.device.type == "cpu":
+        # the custom backward only matters with gradients; without them the plain op below is
+        # the same forward, and one a tracer can save (msctr export: TorchScript)
+        if ids.device.type == "cpu" and torch.is_grad_enabled():
             rows, pos = self.touched(ids) if self.table.sparse else (self.table.weight, ids)
             return _WeightedBag.apply(rows, pos.reshape(B, L * K), w)
         return nn.functional.embedding_bag(

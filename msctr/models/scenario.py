@@ -17,6 +17,7 @@ from msctr.models.kernels import (
     chunked_linear,
     dense_select_linear,
     grouped_linear,
+    grouped_linear_reference,
     matmul_dtype,
     padded_layout,
 )
@@ -48,6 +49,11 @@ class ScenarioGroups:
         S = num_scenarios
         dev = scenario.device
         self.scenario = scenario
+        # under a trace (msctr export) the layouts below would be frozen: their sizes are
+        # Python ints taken from this batch's counts; `linear` picks each scenario's rows
+        self.traced = torch.jit.is_tracing()
+        if self.traced:
+            return
         # grouped_mm: CPU eager only (compiled graphs accept it for bf16 inputs only)
         self.grouped = dev.type == "cpu" and chunk is None and not torch.compiler.is_compiling()
         sorted_s, order = torch.sort(scenario, stable=True)
@@ -94,6 +100,8 @@ class ScenarioGroups:
         """
         if weight.dim() == 3 and weight.shape[0] * weight.shape[2] <= DENSE_SELECT:
             return dense_select_linear(x, weight, bias, self.scenario)
+        if self.traced:
+            return grouped_linear_reference(x, weight, bias, self.scenario)
         if self.grouped:
             if matmul_dtype(x) in GROUPED_DTYPES:
                 return grouped_linear(x, weight, bias, self.scenario, self.order, self._layout)

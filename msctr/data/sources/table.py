@@ -52,25 +52,17 @@ def _check_complete(path: Path, head: bytes, separator: str) -> None:
         )
 
 
-def read_table(
-    path: str | Path,
-    label: str,
-    scenario: str,
-    sparse: str,
-    dense: str = "",
-    user: str | None = None,
-    session: str | None = None,
-    order: str | None = None,
-    split: str = "sequential",
-) -> SourceTable:
+def scan(path: str | Path, types: dict[str, pl.DataType] | None = None) -> pl.LazyFrame:
+    """A CSV, TSV or Parquet file as a LazyFrame, after the checks a table gets (exists, its
+    format, text that is UTF-8, a CSV not cut off, no repeated column name). `types`: read
+    these CSV columns as these types (msctr predict reads new rows as the training rows were
+    read) instead of guessing from the first rows."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"table '{path}' not found")
     suffix = path.suffix.lower()
     if suffix not in (".parquet", ".csv", ".tsv", ".txt"):
         raise UserError(f"table '{path}': expected a .csv, .tsv or .parquet file")
-    if split not in ("sequential", "random"):
-        raise UserError(f"--split must be sequential or random, got {split!r}")
     try:
         with open(path, "rb") as fh:
             head = fh.read(1 << 16)
@@ -84,7 +76,12 @@ def read_table(
         if suffix == ".parquet":
             frame = pl.scan_parquet(path)
         else:
-            frame = pl.scan_csv(path, separator=separator, infer_schema_length=INFER_ROWS)
+            frame = pl.scan_csv(
+                path,
+                separator=separator,
+                infer_schema_length=INFER_ROWS,
+                schema_overrides=types or None,
+            )
         columns = frame.collect_schema().names()
     for c in columns:
         m = _DUPLICATED.match(c)
@@ -93,6 +90,24 @@ def read_table(
                 f"table '{path}' has the column name '{m['name']}' twice in its header; "
                 "rename one of them"
             )
+    return frame
+
+
+def read_table(
+    path: str | Path,
+    label: str,
+    scenario: str,
+    sparse: str,
+    dense: str = "",
+    user: str | None = None,
+    session: str | None = None,
+    order: str | None = None,
+    split: str = "sequential",
+) -> SourceTable:
+    path = Path(path)
+    if split not in ("sequential", "random"):
+        raise UserError(f"--split must be sequential or random, got {split!r}")
+    frame = scan(path)
     fields = FieldMap(
         label=label,
         scenario=scenario,
