@@ -15,10 +15,11 @@ training seed. Searches:
 - `tpe+median`: 10 TPE trials, median pruner.
 
 For each it prints the configuration chosen, its validation AUC, where that point ranks in
-the exhaustive grid, and the compute: epochs trained over all trials (every epoch is one pass
-over the same train rows, so epochs are compute) and the trials' training seconds, each as a
-fraction of the exhaustive grid's. "Within noise" is judged against the seed-to-seed spread
-of the exhaustive winner: the same point trained with seeds 1 and 2 besides 0.
+the exhaustive grid, and the compute: epochs trained over all trials, as a fraction of the
+exhaustive grid's (every epoch is one pass over the same train rows and one scoring of the
+same validation rows, so epochs are compute; seconds are not, on a machine whose load moves).
+"Within noise" is judged against the seed-to-seed spread of the exhaustive winner: the same
+point trained with seeds 1 and 2 besides 0.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def recipe(data: Path, out: Path, seed: int, only: dict | None = None) -> dict:
     """The §4.1 space for DNN and MMoE; `only` pins each model's space to one point."""
     models = []
     for name, label, key in MODELS:
+        if only is not None and label not in only:
+            continue
         space = {key: {"choice": [only[label]]}} if only else {key: SPACE}
         models.append({"name": name, "label": label, "search": space})
     return {
@@ -65,12 +68,17 @@ def recipe(data: Path, out: Path, seed: int, only: dict | None = None) -> dict:
     }
 
 
-def tune(work: Path, name: str, raw: dict, args: list[str]) -> Path:
+def tune(work: Path, name: str, raw: dict, args: list[str], reuse: bool) -> Path:
+    """`msctr tune` of `raw` into <out>-tune, from scratch; with `reuse`, a search that
+    finished earlier (its results.json there) is read, not run again."""
+    folder = Path(f"{raw['out']}-tune")
+    if reuse and (folder / "results.json").exists():
+        return folder
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     cmd = [sys.executable, "-m", "msctr", "tune", str(path), "--fresh", *args]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return Path(f"{raw['out']}-tune")
+    return folder
 
 
 def trials(folder: Path, label: str) -> list[optuna.trial.FrozenTrial]:
@@ -92,6 +100,7 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=Path("/tmp/msctr-bench-synthetic"))
     p.add_argument("--work", type=Path, default=None)
     p.add_argument("--rows", type=int, default=200_000, help="rows of the prepared data")
+    p.add_argument("--reuse", action="store_true", help="read searches finished in --work")
     a = p.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     if not (a.data / "schema.json").exists():
@@ -114,7 +123,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     found: dict[str, Path] = {}
     for name, args in SEARCHES.items():
-        found[name] = tune(work, name, recipe(a.data, work / name, 0), args)
+        found[name] = tune(work, name, recipe(a.data, work / name, 0), args, a.reuse)
         print(f"ran {name}", file=sys.stderr, flush=True)
     done = optuna.trial.TrialState.COMPLETE
     report: dict = {}
@@ -124,36 +133,31 @@ def main() -> None:
         by_point = {json.dumps(point(t, key)): t.value for t in ranked}
         order = list(by_point)
         full_epochs = sum(epochs_of(t) for t in grid)
-        full_seconds = sum(t.user_attrs.get("train_seconds", 0.0) for t in grid)
         winner = point(ranked[0], key)
         # the winner's seed-to-seed spread on validation: seeds 1 and 2 besides 0
         spread = [ranked[0].value]
         for seed in (1, 2):
             raw = recipe(a.data, work / f"seed{seed}-{label}", seed, {label: winner})
-            raw["models"] = [m for m in raw["models"] if m["label"] == label]
-            folder = tune(work, f"seed{seed}-{label}", raw, ["--sampler", "grid"])
+            folder = tune(work, f"seed{seed}-{label}", raw, ["--sampler", "grid"], a.reuse)
             spread.append(trials(folder, label)[0].value)
         report[label] = {"winner_seed_values": spread, "searches": {}}
         print(f"\n{label}: exhaustive grid of {len(grid)} points; winner {winner}, "
               f"val AUC over seeds 0,1,2: {statistics.mean(spread):.4f} "
               f"± {statistics.stdev(spread):.4f}")  # fmt: skip
         print(f"{'search':<14}{'trials':>7}{'pruned':>7}  {'chosen':<22}{'val AUC':>8}"
-              f"{'rank':>6}{'epochs':>8}{'ratio':>7}{'seconds':>9}{'ratio':>7}")  # fmt: skip
+              f"{'rank':>6}{'epochs':>8}{'ratio':>7}")  # fmt: skip
         for name, folder in found.items():
             ts = trials(folder, label)
             best = max((t for t in ts if t.state == done), key=lambda t: t.value)
             chosen = point(best, key)
             epochs = sum(epochs_of(t) for t in ts)
-            seconds = sum(t.user_attrs.get("train_seconds", 0.0) for t in ts)
             pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in ts)
             rank = order.index(json.dumps(chosen)) + 1
             print(f"{name:<14}{len(ts):>7}{pruned:>7}  {str(chosen):<22}{best.value:>8.4f}"
-                  f"{rank:>6}{epochs:>8}{epochs / full_epochs:>7.2f}{seconds:>9.1f}"
-                  f"{seconds / full_seconds:>7.2f}")  # fmt: skip
+                  f"{rank:>6}{epochs:>8}{epochs / full_epochs:>7.2f}")  # fmt: skip
             report[label]["searches"][name] = {
                 "trials": len(ts), "pruned": pruned, "chosen": chosen, "val_auc": best.value,
                 "rank_in_grid": rank, "epochs": epochs, "epochs_ratio": epochs / full_epochs,
-                "train_seconds": seconds, "seconds_ratio": seconds / full_seconds,
             }  # fmt: skip
     (work / "tune_pruning.json").write_text(json.dumps(report, indent=2))
     print(f"\nwrote {work / 'tune_pruning.json'}")
