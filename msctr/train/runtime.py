@@ -102,6 +102,16 @@ def stop_at_step_boundaries() -> Iterator[None]:
     stop.check()
 
 
+def _glibc() -> ctypes.CDLL | None:
+    """glibc, whose malloc the functions below tune; None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
 def keep_freed_memory() -> None:
     """Ask glibc's malloc to keep freed memory for reuse instead of returning it to the OS.
 
@@ -110,11 +120,8 @@ def keep_freed_memory() -> None:
     per 4 KiB: up to 7x the cost of a ReLU over the tensor, about 10 % of an MMoE bf16 step.
     Process-wide and idempotent; does nothing where malloc is not glibc's.
     """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
+    libc = _glibc()
+    if libc is None:
         return
     m_trim_threshold, m_mmap_threshold = -1, -3
     libc.mallopt(m_mmap_threshold, 1 << 30)  # serve big blocks from the heap ...
@@ -127,11 +134,8 @@ def limit_heaps(threads: int) -> None:
     memory freed in one heap serves no other: with Polars', Arrow's and torch's threads all
     allocating, `msctr predict`'s resident memory grew chunk after chunk. Process-wide;
     does nothing where malloc is not glibc's."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
+    libc = _glibc()
+    if libc is None:
         return
     m_arena_max = -8
     libc.mallopt(m_arena_max, max(2, threads))
@@ -145,12 +149,9 @@ def release_freed_memory() -> None:
     the process's resident memory creeps up with every chunk although nothing is kept.
     Trimming once per chunk (with `limit_heaps`) keeps it at the first chunk's. Does nothing
     where malloc is not glibc's."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        return
+    libc = _glibc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def resolve_device(name: str) -> torch.device:
