@@ -51,6 +51,7 @@ RUN_FILES = (
 SWEEP_FILES = ("results.json", "report.md", "sweep.png")
 # what `msctr tune` writes in its folder (docs/tune.md); Optuna's SQLite journal beside tune.db
 TUNE_FILES = ("tune.db", "tune.db-journal", "tuned.yaml", "results.json", ".claim")
+TUNE_TRACKERS = ("tensorboard", "mlflow.db", "mlartifacts")  # train.log's stores, every trial
 TUNE_FIGURE = re.compile(r"(history|importance)_.+\.png")  # a model's figures of its study
 _SEED = re.compile(r"seed_\d+")
 _FIGURE = re.compile(r"head_weights_.+\.png")
@@ -325,7 +326,11 @@ def check_tune_folder(root: Path, inputs: Iterable[Path | str | None] = ()) -> N
     subject = f"the tune folder '{root}'"
 
     def ours(p: Path) -> bool:
-        return p.name in TUNE_FILES or bool(TUNE_FIGURE.fullmatch(p.name)) or _lock_or_temporary(p)
+        return (
+            p.name in (*TUNE_FILES, *TUNE_TRACKERS)
+            or bool(TUNE_FIGURE.fullmatch(p.name))
+            or _lock_or_temporary(p)
+        )
 
     if _existing_folder(root, subject, OUT_HINT, inputs):
         _refuse_foreign(root, subject, OUT_HINT, ours)

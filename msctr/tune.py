@@ -52,6 +52,7 @@ from msctr.runs import TUNE_FIGURE, TUNE_FILES, check_labels, check_tune_folder,
 from msctr.search import Spec, grid_size, model_space, parse_space
 from msctr.sweep import model_index
 from msctr.tables import Table, print_tables
+from msctr.track import check_available
 from msctr.train.loop import fit_one, load_training_data, make_progress
 from msctr.train.runtime import resolve_device, stop_at_step_boundaries
 from msctr.train.splits import SplitData
@@ -406,6 +407,7 @@ def run_tune(
         )
     # everything that can refuse the command runs before the folder is touched
     resolve_device(recipe.train.device)
+    check_available(recipe.train.log)
     check_labels(e.key for e in recipe.models)
     targets = plan(recipe, model, sampler)
     folder = tune_folder(recipe)
@@ -556,8 +558,9 @@ def _trial(
     try:
         with scratch_dir(work.folder / "trial") as run:  # checkpoints of the trial, then gone
             summary = fit_one(
-                r, r.models[0], r.train.seeds[0], data, run, progress, on_epoch=report
-            )
+                r, r.models[0], r.train.seeds[0], data, run, progress, on_epoch=report,
+                tracking=work.folder, track_as=f"{target.label}/trial_{trial.number}",
+            )  # fmt: skip
     except optuna.TrialPruned as e:
         console.print(Text(f"trial {trial.number} of {target.label}: {_shown(values)}: "
                            f"pruned, {e}"))  # fmt: skip

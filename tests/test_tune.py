@@ -544,3 +544,17 @@ def test_tuned_report_says_which_budget_each_model_got(capsys, tmp_path, data_di
     report = (Path(f"{tmp_path / 'run-smoke'}-tuned") / "report.md").read_text()
     assert "| MMoE | params.dropout, params.expert_hidden | 2 |" in report
     assert "Not tuned" not in report
+
+
+def test_trials_reach_the_trackers_each_as_its_own_run(capsys, tmp_path, data_dir):
+    """train.log in a tuned recipe: every trial's epochs go to the tune folder's TensorBoard
+    store as a run of its own, <label>/trial_<n> (its checkpoints' folder is scratch)."""
+    pytest.importorskip("tensorboard")
+    recipe = write_recipe(tmp_path, data_dir)
+    args = ["tune", str(recipe), "--smoke", "--model", "DNN", "--set", "train.log=[tensorboard]"]
+    code, out, err = run_main(capsys, *args)
+    assert code == 0, err
+    runs = tmp_path / "run-smoke-tune" / "tensorboard" / "DNN"
+    assert sorted(p.name for p in runs.iterdir()) == ["trial_0", "trial_1"]
+    for trial in runs.iterdir():
+        assert any(p.name.startswith("events.out.tfevents") for p in trial.iterdir())

@@ -38,10 +38,12 @@ class History:
         state: dict | None,
         main: bool = True,
         tracking: Path | None = None,
+        run: str | None = None,
     ):
         """`state`: the resume state the run continues from (None: it starts afresh);
         `tracking`: the folder holding the trackers' stores (the run folder; None: no
-        trackers, only history.jsonl)."""
+        trackers, only history.jsonl); `run`: the run's name there (default: its seed folder
+        relative to `tracking`; a tune trial, whose folder is scratch, names itself)."""
         self.main, self.files, self.num_scenarios = main, files, schema.num_scenarios
         self.lines: list[dict] = []
         if state is not None:  # a state from before history.jsonl: its log lines, the same epochs
@@ -52,7 +54,7 @@ class History:
             return
         write_text(files.history, "".join(json.dumps(r) + "\n" for r in self.lines))
         if tracking is not None and recipe.train.log:
-            run = files.folder.resolve().relative_to(tracking.resolve()).as_posix()
+            run = run or files.folder.resolve().relative_to(tracking.resolve()).as_posix()
             params = {"recipe": recipe.name, "label": entry.key, "run": run, "data": recipe.data}
             target = Target(tracking, recipe.name, run, schema.scenario_names, params | fingerprint)
             self.trackers = Trackers(recipe.train.log, target, self.lines, state is not None)

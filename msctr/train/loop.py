@@ -270,6 +270,7 @@ def fit_one(
     fingerprint: dict | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     tracking: Path | None = None,
+    track_as: str | None = None,
 ) -> dict:
     """Train one model with one seed; write checkpoint, predictions and log; return a summary.
 
@@ -277,7 +278,8 @@ def fit_one(
     scored and recorded, with its validation figures (`auc`, `logloss`): `msctr tune` reports
     them to Optuna's pruner there, and an exception it raises ends the run. Each epoch's
     figures go to history.jsonl, and to `train.log`'s trackers in the `tracking` folder's
-    stores (the run folder; None: no trackers).
+    stores (the run folder; None: no trackers), as the run `track_as` (default: the seed
+    folder's path there).
 
     After each epoch the whole training state (weights, every optimizer's state, early
     stopping, the epoch, every random state) goes to `last.pt`; a run that finds one continues
@@ -315,7 +317,9 @@ def fit_one(
             best_state = {k: v.to(device) for k, v in best_state.items()}
         set_rng_state(state["rng_ranks"][w.rank] if w.parallel else state["rng"])
     restored = resumed[0] if resumed is not None else None
-    history = History(files, recipe, entry, data.schema, fingerprint, restored, w.main, tracking)
+    history = History(
+        files, recipe, entry, data.schema, fingerprint, restored, w.main, tracking, track_as
+    )
     # the compiled module shares the model's parameters; checkpoints come from `model`.
     # Scoring uses the model itself, never the DDP wrapper (whose forward is a collective)
     scorer = torch.compile(model) if t.compile else model
