@@ -35,6 +35,9 @@ ROUTED = {
     # MARIA's coupling vectors (one per scenario) are left out on purpose: the coupling gate
     # weighs each scenario's shared tower by its similarity to every other scenario
     "maria": ["towers.hidden.0.", "towers.out."],
+    # HiNet's scenario-specific SEIs are left out on purpose: its SAN weighs every other
+    # scenario's SEI into each row's transfer representation; the task layer is routed
+    "hinet": ["task_specific.", "task_gate.", "towers.hidden.0.", "towers.out."],
 }
 
 
