@@ -64,6 +64,7 @@ SMALL = {
         "task_expert_hidden": [16],
         "tower_hidden": [8],
     },
+    "hamur": {"embed_dim": 8, "hidden": [32, 16], "hyper_hidden": [8], "k": 4, "bottleneck": 8},
 }
 
 
