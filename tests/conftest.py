@@ -54,6 +54,17 @@ SMALL = {
         "expert_hidden": [32],
         "tower_hidden": [16],
     },
+    "hinet": {
+        "embed_dim": 8,
+        "sub_experts": 2,
+        "sei_hidden": [16],
+        "san_hidden": [8],
+        "task_specific_experts": 2,
+        "task_shared_experts": 2,
+        "task_expert_hidden": [16],
+        "tower_hidden": [8],
+    },
+    "hamur": {"embed_dim": 8, "hidden": [32, 16], "hyper_hidden": [8], "k": 4, "bottleneck": 8},
 }
 
 
@@ -119,6 +130,19 @@ def schema() -> Schema:
 @pytest.fixture
 def batch(schema: Schema) -> Batch:
     return make_batch(schema)
+
+
+def rows_of(batch: Batch, index: torch.Tensor) -> Batch:
+    """The rows `index` of `batch`, as a batch of their own."""
+    return Batch(
+        scenario=batch.scenario[index],
+        sparse=batch.sparse[index],
+        dense=batch.dense[index],
+        label=batch.label[index],
+        partition=batch.partition[index],
+        seq_ids=tuple(t[index] for t in batch.seq_ids),
+        seq_mask=tuple(t[index] for t in batch.seq_mask),
+    )
 
 
 def planted_batch(schema: Schema, size: int, seed: int) -> Batch:

@@ -29,6 +29,8 @@ be pooled by target attention on the candidate (MARIA: mean pooling before; SFPN
 query is now the mean of the candidate's fields the sequence's attributes share, not the
 first attribute's field alone), on the same AMD EPYC with AVX-512.
 
+HiNet's and HAMUR's pins (issue 30) were taken on the same AMD EPYC with AVX-512, torch 2.13.0+cpu.
+
 CPUs the pins were checked on: AMD EPYC with AVX-512 (avx512_bf16, torch 2.13.0+cpu, numpy
 2.4.6), 2026-12-06. The fp32 pins they replace (recorded on AMD EPYC AVX2 and AVX-512) had
 failed on an Intel Xeon with AVX-512 and AMX (issue 22).
@@ -54,7 +56,9 @@ PINNED = {
     "dcn": [0.6952224520092039, 0.6757104424029685, 0.6777879271774921],
     "deepfm": [0.7236117153996486, 0.6785855216806254, 0.700535228893936],
     "dnn": [0.6835721590257418, 0.6824842303216174, 0.6746984584270154],
+    "hamur": [0.7673569901536544, 0.7349475532437284, 0.6952492023673982],
     "hierrec": [0.7870675368114548, 0.7159660314890621, 0.7152687819124575],
+    "hinet": [0.690310279784409, 0.6912980867120708, 0.6930933476195965],
     "hmdn": [0.7493596565695883, 0.6972397277057548, 0.6926090249542015],
     "maria": [0.6936925571329147, 0.6982970452964452, 0.7093402734614866],
     "mmoe": [0.7172064256870136, 0.6940684233795116, 0.6844984946087587],
@@ -169,7 +173,7 @@ def test_fp32_computes_the_pinned_model(name):
     assert got[0] == pytest.approx(reference[0], rel=1e-5)
 
 
-@pytest.mark.parametrize("name", ["star", "ple"])
+@pytest.mark.parametrize("name", ["star", "ple", "hinet"])
 def test_bf16_autocast_computes_the_pinned_model(name):
     """bf16 runs (grouped_mm, oneDNN or AMX kernels) differ from fp32 by bf16's rounding, not
     by a different model."""

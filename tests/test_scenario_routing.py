@@ -35,6 +35,21 @@ ROUTED = {
     # MARIA's coupling vectors (one per scenario) are left out on purpose: the coupling gate
     # weighs each scenario's shared tower by its similarity to every other scenario
     "maria": ["towers.hidden.0.", "towers.out."],
+    # HiNet's scenario-specific SEIs are left out on purpose: its SAN weighs every other
+    # scenario's SEI into each row's transfer representation; the task layer is routed
+    # HAMUR: the backbone, and the factors, biases and domain norms of the adapters; the
+    # hyper-network is shared by all scenarios
+    "hamur": [
+        "layers.0.",
+        "layers.1.",
+        "norms.0.",
+        "out.",
+        "adapters.0.down.U",
+        "adapters.0.down.V",
+        "adapters.0.up.",
+        "adapters.0.norm.",
+    ],
+    "hinet": ["task_specific.", "task_gate.", "towers.hidden.0.", "towers.out."],
 }
 
 
