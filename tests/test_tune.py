@@ -321,7 +321,7 @@ def scripted_fit(monkeypatch, loglosses: list[float]) -> list[Path]:
     engine does; returns the trial folders it was given. Pruning without training."""
     folders: list[Path] = []
 
-    def fit_one(recipe, entry, seed, data, run_dir, progress=None, fingerprint=None, on_epoch=None):
+    def fit_one(recipe, entry, seed, data, run_dir, progress=None, on_epoch=None, **tracking):
         value = loglosses[len(folders)] if len(folders) < len(loglosses) else 0.5
         folders.append(Path(run_dir))
         for epoch in range(1, recipe.train.epochs + 1):
