@@ -38,7 +38,7 @@ err_console = Console(stderr=True)
 
 app = typer.Typer(
     help="Multi-scenario CTR research end to end: prepare, train, eval, ablate, sweep, "
-    "tune, bench-inference.",
+    "tune, predict, export, bench-inference.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
