@@ -5,9 +5,9 @@ Both are optional extras, imported only where a recipe's `train.log` names them.
 holds the stores: `tensorboard/<model>/seed_<k>/` (event files) and `mlflow.db` with
 `mlartifacts/` (MLflow's local SQLite store; its plain-file store is retired). Each (model,
 seed) run is one TensorBoard run and one MLflow run, found again by its name when it resumes,
-so a run stopped (even killed) and resumed has one continuous curve: TensorBoard's writer
-reopens with purge_step=1, which hides what earlier writers wrote, and writes the restored
-history again; the MLflow run gets the epochs past the last one it holds.
+so a run stopped (even killed) and resumed has one continuous curve: TensorBoard's earlier
+event files of the run are replaced by a writer that writes the restored history again; the
+MLflow run gets the epochs past the last one it holds.
 
 history.jsonl stays the source of truth: a tracker is told an epoch only after the resume
 state holding it is on disk, so it never holds an epoch the resumed run does not.
@@ -114,8 +114,12 @@ class _TensorBoard:
         from torch.utils.tensorboard import SummaryWriter
 
         folder = RunFolder(target.root).tensorboard / target.run
-        # steps are epochs from 1: purging from 1 hides every earlier writer's points, so the
-        # curve is exactly this run's history, however often it was stopped
+        # the run's curve is its history, written again whole (the restored epochs below): an
+        # earlier writer's files go. Purging alone is not enough: readers order the files by
+        # name, whose time is in whole seconds, so a writer started in the same second as
+        # the one it replaces (a resume right after a kill) could sort first and be purged
+        for old in folder.glob("events.out.tfevents.*"):
+            old.unlink()
         self.writer = SummaryWriter(str(folder), purge_step=1)
         for r in restored:
             self.epoch(r["epoch"], scalars(r, target.scenarios))
