@@ -186,17 +186,10 @@ def collect(
 def compare(model: ModelRuns, ref: ModelRuns, alpha: float, test: str = "welch") -> dict:
     """`model`'s AUCs against the reference's: Welch's t, Mann-Whitney U and (over shared
     seeds) paired t; `test` (the recipe's eval.test) decides `significant`."""
-    a, b = model.values("auc"), ref.values("auc")
-    out: dict = {"reference": ref.key, "n": len(a), "n_reference": len(b)}
-    if len(a) >= 2 and len(b) >= 2:
-        out["welch_p"] = T.welch_t(a, b)
-        out["mannwhitney_p"] = T.mann_whitney(a, b)
-        shared = sorted(set(model.seeds) & set(ref.seeds))
-        if len(shared) >= 2:
-            ia = [model.seeds.index(s) for s in shared]
-            ib = [ref.seeds.index(s) for s in shared]
-            out["paired_p"] = T.paired_t(a[ia], b[ib])
-        out["significant"] = bool(out[f"{test}_p"] < alpha)
+    out: dict = {"reference": ref.key, "n": len(model.runs), "n_reference": len(ref.runs)}
+    over_seeds = seed_tests(model, ref, "auc", alpha, test)
+    if over_seeds:
+        out |= over_seeds
     else:  # a single run each: DeLong's test on the shared test set
         pm, pr = model.predictions(model.seeds[0]), ref.predictions(ref.seeds[0])
         d = T.delong(pm[S.LABEL].to_numpy(), pm["prob"].to_numpy(), pr["prob"].to_numpy())
@@ -738,9 +731,9 @@ TESTS_RUN = ("welch", "mannwhitney", "paired")  # seed_tests' p-values, in repor
 
 
 def seed_tests(model: ModelRuns, ref: ModelRuns, metric: str, alpha: float, test: str) -> dict:
-    """`model`'s per-seed values of `metric` against `ref`'s, with the tests `compare` runs on
-    AUC over seeds (Welch, Mann-Whitney U, paired t over shared seeds); `test` decides
-    `significant`. Empty for single runs: DeLong's test is AUC's alone. The calibration
+    """`model`'s per-seed values of `metric` against `ref`'s: Welch's t, Mann-Whitney U and
+    paired t over shared seeds; `test` decides `significant`. Empty for single runs (for AUC
+    `compare` then runs DeLong's test, which is AUC's alone). The calibration
     ratio is tested by its distance from 1, so 0.9 and 1.1 are equally good."""
     a, b = model.values(metric), ref.values(metric)
     if metric == "calibration":
