@@ -145,6 +145,16 @@ def rows_of(batch: Batch, index: torch.Tensor) -> Batch:
     )
 
 
+def assert_rows_alone_match(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """`model` (in eval mode) scores each row of `batch` alone as it scores it in the batch: a
+    row's score never depends on its batch-mates. Returns the batch's scores."""
+    with torch.no_grad():
+        together = model(batch)
+        alone = torch.cat([model(rows_of(batch, torch.tensor([i]))) for i in range(len(batch))])
+    torch.testing.assert_close(alone, together, rtol=1e-5, atol=1e-6)
+    return together
+
+
 def planted_batch(schema: Schema, size: int, seed: int) -> Batch:
     """A batch whose label follows a known rule mixing scenario, fields, dense and sequence.
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 from conftest import (
     SMALL,
+    assert_rows_alone_match,
     assert_trains,
     load_shared,
     make_batch,
     make_schema,
-    rows_of,
     train_and_auc,
 )
 
@@ -132,11 +132,7 @@ def test_eval_score_does_not_depend_on_batch_mates(schema):
     model.train()
     model(make_batch(schema, 64, seed=3))
     model.eval()
-    batch = make_batch(schema, 24, seed=4)
-    with torch.no_grad():
-        together = model(batch)
-        alone = torch.cat([model(rows_of(batch, torch.tensor([i]))) for i in range(len(batch))])
-    torch.testing.assert_close(alone, together, rtol=1e-5, atol=1e-6)
+    assert_rows_alone_match(model, make_batch(schema, 24, seed=4))
 
 
 @pytest.mark.parametrize(
