@@ -22,13 +22,7 @@ from msctr.train.loop import train_recipe
 
 def pick_model(recipe: Recipe, key: str | None) -> ModelEntry:
     if key is not None:
-        for m in recipe.models:
-            if key in (m.key, m.name):
-                return m
-        raise UserError(
-            f"--model {key!r} is not in the recipe; its models: "
-            f"{', '.join(m.key for m in recipe.models)}"
-        )
+        return recipe.models[recipe.model_index(key, "--model")]
     with_switches = [m for m in recipe.models if get_spec(m.name).switches]
     if not with_switches:
         raise UserError(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -99,7 +100,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, list | tuple):
             raise UserError(f"{where} must be a list, got {value!r}")
         inner = args[0] if args else Any
-        items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        # list items spelled as `--set` names them: train.seeds.0
+        items = [_coerce(v, inner, f"{where}.{i}") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
@@ -165,17 +167,20 @@ def from_dict(cls: type[T], data: dict | None, where: str) -> T:
     return obj
 
 
-def set_path(tree: dict, dotted: str, value: Any) -> None:
-    """Apply one `--set a.b.c=value` override to a nested dict (list items by index)."""
-    keys = dotted.split(".")
-    node: Any = tree
-    for k in keys[:-1]:
-        if isinstance(node, list):
-            node = node[int(k)]
-        else:
-            node = node.setdefault(k, {})
-    last = keys[-1]
-    if isinstance(node, list):
-        node[int(last)] = value
-    else:
-        node[last] = value
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def parse_value(text: str, what: str) -> Any:
+    """A value given on the command line (`--set`, `--vary`): a YAML scalar or list (3, 1e-3,
+    true, [0,1,2], hello), and text that reads as a number is that number (YAML 1.1 reads
+    1e-3 as text). Not valid YAML: a one-line UserError naming `what`."""
+    try:
+        value = parse_yaml(text)
+    except yaml.YAMLError:
+        raise UserError(
+            f"{what}: value {text!r} is not valid YAML; quote text that holds ': ' or "
+            "starts with '[' or '{'"
+        ) from None
+    if isinstance(value, str) and _NUMBER.fullmatch(value):
+        return float(value)
+    return value

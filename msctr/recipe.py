@@ -1,7 +1,11 @@
 """Recipes: one YAML file says what data, which models, how to train and how to evaluate.
 
 Every key is checked: an unknown or mistyped key is a one-line error naming it, and each
-model's `params` are checked against that model's hyperparameter dataclass.
+model's `params` are parsed into that model's hyperparameter dataclass, once, here.
+
+A key is spelled one way everywhere (`--set`, `--vary`, errors): dotted, list items by index,
+a model by its index or its label (`models.0.params.heads`, `models.HierRec.params.heads`);
+`resolve_key` reads both, errors write the index.
 """
 
 from __future__ import annotations
@@ -14,12 +18,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import yaml
-
-from msctr.config import from_dict, parse_yaml, read_yaml, set_path
+from msctr.config import from_dict, parse_value, read_yaml
 from msctr.data.schema import Schema
 from msctr.errors import UserError
-from msctr.models.registry import parse_params
+from msctr.models.registry import ModelParams, parse_params
 from msctr.search import parse_space
 
 
@@ -27,12 +29,25 @@ from msctr.search import parse_space
 class ModelEntry:
     name: str  # registered model name, e.g. "hierrec"
     label: str | None = None  # row name in tables and run folder (default: name)
-    params: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)  # as written (recipe.yaml, fingerprints)
     search: dict = field(default_factory=dict)  # this model's search space (msctr tune)
 
     @property
     def key(self) -> str:
         return self.label or self.name
+
+    def parse(self, where: str) -> ModelParams:
+        """`params` into the model's dataclass, checked (`Recipe.validate` does it once, as
+        the recipe is read); every later use reads `model_params`."""
+        self._parsed = parse_params(self.name, self.params, where)
+        return self._parsed
+
+    @property
+    def model_params(self) -> ModelParams:
+        """The parsed params; an entry made in code (an ablation's variant) is parsed here,
+        at its first use. `params` is not changed after that."""
+        parsed = getattr(self, "_parsed", None)
+        return parsed if parsed is not None else self.parse("model.params")
 
 
 @dataclass
@@ -245,8 +260,8 @@ class Recipe:
             raise UserError(f"models {dupes} appear twice; give each a distinct `label`")
         parse_space(self.search, f"{where}.search")
         for i, m in enumerate(self.models):
-            parse_params(m.name, m.params, where=f"models[{i}].params")
-            parse_space(m.search, f"{where}.models[{i}].search")
+            m.parse(f"models.{i}.params")
+            parse_space(m.search, f"{where}.models.{i}.search")
         if self.eval.baseline == BEST_BASELINE and BEST_BASELINE in keys:
             raise UserError(
                 f"eval.baseline '{BEST_BASELINE}' means the best baseline of each column, but a "
@@ -266,6 +281,11 @@ class Recipe:
                 "give each row the label of the model it stands for"
             )
 
+    def model_index(self, ref: str, what: str) -> int:
+        """The model `ref` names (an index or a label, as in `models.<ref>`); `what` is the
+        option or key that named it, for the error."""
+        return model_index([m.key for m in self.models], [m.name for m in self.models], ref, what)
+
     @property
     def run_dir(self) -> Path:
         return Path(self.out) if self.out else Path("runs") / self.name
@@ -284,21 +304,79 @@ class Recipe:
         return out
 
 
-def _parse_value(text: str):
-    """`--set` values are YAML scalars or lists: 3, 1e-3, true, [0,1,2], hello."""
+def model_index(keys: list[str], names: list[str], ref: str, what: str) -> int:
+    """Which of the models (their labels `keys`, registered `names`) `ref` names: an index
+    (0, 1, ...), a label, or a registered name that one model alone has."""
+    if ref.isdigit():
+        if int(ref) >= len(keys):
+            raise UserError(
+                f"{what}: the recipe has {len(keys)} model(s), models.0 to models.{len(keys) - 1}"
+            )
+        return int(ref)
+    if ref in keys:
+        return keys.index(ref)
+    named = [i for i, n in enumerate(names) if n == ref]
+    if len(named) == 1:
+        return named[0]
+    if named:
+        raise UserError(
+            f"{what}: {len(named)} models are {ref!r} ({', '.join(keys[i] for i in named)}); "
+            "name one by its label or index"
+        )
+    raise UserError(f"{what}: {ref!r} is not in the recipe; its models: {', '.join(keys)}")
+
+
+def resolve_key(raw: dict, key: str, what: str) -> str:
+    """A recipe key as one spelling: `models.<label>...` becomes `models.<index>...` (a label
+    may hold dots); every other key is returned as given. `raw` is the recipe as a dict."""
+    parts = key.split(".")
+    if "" in parts:
+        raise UserError(f"{what}: {key!r} is not a recipe key (e.g. train.lr)")
+    models = raw.get("models")
+    if parts[0] != "models" or len(parts) < 2 or not isinstance(models, list):
+        return key
+    entries = [m if isinstance(m, dict) else {} for m in models]
+    keys = [str(m.get("label") or m.get("name")) for m in entries]
+    names = [str(m.get("name")) for m in entries]
+    for j in range(len(parts), 1, -1):  # a number is an index, else the longest label
+        if not parts[1].isdigit() and ".".join(parts[1:j]) in keys:
+            ref, rest = ".".join(parts[1:j]), parts[j:]
+            break
+    else:
+        ref, rest = parts[1], parts[2:]
+    return ".".join(["models", str(model_index(keys, names, ref, what)), *rest])
+
+
+def set_key(raw: dict, key: str, value, what: str) -> str:
+    """Set recipe key `key` (any spelling `resolve_key` reads) in the recipe dict `raw`;
+    returns the key as resolved. A place the recipe cannot have is a one-line error."""
+    path = resolve_key(raw, key, what)
+    keys = path.split(".")
+    node = raw
     try:
-        return parse_yaml(text)
-    except yaml.YAMLError:
-        return text
+        for k in keys[:-1]:
+            node = node[int(k)] if isinstance(node, list) else node.setdefault(k, {})
+        if isinstance(node, list):
+            node[int(keys[-1])] = value
+        else:
+            node[keys[-1]] = value
+    except (IndexError, ValueError, TypeError, AttributeError):
+        raise UserError(f"{what}: no such place in the recipe") from None
+    return path
 
 
-def recipe_from_dict(raw: dict, where: str = "recipe") -> Recipe:
-    raw = copy.deepcopy(raw)
+def _one_form(raw: dict) -> dict:
+    """A single-model recipe's `model:` as `models:`, each model a mapping: the form keys
+    resolve against."""
     if "model" in raw and "models" not in raw:  # a single-model recipe
         raw["models"] = [raw.pop("model")]
     if isinstance(raw.get("models"), list):
         raw["models"] = [{"name": m} if isinstance(m, str) else m for m in raw["models"]]
-    return from_dict(Recipe, raw, where)
+    return raw
+
+
+def recipe_from_dict(raw: dict, where: str = "recipe") -> Recipe:
+    return from_dict(Recipe, _one_form(copy.deepcopy(raw)), where)
 
 
 def load_recipe(
@@ -311,14 +389,12 @@ def load_recipe(
     if not isinstance(raw, dict):
         raise UserError(f"recipe '{path}' must be a YAML mapping (name:, data:, models:, ...)")
     raw.setdefault("name", path.stem)
+    _one_form(raw)
     for item in overrides:
         if "=" not in item:
             raise UserError(f"--set expects key=value (e.g. train.lr=0.002), got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            set_path(raw, key.strip(), _parse_value(value))
-        except (IndexError, ValueError, TypeError, AttributeError):
-            raise UserError(f"--set {key}: no such place in the recipe") from None
+        key, value = (t.strip() for t in item.split("=", 1))
+        set_key(raw, key, parse_value(value, f"--set {key}"), f"--set {key}")
     recipe = recipe_from_dict(raw, where=path.stem)
     # a smoke run checks the recipe as written, then shrinks it: a value the real run would
     # refuse must fail a user's CI too
@@ -361,7 +437,7 @@ def run_fingerprint(recipe: Recipe, entry: ModelEntry, schema: Schema) -> dict:
     fp = {
         "data": schema.info.get("prepared_md5", "unknown"),
         "model": entry.name,
-        "params": asdict(parse_params(entry.name, entry.params)),
+        "params": asdict(entry.model_params),
         "train": train,
     }
     return json.loads(json.dumps(fp))  # tuples as lists: equal to what is read back

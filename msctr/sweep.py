@@ -21,18 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from msctr.config import parse_yaml, set_path
+from msctr.config import parse_value
 from msctr.data.schema import Schema
 from msctr.errors import UserError
 from msctr.evaluate.report import BAYES, ModelRuns, auc_axis, compare, summarize
 from msctr.io import atomic_path, write_json, write_text
-from msctr.models.registry import build, parse_params
-from msctr.recipe import Recipe, recipe_from_dict
+from msctr.models.registry import TRAIN_COPIES, check_memory, check_model
+from msctr.recipe import Recipe, recipe_from_dict, resolve_key, set_key
 from msctr.runs import RunFolder, check_sweep_folder
 from msctr.tables import Table, print_tables
 from msctr.train.loop import train_recipe
@@ -40,7 +39,6 @@ from msctr.train.runtime import resolve_device
 
 # keys whose variation makes no sweep: they name the run, not a setting of it
 _NOT_SWEPT = {"name", "out", "mirrors", "paper", "prepare", "description", "models", "train.seeds"}
-_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 @dataclass
@@ -85,17 +83,6 @@ def split_values(text: str) -> list[str]:
     return out
 
 
-def parse_value(text: str) -> Any:
-    """A value as a YAML scalar (or list), with YAML 1.1's '1e-3' read as the number it is."""
-    try:
-        value = parse_yaml(text)
-    except yaml.YAMLError:
-        raise UserError(f"--vary: value {text!r} is not valid YAML") from None
-    if isinstance(value, str) and _NUMBER.fullmatch(value):
-        return float(value)
-    return value
-
-
 def parse_vary(vary: str) -> tuple[str, list[str]]:
     if "=" not in vary:
         raise UserError(
@@ -107,7 +94,7 @@ def parse_vary(vary: str) -> tuple[str, list[str]]:
         raise UserError(f"--vary {vary!r} names no key; e.g. models.0.params.heads=1,2,4,8")
     if len(texts) < 2:
         raise UserError(f"--vary {key}: give at least two values, comma-separated (got {values!r})")
-    seen = [parse_value(t) for t in texts]
+    seen = [parse_value(t, f"--vary {key}") for t in texts]
     twice = sorted({t for t, v in zip(texts, seen) if seen.count(v) > 1})
     if twice:
         raise UserError(f"--vary {key}: values {twice} are given more than once")
@@ -117,28 +104,10 @@ def parse_vary(vary: str) -> tuple[str, list[str]]:
 # -- which model, which key --------------------------------------------------------------------
 
 
-def model_index(recipe: Recipe, ref: str, what: str) -> int:
-    if ref.isdigit():
-        i = int(ref)
-        if i >= len(recipe.models):
-            raise UserError(
-                f"{what}: the recipe has {len(recipe.models)} model(s), models.0 to "
-                f"models.{len(recipe.models) - 1}"
-            )
-        return i
-    for i, m in enumerate(recipe.models):
-        if ref in (m.key, m.name):
-            return i
-    raise UserError(
-        f"{what}: {ref!r} is not in the recipe; its models: "
-        f"{', '.join(m.key for m in recipe.models)}"
-    )
-
-
 def locate(recipe: Recipe, key: str, model: str | None) -> tuple[int, str]:
     """The index of the swept model and the key's path inside a one-model recipe.
 
-    `models.<i or label>.rest` names the model itself; any other key (train.lr) needs
+    `models.<index or label>.rest` names the model itself; any other key (train.lr) needs
     --model when the recipe lists several models."""
     parts = key.split(".")
     if key in _NOT_SWEPT or parts[0] in {"name", "out", "paper"}:
@@ -148,25 +117,26 @@ def locate(recipe: Recipe, key: str, model: str | None) -> tuple[int, str]:
             f"--vary {key}: a sweep compares training settings on one test set and one "
             "evaluation; vary a model's params or a train key"
         )
-    picked = model_index(recipe, model, "--model") if model is not None else None
-    if parts[0] == "models" and parts[2:] == ["label"]:
-        raise UserError(
-            f"--vary {key}: a label names the model's folder and table row, it is no setting "
-            "to sweep (each value already gets a run folder of its own)"
-        )
+    picked = recipe.model_index(model, "--model") if model is not None else None
     if parts[0] == "models":
         if len(parts) < 3:
             raise UserError(
                 f"--vary {key}: name a model's key, e.g. models.0.params.heads or "
                 "models.HierRec.params.heads"
             )
-        i = model_index(recipe, parts[1], f"--vary {key}")
+        path = resolve_key(recipe.to_dict(), key, f"--vary {key}").split(".")
+        if path[2:] == ["label"]:
+            raise UserError(
+                f"--vary {key}: a label names the model's folder and table row, it is no "
+                "setting to sweep (each value already gets a run folder of its own)"
+            )
+        i = int(path[1])
         if picked is not None and picked != i:
             raise UserError(
                 f"--vary {key} names {recipe.models[i].key}, but --model is "
                 f"{recipe.models[picked].key}; give one of them"
             )
-        return i, ".".join(["models", "0", *parts[2:]])
+        return i, ".".join(["models", "0", *path[2:]])
     if picked is None:
         if len(recipe.models) > 1:
             raise UserError(
@@ -214,16 +184,13 @@ def plan(recipe: Recipe, vary: str, model: str | None = None) -> Plan:
     points = []
     for text, sub in zip(texts, folders):
         raw = copy.deepcopy(base)
-        value = parse_value(text)
-        try:
-            set_path(raw, path, value)
-        except (IndexError, ValueError, TypeError, AttributeError):
-            raise UserError(f"--vary {key}: no such place in the recipe") from None
+        value = parse_value(text, f"--vary {key}")
+        set_key(raw, path, value, f"--vary {key}")
         raw["name"], raw["out"] = f"{name}-{sub}", str(folder / sub)
         try:
             r = recipe_from_dict(raw, where=recipe.name)
         except UserError as e:  # named as in the user's recipe, not the one-model copy
-            message = str(e).replace("models[0]", f"models[{index}]")
+            message = str(e).replace("models.0.", f"models.{index}.")
             raise UserError(f"--vary {key}={text}: {message}") from None
         points.append(Point(text, value, r))
 
@@ -231,8 +198,9 @@ def plan(recipe: Recipe, vary: str, model: str | None = None) -> Plan:
 
 
 def check_builds(p: Plan) -> None:
-    """Build each value's model on the dataset's schema: a value the model refuses only
-    there (sizes against the data's fields) fails before any training, not after hours."""
+    """Check each value's model against the dataset's schema and the memory free (its shape
+    on the meta device, nothing allocated): a value the model refuses only there (names
+    against the data's fields, sizes) fails before any training, not after hours."""
     schemas: dict[str, Schema] = {}
     for pt in p.points:
         r = pt.recipe
@@ -240,7 +208,8 @@ def check_builds(p: Plan) -> None:
         schema = schemas.get(r.data) or schemas.setdefault(r.data, Schema.load(r.data))
         m = r.models[0]
         try:
-            build(m.name, schema, parse_params(m.name, m.params))
+            check_model(m.name, schema, m.model_params)
+            check_memory(m.name, schema, m.model_params, TRAIN_COPIES, r.train.device)
         except UserError as e:
             raise UserError(f"--vary {p.key}={pt.text}: {e}") from None
 

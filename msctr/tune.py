@@ -35,7 +35,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from msctr.config import set_path
 from msctr.data.schema import Schema
 from msctr.errors import Diverged, Interrupted, UserError
 from msctr.io import (
@@ -46,11 +45,16 @@ from msctr.io import (
     write_json,
     write_text,
 )
-from msctr.models.registry import TRAIN_COPIES, check_memory
-from msctr.recipe import Recipe, fingerprint_change, recipe_from_dict, run_fingerprint
+from msctr.models.registry import TRAIN_COPIES, check_memory, check_model
+from msctr.recipe import (
+    Recipe,
+    fingerprint_change,
+    recipe_from_dict,
+    run_fingerprint,
+    set_key,
+)
 from msctr.runs import TUNE_FIGURE, TUNE_FILES, check_labels, check_tune_folder, model_folder
 from msctr.search import Spec, grid_size, model_space, parse_space
-from msctr.sweep import model_index
 from msctr.tables import Table, print_tables
 from msctr.track import check_available
 from msctr.train.loop import fit_one, load_training_data, make_progress
@@ -126,6 +130,11 @@ def _shown(values: dict[str, Any]) -> str:
     return ", ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
 
 
+def _recipe_key(index: int, key: str) -> str:
+    """A search space's key as the recipe key it sets: params.X is model `index`'s."""
+    return f"models.{index}.{key}" if key.startswith("params.") else key
+
+
 def trial_recipe(
     recipe: Recipe, index: int, values: dict[str, Any], caps: Caps = NO_CAPS
 ) -> Recipe:
@@ -142,13 +151,13 @@ def trial_recipe(
     raw["eval"]["baseline"], raw["eval"]["baselines"], raw["paper"] = None, [], None
     raw["train"]["seeds"] = raw["train"]["seeds"][:1]
     for key, value in values.items():
-        set_path(entry if key.startswith("params.") else raw, key, value)
+        set_key(raw, _recipe_key(0, key), value, f"search of {recipe.models[index].key}")
     if caps.epochs is not None:
         raw["train"]["epochs"] = min(raw["train"]["epochs"], caps.epochs)
     try:
         return recipe_from_dict(raw, where=recipe.name)
     except UserError as e:
-        message = str(e).replace("models[0]", f"models[{index}]")
+        message = str(e).replace("models.0.", f"models.{index}.")
         label = recipe.models[index].key
         raise UserError(f"search of {label}, {_shown(values)}: {message}") from None
 
@@ -161,7 +170,8 @@ def _checked(
     r = trial_recipe(recipe, target.index, values, caps)
     m = r.models[0]
     try:
-        check_memory(m.name, schema, m.params, TRAIN_COPIES, r.train.device)
+        check_model(m.name, schema, m.model_params)
+        check_memory(m.name, schema, m.model_params, TRAIN_COPIES, r.train.device)
     except UserError as e:
         raise UserError(f"search of {target.label}, {_shown(values)}: {e}") from None
     return r
@@ -173,7 +183,7 @@ def plan(recipe: Recipe, model: str | None, sampler: str) -> list[Target]:
     if sampler not in SAMPLERS:
         raise UserError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     if model:
-        indices = [model_index(recipe, model, "--model")]
+        indices = [recipe.model_index(model, "--model")]
     else:  # the models with a space: a paper may give one for some models only
         indices = [i for i, m in enumerate(recipe.models) if model_space(recipe.search, m.search)]
         if not indices:
@@ -859,7 +869,7 @@ def tuned_recipe(
     for i, entry in enumerate(raw["models"]):
         entry.pop("search", None)
         for key, value in best.get(i, {}).items():
-            set_path(entry if key.startswith("params.") else raw, key, value)
+            set_key(raw, _recipe_key(i, key), value, f"search of {recipe.models[i].key}")
     raw["name"] = f"{recipe.name}-tuned"
     raw["out"] = f"{recipe.out}-tuned" if recipe.out else None
     raw["data"] = str(Path(recipe.data).resolve())

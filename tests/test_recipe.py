@@ -38,7 +38,7 @@ def test_smoke_shrinks(tmp_path):
     "text, message",
     [
         (BASE.replace("lr:", "lrr:"), "unknown key 'r.train.lrr': did you mean 'lr'"),
-        (BASE.replace("hidden:", "hiden:"), "unknown key 'models\\[0\\].params.hiden'"),
+        (BASE.replace("hidden:", "hiden:"), "unknown key 'models.0.params.hiden'"),
         (BASE.replace("name: dnn", "name: dnnn"), "unknown model 'dnnn'"),
         (BASE.replace("seeds: [0, 1]", "seeds: oops"), "seeds must be a list"),
         (BASE.replace("lr: 1e-3", "lr: fast"), "lr must be a number"),

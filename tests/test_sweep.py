@@ -6,9 +6,10 @@ import yaml
 from conftest import invoke, run_main
 from scipy import stats as sps
 
+from msctr.config import parse_value
 from msctr.evaluate.report import ModelRuns
 from msctr.recipe import recipe_from_dict
-from msctr.sweep import against_best, axis_kind, parse_value, plan, split_values
+from msctr.sweep import against_best, axis_kind, plan, split_values
 
 RECIPE = """
 name: swp
@@ -94,7 +95,7 @@ def test_train_key_needs_model_and_a_rerun_keeps_finished_values(recipe, capsys)
 @pytest.mark.parametrize(
     "vary, needle",
     [
-        ("models.HierRec.params.headz=1,2", "unknown key 'models[1].params.headz'"),
+        ("models.HierRec.params.headz=1,2", "unknown key 'models.1.params.headz'"),
         ("models.HierRec.params.heads=1,0", "heads must be at least 1, got 0"),
         ("models.1.params.embed_dim=8,9", "embed_dim 9 must be divisible by heads 2"),
         ("models.7.params.heads=1,2", "the recipe has 2 model(s)"),
@@ -160,7 +161,7 @@ def test_p_value_against_the_best_is_scipys_welch():
 def test_values_parse_as_yaml_scalars_and_choose_the_axis():
     assert split_values("1,2,4") == ["1", "2", "4"]
     assert split_values("[64], [64,32]") == ["[64]", "[64,32]"]
-    assert [parse_value(t) for t in ("1", "1e-3", "2.5e-4", "true", "relu", "[8,4]")] == [
+    assert [parse_value(t, "--vary") for t in ("1", "1e-3", "2.5e-4", "true", "relu", "[8,4]")] == [
         1, 0.001, 0.00025, True, "relu", [8, 4],
     ]  # fmt: skip
     assert axis_kind([1, 2, 4, 8]) == "log"

@@ -169,7 +169,7 @@ def test_table_metrics_choose_the_calibration_columns(trained, capsys):
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (("--log", "wandb"), "train.log[0] must be one of 'tensorboard', 'mlflow'"),
+        (("--log", "wandb"), "train.log.0 must be one of 'tensorboard', 'mlflow'"),
         (("--log", "mlflow,mlflow"), "train.log lists ['mlflow'] more than once"),
         (("--set", "eval.calibration_bins=0"), "eval.calibration_bins"),
     ],

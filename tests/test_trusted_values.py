@@ -241,7 +241,7 @@ def test_sizes_beyond_memory_are_refused_before_allocating(
     [
         (
             lambda d: d["sparse"][0].update(vocab_size="21"),
-            "sparse[0].vocab_size must be an integer",
+            "sparse.0.vocab_size must be an integer",
         ),
         (lambda d: d["rows"].update(train="many"), "schema.rows.train must be an integer"),
         (lambda d: d.update(num_scenarios=2), "scenario_names for num_scenarios 2"),

@@ -83,7 +83,7 @@ def test_optuna_missing_is_one_line(capsys, monkeypatch, tmp_path, data_dir):
         (["--set", "search={params.dropot: {choice: [0.1]}}"], "search of DNN, params.dropot=0.1"),
         (
             ["--set", "models.1.search={params.hidden: {layers: {depth: [1, 2], width: [8]}}}"],
-            "unknown key 'models[1].params.hidden'",
+            "unknown key 'models.1.params.hidden'",
         ),
         (["--set", "search={params.dropout: {float: [0.0, 1.5]}}"], "params.dropout=1.5"),
         (["--set", "search={train.lr: {float: [0.001, 0.01]}}"], "one value for all 2 models"),

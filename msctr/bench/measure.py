@@ -46,7 +46,7 @@ from msctr.data.schema import Schema
 from msctr.errors import UserError
 from msctr.evaluate.metrics import auc
 from msctr.io import write_json
-from msctr.models.registry import build, parse_params, split_output
+from msctr.models.registry import build, check_model, split_output
 from msctr.paths import check_out_file
 from msctr.recipe import ModelEntry, Recipe
 from msctr.resources import check_threads, need_memory
@@ -143,17 +143,7 @@ def bench_device(name: str) -> torch.device:
 def select_models(recipe: Recipe, wanted: list[str] | None) -> list[ModelEntry]:
     if not wanted:
         return list(recipe.models)
-    by_key = {m.key: m for m in recipe.models}
-    by_name = {m.name: m for m in recipe.models}
-    out = []
-    for w in wanted:
-        m = by_key.get(w) or by_name.get(w)
-        if m is None:
-            raise UserError(
-                f"--models: '{w}' is not in the recipe; its models are {', '.join(by_key)}"
-            )
-        out.append(m)
-    return out
+    return [recipe.models[recipe.model_index(w, "--models")] for w in wanted]
 
 
 # -- timing ------------------------------------------------------------------------------------
@@ -258,7 +248,8 @@ def time_calls(
 def load_model(
     recipe: Recipe, entry: ModelEntry, schema: Schema, seed: int
 ) -> tuple[torch.nn.Module, str]:
-    model = build(entry.name, schema, parse_params(entry.name, entry.params))
+    check_model(entry.name, schema, entry.model_params)
+    model = build(entry.name, schema, entry.model_params)
     ckpt = RunFolder(recipe.run_dir).seed(entry.key, seed).checkpoint
     if not ckpt.is_file():
         return model, f"freshly initialised (no checkpoint at {ckpt})"

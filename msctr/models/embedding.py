@@ -11,8 +11,8 @@ from torch import nn
 
 from msctr.data.batch import Batch
 from msctr.data.schema import Schema
-from msctr.errors import UserError
 from msctr.models.kernels import _TouchedRows, _WeightedBag
+from msctr.models.registry import need_fields
 
 
 class FeatureEmbedding(nn.Module):
@@ -54,11 +54,17 @@ class FeatureEmbedding(nn.Module):
         nn.init.normal_(self.table.weight, std=1e-2)
         nn.init.normal_(self.scenario_table.weight, std=1e-2)
         nn.init.normal_(self.dense_vectors, std=1e-2)
-        self.field_names = (
+        self.field_names = self.names(schema, include_scenario, pool_sequences)
+
+    @staticmethod
+    def names(schema: Schema, include_scenario: bool = True, pool_sequences: bool = True):
+        """The fields `fields(batch)` gives, in order ("scenario" names the scenario); known
+        before any table is built, so params can be checked against them."""
+        return (
             (["scenario"] if include_scenario else [])
             + schema.sparse_names
             + schema.dense_names
-            + ([s.name for s in schema.sequences] if self.pool_sequences else [])
+            + ([s.name for s in schema.sequences] if pool_sequences else [])
         )
 
     @property
@@ -67,18 +73,10 @@ class FeatureEmbedding(nn.Module):
 
     def positions(self, names: list[str], key: str) -> list[int]:
         """Positions of named fields in `fields(batch)` ("scenario" names the scenario);
-        `key` is the recipe parameter that listed them, for the error message."""
-        out = []
-        for n in names:
-            if n not in self.field_names:
-                raise UserError(
-                    f"model.params.{key}: '{n}' is not a field of this dataset; "
-                    f"choose from: {', '.join(self.field_names)}"
-                )
-            if self.field_names.index(n) in out:
-                raise UserError(f"model.params.{key}: field '{n}' is listed twice; list it once")
-            out.append(self.field_names.index(n))
-        return out
+        `key` is the recipe parameter that listed them, for the error message of a model
+        that did not check them in `check_schema`."""
+        need_fields(self.field_names, names, f"model.params.{key}", once=True)
+        return [self.field_names.index(n) for n in names]
 
     def scenario(self, batch: Batch) -> torch.Tensor:  # [B, d]
         return self.scenario_table(batch.scenario)

@@ -49,7 +49,13 @@ from msctr.errors import UserError
 from msctr.models.blocks import StackedMLP
 from msctr.models.embedding import FeatureEmbedding
 from msctr.models.pepnet import EPNet, PPNet
-from msctr.models.registry import ModelOutput, ModelParams, need_layers, register
+from msctr.models.registry import (
+    ModelOutput,
+    ModelParams,
+    need_fields,
+    need_layers,
+    register,
+)
 
 
 @dataclass
@@ -80,6 +86,20 @@ class HMDNParams(ModelParams):
             raise UserError(f"{where}: alpha and beta must be >= 0")
         if self.gamma <= 0:  # the pepnet backbone's gate range (0, gamma), as PEPNet checks
             raise UserError(f"{where}.gamma must be > 0, got {self.gamma}")
+
+    def check_schema(self, schema: Schema, where: str) -> None:
+        names = self.distribution_names(schema)
+        if not names:
+            raise UserError(f"{where}.distribution_fields is empty; name at least one field")
+        key = f"{where}.distribution_fields"
+        need_fields(FeatureEmbedding.names(schema), names, key, once=True)
+
+    def distribution_names(self, schema: Schema) -> list[str]:
+        """The multi-distribution fields; by default the scenario and the schema's partition
+        fields."""
+        if self.distribution_fields is not None:
+            return self.distribution_fields
+        return ["scenario"] + [f for f in schema.partition_fields if f in schema.sparse_names]
 
 
 class Quantized(NamedTuple):
@@ -212,12 +232,7 @@ class HMDN(nn.Module):
         self.p = p
         self.embedding = FeatureEmbedding(schema, p.embed_dim)
         d, n = p.embed_dim, self.embedding.num_fields
-        names = p.distribution_fields
-        if names is None:
-            names = ["scenario"] + [f for f in schema.partition_fields if f in schema.sparse_names]
-        if not names:
-            raise UserError("model.params.distribution_fields is empty; name at least one field")
-        dist = self.embedding.positions(names, "distribution_fields")
+        dist = self.embedding.positions(p.distribution_names(schema), "distribution_fields")
         self.register_buffer("dist_idx", torch.tensor(dist), persistent=False)
         z = len(dist) * d  # size of x_b and of s_D
         self.use_rq = "rq" not in p.drop

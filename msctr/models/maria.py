@@ -91,6 +91,12 @@ class MariaParams(ModelParams):
         if self.tau <= 0:
             raise UserError(f"{where}.tau must be > 0, got {self.tau}")
 
+    def check_schema(self, schema: Schema, where: str) -> None:
+        # E's fields and one vector per behavior sequence, as __init__ counts them
+        n = len(FeatureEmbedding.names(schema, pool_sequences=False)) + len(schema.sequences)
+        if "fcm" not in self.drop and n < 2:
+            raise UserError("model 'maria': feature correlation needs at least two fields")
+
 
 class FeatureScaling(nn.Module):
     """E' = gamma * sigmoid(W2 ReLU(W1 [e_s ++ sg(E)])) (x) E, one factor per element."""
@@ -205,8 +211,6 @@ class Maria(nn.Module):
             if "fr" not in p.drop
             else None
         )
-        if "fcm" not in p.drop and n < 2:
-            raise UserError("model 'maria': feature correlation needs at least two fields")
         self.correlation = FeatureCorrelation(n, d, p.fcm_dim) if "fcm" not in p.drop else None
         in_dim = n * (p.num_refiners * p.refine_dim if self.refinement is not None else d)
         in_dim += n * (n - 1) // 2 if self.correlation is not None else 0

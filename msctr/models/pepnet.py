@@ -34,7 +34,7 @@ from msctr.data.schema import Schema
 from msctr.errors import UserError
 from msctr.models.blocks import MLP, Dropout, GateNU
 from msctr.models.embedding import FeatureEmbedding
-from msctr.models.registry import ModelParams, need_layers, register
+from msctr.models.registry import ModelParams, need_fields, need_layers, register
 
 
 @dataclass
@@ -55,6 +55,18 @@ class PEPNetParams(ModelParams):
         need_layers(where, "hidden", self.hidden, "[256, 128, 64]")
         if self.gamma <= 0:
             raise UserError(f"{where}.gamma must be > 0, got {self.gamma}")
+        if self.prior_fields is not None and not self.prior_fields:
+            raise UserError(f"{where}.prior_fields is empty; name at least one field")
+
+    def check_schema(self, schema: Schema, where: str) -> None:
+        names = FeatureEmbedding.names(schema)
+        need_fields(names, ["scenario", *self.domain_fields], f"{where}.domain_fields", once=True)
+        need_fields(names, self.prior_names(schema), f"{where}.prior_fields", once=True)
+
+    def prior_names(self, schema: Schema) -> list[str]:
+        if self.prior_fields is None:
+            return ["scenario", *schema.sparse_names[:1]]
+        return self.prior_fields
 
 
 class EPNet(nn.Module):
@@ -143,13 +155,7 @@ class PEPNet(nn.Module):
         self.embedding = FeatureEmbedding(schema, p.embed_dim)
         d, n = p.embed_dim, self.embedding.num_fields
         domain = self.embedding.positions(["scenario", *p.domain_fields], "domain_fields")
-        if p.prior_fields is None:
-            prior_names = ["scenario", *schema.sparse_names[:1]]
-        else:
-            prior_names = p.prior_fields
-        if not prior_names:
-            raise UserError("model.params.prior_fields is empty; name at least one field")
-        prior = self.embedding.positions(prior_names, "prior_fields")
+        prior = self.embedding.positions(p.prior_names(schema), "prior_fields")
         self.register_buffer("domain_idx", torch.tensor(domain), persistent=False)
         self.register_buffer("prior_idx", torch.tensor(prior), persistent=False)
         self.epnet = (

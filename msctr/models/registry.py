@@ -1,10 +1,11 @@
 """Model registry: name -> model class, hyperparameter dataclass and ablation switches.
 
 Every module in `msctr/models/` is imported on first use, and each model file registers its
-model with `@register(...)`; `build` validates a recipe's `model.params` against the model's
-dataclass (unknown key = one-line error, values checked once by `ModelParams.validate`) and
-its `drop` list against the model's declared switches. Adding a model:
-docs/models/README.md.
+model with `@register(...)`. A recipe's `params` are parsed into the model's dataclass once,
+when the recipe is read (`parse_params`: unknown key = one-line error, values checked by
+`ModelParams.validate`, `drop` against the declared switches), and checked against the data's
+schema once, before the first model is built (`check_model`: `ModelParams.check_schema`).
+Constructors trust what they are given. Adding a model: docs/models/README.md.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ class ModelParams:
         """The rules every model's params share, then the model's own `check`.
 
         Every integer (or list of integers) param is a size or a count, so at least 1; every
-        param named `*dropout` is a rate in [0, 1). Run once, where the params are parsed.
+        param named `*dropout` is a rate in [0, 1). Run once, by `config.from_dict` as the
+        params are parsed (`parse_params`).
         """
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
@@ -57,6 +59,11 @@ class ModelParams:
     def check(self, where: str) -> None:
         """A model's own rules beyond the shared ones (e.g. two values that must agree)."""
 
+    def check_schema(self, schema: Schema, where: str) -> None:
+        """A model's rules that need the prepared data (a named field or sequence must exist,
+        enough fields for a part): run once per dataset by `check_model`, before any model is
+        built, so the constructor trusts its params."""
+
 
 def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
@@ -66,6 +73,20 @@ def need_layers(where: str, key: str, layers: list[int], example: str) -> None:
     """`key` must list at least one layer size."""
     if not layers:
         raise UserError(f"{where}.{key} needs at least one layer size, e.g. {example}")
+
+
+def need_fields(
+    available: list[str], names: list[str], key: str, kind: str = "field", once: bool = False
+) -> None:
+    """Every name in `names` (the value of recipe key `key`) is one of `available` (`once`:
+    and none is listed twice)."""
+    for i, n in enumerate(names):
+        if n not in available:
+            raise UserError(
+                f"{key}: '{n}' is not a {kind} of this dataset; choose from: {', '.join(available)}"
+            )
+        if once and n in names[:i]:
+            raise UserError(f"{key}: field '{n}' is listed twice; list it once")
 
 
 @dataclass
@@ -136,38 +157,28 @@ def check_switches(spec: ModelSpec, drop: list[str]) -> None:
 TRAIN_COPIES = 4
 
 
-def _checked(name: str, schema: Schema, params: dict | ModelParams | None) -> ModelParams:
+def check_model(name: str, schema: Schema, p: ModelParams, where: str = "model.params") -> None:
+    """The checks of parsed params that need the data's schema; builds nothing."""
     spec = get_spec(name)
-    if isinstance(params, ModelParams):
-        params.validate("model.params")
-        check_switches(spec, params.drop)
-        p = params
-    else:
-        p = parse_params(name, params)
     if spec.needs_sequences and not schema.sequences:
         raise UserError(
             f"model '{name}' needs behavior sequences, but dataset '{schema.source}' has none; "
             "prepare the data with sequences (e.g. `msctr prepare synthetic`) or pick another model"
         )
-    return p
+    p.check_schema(schema, where)
 
 
 def check_memory(
     name: str,
     schema: Schema,
-    params: dict | ModelParams | None = None,
+    p: ModelParams,
     copies: int = 1,
     device: torch.device | str = "cpu",
 ) -> None:
     """Refuse a model whose parameters (`copies` fp32 copies of them) cannot fit in the
     memory `device` has free, before any of it is allocated: the model is built on PyTorch's
-    meta device, which records shapes and allocates nothing."""
-    _check_fits(name, schema, _checked(name, schema, params), copies, device)
-
-
-def _check_fits(
-    name: str, schema: Schema, p: ModelParams, copies: int, device: torch.device | str
-) -> None:
+    meta device, which records shapes and allocates nothing. `p` is parsed and checked
+    (`check_model`) already."""
     with torch.device("meta"):
         shape = get_spec(name).cls(schema, p)
     count = sum(t.numel() for t in shape.parameters())
@@ -180,8 +191,16 @@ def _check_fits(
 
 
 def build(name: str, schema: Schema, params: dict | ModelParams | None = None) -> nn.Module:
-    p = _checked(name, schema, params)
-    _check_fits(name, schema, p, 1, "cpu")  # an absurd size: one line, not an allocator's error
+    """Model `name` on `schema`. Params that come as a dataclass are trusted: a recipe's are
+    parsed once when it is read (`ModelEntry.model_params`) and checked against the data
+    before training starts (`check_model`). A dict (tests, benchmarks) is parsed and checked
+    here."""
+    if isinstance(params, ModelParams):
+        p = params
+    else:
+        p = parse_params(name, params)
+        check_model(name, schema, p)
+    check_memory(name, schema, p)  # an absurd size: one line, not an allocator's error
     return get_spec(name).cls(schema, p)
 
 

@@ -22,7 +22,7 @@ from msctr.data.schema import Schema
 from msctr.errors import UserError
 from msctr.models.blocks import MLP, Dropout
 from msctr.models.embedding import FeatureEmbedding
-from msctr.models.registry import ModelParams, need_layers, register
+from msctr.models.registry import ModelParams, need_fields, need_layers, register
 
 
 @dataclass
@@ -45,6 +45,21 @@ class SFPNetParams(ModelParams):
         need_layers(where, "hidden", self.hidden, "[256, 128, 64]")
         if self.dap_eps <= 0:  # the std's square root needs it above 0 where a variance is 0
             raise UserError(f"{where}.dap_eps must be positive, got {self.dap_eps}")
+        if self.block_dims and len(self.block_dims) != self.num_blocks:
+            raise UserError(
+                f"sfpnet: {where}.block_dims has {len(self.block_dims)} sizes but num_blocks is "
+                f"{self.num_blocks}; give one size per block or leave block_dims empty"
+            )
+
+    def check_schema(self, schema: Schema, where: str) -> None:
+        need_fields(schema.sparse_names, self.prior_fields, f"{where}.prior_fields", "sparse field")
+        names = [s.name for s in schema.sequences]
+        for name in self.sequences:
+            if name not in names:
+                raise UserError(
+                    f"sfpnet: {where}.sequences names '{name}', which is not a sequence of "
+                    f"this dataset; choose from: {', '.join(names)}"
+                )
 
 
 def distribution_aware_pooling(
@@ -226,14 +241,7 @@ class SFPNet(nn.Module):
         # item, Eq. 8) is the mean of the candidate's fields that query those attributes: the
         # same rows when a sequence shares the candidate's vocabulary (a clicked item that is
         # the candidate matches it exactly), the item's field of the same kind on Ali-CCP
-        names = [s.name for s in schema.sequences]
-        for name in p.sequences:
-            if name not in names:
-                raise UserError(
-                    f"sfpnet: model.params.sequences names '{name}', which is not a sequence of "
-                    f"this dataset; choose from: {', '.join(names)}"
-                )
-        chosen = set(p.sequences or names)
+        chosen = set(p.sequences or [s.name for s in schema.sequences])
         self.seq_index = [i for i, seq in enumerate(schema.sequences) if seq.name in chosen]
         query = torch.zeros(len(self.seq_index), n)  # [S', n]: each sequence's query weights
         for row, i in enumerate(self.seq_index):
@@ -250,11 +258,6 @@ class SFPNet(nn.Module):
         )
 
         L = 0 if "stb" in drop else p.num_blocks
-        if p.block_dims and len(p.block_dims) != p.num_blocks:
-            raise UserError(
-                f"sfpnet: block_dims has {len(p.block_dims)} sizes but num_blocks is "
-                f"{p.num_blocks}; give one size per block or leave block_dims empty"
-            )
         # without RTM nothing maps d_{l-1} -> d_l, so every block keeps the embedding size
         dims = [d] + (list(p.block_dims) if p.block_dims and "rtm" not in drop else [d] * L)
         dims = dims[: L + 1]

@@ -16,7 +16,7 @@ from msctr.data.schema import Schema
 from msctr.errors import UserError
 from msctr.models.blocks import MLP
 from msctr.models.embedding import FeatureEmbedding
-from msctr.models.registry import ModelParams, register
+from msctr.models.registry import ModelParams, need_fields, register
 
 # cross-product hashing: the exact mixed-radix id of the tuple, reduced modulo a Mersenne
 # prime to stay in int64, then multiplied by a prime modulo the bucket count
@@ -42,6 +42,10 @@ class WideDeepParams(ModelParams):
                 )
             if len(set(names)) != len(names):
                 raise UserError(f"{where}.cross_fields[{i}] lists a field twice: {names}")
+
+    def check_schema(self, schema: Schema, where: str) -> None:
+        for names in self.cross_fields:
+            need_fields(schema.sparse_names, names, f"{where}.cross_fields", "sparse field")
 
 
 def cross_ids(sparse: torch.Tensor, columns: list[int], sizes: list[int], buckets: int):
@@ -73,10 +77,8 @@ class WideDeep(nn.Module):
         self.use_wide = "wide" not in p.drop
         self.use_deep = "deep" not in p.drop
         self.buckets = p.cross_buckets
-        try:  # column of each crossed field in batch.sparse
-            self.crosses = [[schema.sparse_index(n) for n in names] for names in p.cross_fields]
-        except UserError as e:
-            raise UserError(f"model.params.cross_fields: {e}") from None
+        # column of each crossed field in batch.sparse
+        self.crosses = [[schema.sparse_index(n) for n in names] for names in p.cross_fields]
         self.cross_sizes = [[schema.sparse[i].vocab_size for i in c] for c in self.crosses]
         if self.use_wide:  # w_wide: one weight per feature value, one per cross bucket, + b
             self.linear = FeatureEmbedding(schema, 1)

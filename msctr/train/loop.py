@@ -36,7 +36,7 @@ from msctr.models.registry import (
     TRAIN_COPIES,
     build,
     check_memory,
-    parse_params,
+    check_model,
     split_output,
     training_loss,
 )
@@ -294,8 +294,7 @@ def fit_one(
     fingerprint = fingerprint or run_fingerprint(recipe, entry, data.schema)
     device = resolve_device(dist.local_device(t.device))
     seed_everything(seed)
-    params = parse_params(entry.name, entry.params)
-    model = build(entry.name, data.schema, params).to(device)
+    model = build(entry.name, data.schema, entry.model_params).to(device)
     optimizer = make_optimizer(model, t)
     steps_per_epoch = -(-data.train_rows // t.batch_size)
     if t.max_steps_per_epoch:
@@ -565,8 +564,9 @@ def load_training_data(
         )
     if data.test_frame is not None:
         check_test_labels(data.test_frame[LABEL].to_numpy(), recipe.train.eval_rows)
-    for entry in recipe.models:  # every model's shape, built without allocating it
-        check_memory(entry.name, data.schema, entry.params, TRAIN_COPIES, recipe.train.device)
+    for i, entry in enumerate(recipe.models):  # the data's fields, then the shape (meta)
+        check_model(entry.name, data.schema, entry.model_params, f"models.{i}.params")
+        check_memory(entry.name, data.schema, entry.model_params, TRAIN_COPIES, recipe.train.device)
     return data
 
 
