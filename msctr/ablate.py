@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import copy
 import re
-from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 
 from msctr.errors import UserError
-from msctr.evaluate.report import REPORT, TERMINAL, CellStyle, auc_axis, summarize
-from msctr.io import atomic_path, write_text
+from msctr.evaluate import figures
+from msctr.evaluate.report import (
+    REPORT,
+    TERMINAL,
+    CellStyle,
+    append_section,
+    section,
+    summarize,
+)
 from msctr.models.registry import check_switches, get_spec
 from msctr.recipe import ModelEntry, Recipe
 from msctr.runs import RunFolder
@@ -140,38 +146,6 @@ def ablation_tables(result: dict, key: str) -> list[Table]:
     ]
 
 
-def plot(result: dict, path: Path) -> bool:
-    """The ablation bar chart; False (and no file) when no AUC is a number."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [r["model"] for r in result["models"]]
-    means = [r["auc"]["mean"] for r in result["models"]]
-    stds = [r["auc"]["std"] for r in result["models"]]
-    limits = auc_axis(means, stds, pad=0.3)
-    if limits is None:
-        return False
-    fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(names), 3.6))
-    ax.bar(
-        range(len(names)),
-        means,
-        yerr=stds,
-        capsize=4,
-        color=["#3b6ea8"] + ["#c0c7d0"] * (len(names) - 1),
-    )
-    ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
-    ax.set_ylim(*limits)
-    ax.set_ylabel("test AUC (mean ± std over seeds)")
-    ax.set_title(result["recipe"])
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return True
-
-
 def run_ablation(
     recipe: Recipe,
     drops: list[str],
@@ -192,14 +166,9 @@ def run_ablation(
     )
     report = RunFolder(run_dir).report
     figure = RunFolder(run_dir).figure("ablation.png")
-    plotted = plot(result, figure)
-    write_text(
-        report,
-        report.read_text()
-        + "\n## Ablation\n\n"
-        + table.to_markdown()
-        + ("\n\n![overall AUC](ablation.png)\n" if plotted else "\n"),
-    )
+    plotted = figures.ablation(result, figure)
+    image = "![overall AUC](ablation.png)" if plotted else ""
+    append_section(report, section("Ablation", table, figure=image))
     if plotted:
         console.print(f"wrote {escape(str(report))} and {escape(str(figure))}")
     else:

@@ -28,8 +28,9 @@ from rich.text import Text
 from msctr.config import parse_value
 from msctr.data.schema import Schema
 from msctr.errors import UserError
-from msctr.evaluate.report import BAYES, ModelRuns, auc_axis, compare, summarize
-from msctr.io import atomic_path, write_json, write_text
+from msctr.evaluate import figures
+from msctr.evaluate.report import BAYES, ModelRuns, compare, section, summarize
+from msctr.io import write_json, write_text
 from msctr.models.registry import TRAIN_COPIES, check_memory, check_model
 from msctr.recipe import Recipe, recipe_from_dict, resolve_key, set_key
 from msctr.runs import RunFolder, check_sweep_folder
@@ -314,67 +315,6 @@ def legend(result: dict) -> str:
     )
 
 
-def plot(result: dict, path: Path) -> bool:
-    """The paper-style sensitivity figure: test AUC (mean ± std over seeds) against the value;
-    False (and no file) when no AUC is a number."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pts = result["points"]
-    kind = result["axis"]
-    if kind == "categorical":
-        x = list(range(len(pts)))
-    else:
-        x = [float(pt["value"]) for pt in pts]
-    order = np.argsort(x, kind="stable")
-    xs = [x[i] for i in order]
-    means = [pts[i]["auc"]["mean"] for i in order]
-    stds = [pts[i]["auc"]["std"] if len(pts[i]["auc"]["runs"]) > 1 else 0.0 for i in order]
-    limits = auc_axis(means, stds, pad=0.25)
-    if limits is None:
-        return False
-    fig, ax = plt.subplots(figsize=(4.8, 3.6))
-    ax.errorbar(
-        xs, means, yerr=stds, color="#3b6ea8", marker="o", markersize=6, linewidth=1.8,
-        capsize=4, elinewidth=1.2, label=_seeds(result["model"], pts),
-    )  # fmt: skip
-    b = result["best"]
-    bx = x[b]
-    ax.plot(
-        [bx], [pts[b]["auc"]["mean"]], marker="*", markersize=15, color="#d62728",
-        linestyle="none", label=f"best: {pts[b]['text']}", zorder=5,
-    )  # fmt: skip
-    if kind == "log":
-        ax.set_xscale("log")
-        ax.minorticks_off()
-    ax.set_xticks(xs, [pts[i]["text"] for i in order])
-    if kind != "categorical":
-        pad = (max(xs) / min(xs)) ** 0.08 if kind == "log" else (max(xs) - min(xs)) * 0.08
-        lo, hi = (min(xs) / pad, max(xs) * pad) if kind == "log" else (min(xs) - pad, max(xs) + pad)
-        ax.set_xlim(lo, hi)
-    else:
-        ax.set_xlim(-0.4, len(pts) - 0.6)
-    ax.set_ylim(*limits)
-    ax.set_xlabel(f"{result['param']}" + (" (log scale)" if kind == "log" else ""))
-    ax.set_ylabel("test AUC")
-    ax.set_title(f"{result['recipe']}: {result['model']}, AUC vs {result['param']}", fontsize=10)
-    ax.grid(True, linestyle=":", linewidth=0.6, alpha=0.7)
-    handles, labels = ax.get_legend_handles_labels()
-    ax.legend(handles[::-1], labels[::-1], fontsize=8, loc="best")  # the line first
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return True
-
-
-def _seeds(model: str, pts: list[dict]) -> str:
-    n = max(len(pt["seeds"]) for pt in pts)
-    return f"{model} (mean ± std over {n} seeds)" if n > 1 else f"{model} (1 seed)"
-
-
 def render_markdown(result: dict, table: Table) -> str:
     lines = [
         f"# {result['recipe']}: sensitivity of {result['model']} to {result['key']}",
@@ -382,14 +322,12 @@ def render_markdown(result: dict, table: Table) -> str:
         f"Data: `{result['data']}`, test rows: {result['test_rows']:,}; "
         f"model {result['model']} ({result['model_name']}), seeds {result['seeds']}.",
         "",
-        "## Sensitivity",
-        "",
-        table.to_markdown(),
-        "",
-        legend(result),
-        "",
-        f"![test AUC against {result['param']}](sweep.png)",
-        "",
+        *section(
+            "Sensitivity",
+            table,
+            legend(result),
+            f"![test AUC against {result['param']}](sweep.png)",
+        ),
         "Each value's own run (per-seed metrics, checkpoints, its report):",
         "",
     ]
@@ -455,7 +393,7 @@ def run_sweep(
     print_tables(console, table)
     console.print(legend(result), markup=False)
     figure = folder.figure("sweep.png")
-    plotted = plot(result, figure)
+    plotted = figures.sensitivity(result, figure)
     write_text(folder.report, render_markdown(result, table))
     wrote = f"wrote {folder.results}, {folder.report}" + (f" and {figure}" if plotted else "")
     console.print(Text(wrote + ("" if plotted else "; no figure: no value's AUC is a number")))

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import invoke, one_line_error, run_main
 
-from msctr.evaluate.report import auc_axis
+from msctr.evaluate.figures import auc_axis
 
 RECIPE = """
 name: tv

@@ -20,10 +20,11 @@ from msctr.config import parse_yaml
 from msctr.data import schema as S
 from msctr.data.schema import Schema
 from msctr.errors import UserError
+from msctr.evaluate import figures, paper
 from msctr.evaluate import metrics as M
-from msctr.evaluate import paper
 from msctr.evaluate import stats as T
-from msctr.io import atomic_path, reading, write_json, write_text
+from msctr.evaluate.figures import BAYES
+from msctr.io import reading, write_json, write_text
 from msctr.recipe import (
     BEST_BASELINE,
     ModelEntry,
@@ -34,8 +35,6 @@ from msctr.recipe import (
 )
 from msctr.runs import RunFolder, SeedRun
 from msctr.tables import Table, print_tables
-
-BAYES = "Bayes ceiling"
 
 
 def run_metrics(
@@ -356,9 +355,7 @@ def summarize(run_dir: str | Path, partial: bool = False, data: Path | None = No
         pred = models[0].predictions(models[0].seeds[0])
         bins = recipe.eval.calibration_bins
         result["bayes"] = run_metrics(pred, schema.num_scenarios, prob=S.TRUE_PROB, bins=bins)
-    result["figures"] = [
-        path.name for m in models if (path := plot_head_weights(m, schema, run_dir)) is not None
-    ]
+    result["figures"] = model_figures(models, schema, run_dir)
     add_calibration(result, models, candidates, recipe, schema, run_dir)
     add_curves(result, models, run_dir)
     folder = RunFolder(run_dir)
@@ -371,50 +368,38 @@ def summarize(run_dir: str | Path, partial: bool = False, data: Path | None = No
     return result
 
 
-def auc_axis(means: list[float], stds: list[float], pad: float) -> tuple[float, float] | None:
-    """The y range of an AUC figure (mean ± std per bar or point, plus `pad` of the span on
-    each side) over the finite values only; None when there is none, so the caller writes no
-    figure instead of failing in matplotlib on a nan limit."""
-    spans = [(m - s, m + s) for m, s in zip(means, stds, strict=True) if math.isfinite(m + s)]
-    if not spans:
-        return None
-    lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
-    margin = max(hi - lo, 1e-3) * pad
-    return lo - margin, hi + margin
+def model_figures(models: list[ModelRuns], schema: Schema, run_dir: Path) -> list[str]:
+    """The figures the models declare (HierRec's head weights), each from its first seed."""
+    folder = RunFolder(run_dir)
+    out = []
+    for m in models:
+
+        def to(stem: str, m: ModelRuns = m) -> Path:
+            return folder.figure(f"{stem}_{m.folder.name}.png")
+
+        run = m.run(m.seeds[0]).summary
+        path = figures.model_figure(m.name, m.key, run, schema.scenario_names, to)
+        if path is not None:
+            out.append(path.name)
+    return out
 
 
-def plot_head_weights(model: ModelRuns, schema: Schema, run_dir: Path) -> Path | None:
-    """HierRec's head-by-field weights per scenario (the paper's Figure 6), first seed."""
-    run = model.run(model.seeds[0]).summary
-    if not run.is_file():
-        return None
-    with reading(run, "retrain this model and seed"):
-        report = json.loads(run.read_text()).get("model_report")
-    if not report or "head_weights" not in report:
-        return None
-    import matplotlib
+def section(
+    title: str, table: Table | None = None, legend: str = "", figure: str = ""
+) -> list[str]:
+    """A report.md section, as lines: `## title`, its table, its legend, its figure (a
+    Markdown image), each followed by a blank line. `msctr eval`, ablate and sweep write
+    theirs through it."""
+    lines = [f"## {title}", ""]
+    for block in (table.to_markdown() if table is not None else "", legend, figure):
+        if block:
+            lines += [block, ""]
+    return lines
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    w = np.asarray(report["head_weights"])  # [S, G, I]
-    S_, G, I = w.shape
-    fig, ax = plt.subplots(figsize=(2 + 0.28 * I, 1 + 0.3 * S_ * G))
-    im = ax.imshow(w.reshape(S_ * G, I), aspect="auto", cmap="viridis")
-    ax.set_xticks(range(I), report["fields"], rotation=90, fontsize=7)
-    ax.set_yticks(
-        range(S_ * G),
-        [f"{schema.scenario_names[s]} h{g}" for s in range(S_) for g in range(G)],
-        fontsize=7,
-    )
-    ax.set_title(f"{model.key}: implicit head weights per scenario")
-    fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    path = RunFolder(run_dir).figure(f"head_weights_{model.folder.name}.png")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+def append_section(report: Path, lines: list[str]) -> None:
+    """`lines` (a `section`) added to the end of an existing report.md, atomically."""
+    write_text(report, report.read_text() + "\n" + "\n".join(lines))
 
 
 # -- rendering -----------------------------------------------------------------------------------
@@ -784,57 +769,8 @@ def add_calibration(
         if schema.has_true_prob and BAYES not in curves:
             curves[BAYES] = _points(M.reliability(y, pred[S.TRUE_PROB].to_numpy(), bins))
     result["calibration"] = {"bins": bins, "reliability": curves}
-    path = plot_reliability(curves, bins, RunFolder(run_dir).figure("calibration.png"))
+    path = figures.reliability(curves, bins, RunFolder(run_dir).figure("calibration.png"))
     result["calibration"]["figure"] = path.name
-
-
-def _figure_axes(figsize: tuple[float, float], panels: int = 1):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, panels, figsize=figsize)
-    return plt, fig, axes
-
-
-def _save(plt, fig, path: Path) -> Path:
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
-
-
-def plot_reliability(curves: dict[str, dict], bins: int, path: Path) -> Path:
-    """Predicted against observed click rate per equal-mass bin, one line per model, the
-    diagonal for perfect calibration; axes up to the largest point, both the same scale."""
-    plt, fig, ax = _figure_axes((6.0, 5.4))
-    top = 0.0
-    # the models in curves.png's colours, the Bayes ceiling last in grey
-    names = [n for n in curves if n != BAYES] + [n for n in curves if n == BAYES]
-    for i, name in enumerate(names):
-        c = curves[name]
-        xy = [(x, y) for x, y in zip(c["predicted"], c["observed"]) if x is not None]
-        if not xy:
-            continue
-        xs, ys = zip(*xy)
-        top = max(top, *xs, *ys)
-        bayes = name == BAYES
-        ax.plot(
-            xs, ys, marker="" if bayes else "o", markersize=4, label=name,
-            color="0.4" if bayes else f"C{i % 10}", linestyle="--" if bayes else "-",
-        )  # fmt: skip
-    top = min(1.0, top * 1.05) or 1.0
-    ax.plot([0, top], [0, top], color="0.75", linewidth=1, zorder=0, label="perfectly calibrated")
-    ax.set_xlim(0, top)
-    ax.set_ylim(0, top)
-    ax.set_aspect("equal")
-    ax.set_xlabel("mean predicted CTR in the bin")
-    ax.set_ylabel("observed CTR in the bin")
-    ax.set_title(f"Reliability: {bins} equal-mass bins of the test rows (first seed)", fontsize=10)
-    ax.legend(fontsize=7, loc="upper left")
-    return _save(plt, fig, path)
 
 
 def read_history(run: SeedRun) -> list[dict]:
@@ -858,32 +794,8 @@ def add_curves(result: dict, models: list[ModelRuns], run_dir: Path) -> None:
                 runs.append((m.key, seed, lines, best[-1] if best else None))
     if not runs:
         return
-    path = plot_curves(runs, RunFolder(run_dir).figure("curves.png"))
+    path = figures.learning_curves(runs, RunFolder(run_dir).figure("curves.png"))
     result["curves"] = path.name
-
-
-def plot_curves(runs: list[tuple[str, int, list[dict], int | None]], path: Path) -> Path:
-    plt, fig, (auc_ax, loss_ax) = _figure_axes((11.0, 4.4), panels=2)
-    colors: dict[str, str] = {}
-    for key, _seed, lines, best in runs:
-        first = key not in colors
-        color = colors.setdefault(key, f"C{len(colors) % 10}")
-        epochs = [r["epoch"] for r in lines]
-        for ax, field in ((auc_ax, "val_auc"), (loss_ax, "train_loss")):
-            ax.plot(epochs, [r[field] for r in lines], color=color, alpha=0.8, marker=".",
-                    label=key if first and ax is auc_ax else None)  # fmt: skip
-        if best is not None:
-            at = next(r for r in lines if r["epoch"] == best)
-            auc_ax.plot(best, at["val_auc"], marker="*", markersize=12, color=color,
-                        markeredgecolor="black", linestyle="")  # fmt: skip
-    auc_ax.set_title("validation AUC per epoch (★ best epoch, the weights kept)", fontsize=10)
-    loss_ax.set_title("training loss (BCE) per epoch", fontsize=10)
-    for ax in (auc_ax, loss_ax):
-        ax.set_xlabel("epoch")
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.grid(alpha=0.3)
-    auc_ax.legend(fontsize=7, title="one line per seed", title_fontsize=7)
-    return _save(plt, fig, path)
 
 
 def _calibration_cell(row: dict, key: str, style: CellStyle) -> str:

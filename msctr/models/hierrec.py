@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,7 +30,7 @@ from msctr.data.schema import Schema
 from msctr.errors import UserError
 from msctr.models.blocks import MLP, Dropout
 from msctr.models.embedding import FeatureEmbedding
-from msctr.models.registry import ModelParams, register
+from msctr.models.registry import ModelFigure, ModelParams, register
 
 
 @dataclass
@@ -157,11 +158,30 @@ SWITCHES = {
 }
 
 
+def head_weight_figure(plt, report: dict, scenarios: list[str], label: str):
+    """The paper's Figure 6: the implicit heads' weights over the fields, per scenario (from
+    `report()`; none without implicit heads)."""
+    if "head_weights" not in report:
+        return None
+    w = np.asarray(report["head_weights"])  # [S, G, I]
+    S_, G, I = w.shape
+    fig, ax = plt.subplots(figsize=(2 + 0.28 * I, 1 + 0.3 * S_ * G))
+    im = ax.imshow(w.reshape(S_ * G, I), aspect="auto", cmap="viridis")
+    ax.set_xticks(range(I), report["fields"], rotation=90, fontsize=7)
+    ax.set_yticks(
+        range(S_ * G), [f"{scenarios[s]} h{g}" for s in range(S_) for g in range(G)], fontsize=7
+    )
+    ax.set_title(f"{label}: implicit head weights per scenario")
+    fig.colorbar(im, ax=ax)
+    return fig
+
+
 @register(
     "hierrec",
     HierRecParams,
     paper="HierRec (Gao et al., 2024): Scenario-Aware Hierarchical Dynamic Network",
     switches=SWITCHES,
+    figure=ModelFigure("head_weights", head_weight_figure),
 )
 class HierRec(nn.Module):
     def __init__(self, schema: Schema, p: HierRecParams):

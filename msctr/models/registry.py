@@ -14,8 +14,9 @@ import dataclasses
 import functools
 import importlib
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -89,6 +90,19 @@ def need_fields(
             raise UserError(f"{key}: field '{n}' is listed twice; list it once")
 
 
+@dataclass(frozen=True)
+class ModelFigure:
+    """A figure a model adds to its run's report (`msctr eval`), drawn from the first seed's
+    `model_report` (what the model's `report()` returned, kept in run.json).
+
+    `draw(plt, model_report, scenario_names, label)` returns a matplotlib figure, or None when
+    the report holds nothing to draw (a switch turned the part off); `msctr.evaluate.figures`
+    lays it out and writes it as `<stem>_<model folder>.png`, linked from report.md."""
+
+    stem: str
+    draw: Callable[[Any, dict, list[str], str], Any]
+
+
 @dataclass
 class ModelSpec:
     name: str
@@ -97,6 +111,7 @@ class ModelSpec:
     switches: dict[str, str]  # switch name -> what dropping it removes
     paper: str
     needs_sequences: bool = False
+    figure: ModelFigure | None = None
 
 
 MODELS: dict[str, ModelSpec] = {}
@@ -108,9 +123,10 @@ def register(
     paper: str,
     switches: dict[str, str] | None = None,
     needs_sequences: bool = False,
+    figure: ModelFigure | None = None,
 ):
     def wrap(cls: type[nn.Module]) -> type[nn.Module]:
-        MODELS[name] = ModelSpec(name, cls, params, switches or {}, paper, needs_sequences)
+        MODELS[name] = ModelSpec(name, cls, params, switches or {}, paper, needs_sequences, figure)
         return cls
 
     return wrap
