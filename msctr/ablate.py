@@ -168,7 +168,7 @@ def run_ablation(
     figure = RunFolder(run_dir).figure("ablation.png")
     plotted = figures.ablation(result, figure)
     image = "![overall AUC](ablation.png)" if plotted else ""
-    append_section(report, section("Ablation", table, figure=image))
+    append_section(report, section("Ablation", table, image))
     if plotted:
         console.print(f"wrote {escape(str(report))} and {escape(str(figure))}")
     else:

@@ -384,16 +384,15 @@ def model_figures(models: list[ModelRuns], schema: Schema, run_dir: Path) -> lis
     return out
 
 
-def section(
-    title: str, table: Table | None = None, legend: str = "", figure: str = ""
-) -> list[str]:
-    """A report.md section, as lines: `## title`, its table, its legend, its figure (a
-    Markdown image), each followed by a blank line. `msctr eval`, ablate and sweep write
-    theirs through it."""
+def section(title: str, *blocks: Table | str) -> list[str]:
+    """A report.md section, as lines: `## title`, then each block (a table, a paragraph, a
+    Markdown image; empty ones left out), each followed by a blank line. `msctr eval`,
+    ablate and sweep write theirs through it."""
     lines = [f"## {title}", ""]
-    for block in (table.to_markdown() if table is not None else "", legend, figure):
-        if block:
-            lines += [block, ""]
+    for block in blocks:
+        text = block.to_markdown() if isinstance(block, Table) else block
+        if text:
+            lines += [text, ""]
     return lines
 
 
@@ -635,15 +634,13 @@ def tuning_lines(result: dict) -> list[str]:
     budget = f"{t['trials']} trial(s) per model" if t.get("trials") else "the sampler's default"
     if t.get("timeout"):
         budget += f", {t['timeout']:g}s at most per model"
-    lines = [
-        "## Tuning",
-        "",
+    lines = section(
+        "Tuning",
         f"Hyperparameters chosen by `msctr tune` on the validation split only ({t['sampler']} "
         f"sampler, pruner {t['pruner']}, ranked by validation {t['metric']}; budget: {budget}"
         + (f"; each trial {' '.join(caps)}" if caps else "")
         + f"). The search: `{t['results']}`.",
-        "",
-    ]
+    )
     rows = []
     for label, m in t["models"].items():
         ended = m.get("complete", 0) + m.get("pruned", 0) + m.get("failed", 0)
@@ -680,7 +677,7 @@ def render_markdown(result: dict) -> str:
     for fig in result.get("figures", []):
         lines += [f"![{fig}]({fig})", ""]
     if "paper" in result:
-        lines += ["## Paper vs measured", ""]
+        lines += section("Paper vs measured")
         if result["paper"]["shown"]:
             for table in paper.tables(result["paper"]):
                 lines += [f"{table.title}:", "", table.to_markdown(), ""]
@@ -688,7 +685,7 @@ def render_markdown(result: dict) -> str:
         lines += [f"- {line}" for line in paper.protocol_lines(result["paper"])]
         lines += [""] if paper.protocol_lines(result["paper"]) else []
     lines += tuning_lines(result)
-    lines += ["## Significance", ""]
+    lines += section("Significance")
     for r in result["models"]:
         t = r["test"]
         if t:
@@ -838,7 +835,7 @@ def calibration_markdown(result: dict) -> str:
         return ""
     table = calibration_table(result, REPORT)
     scen = result["scenarios"]
-    lines = ["## Calibration", "", table.to_markdown(), "", calibration_legend(result), ""]
+    lines = section("Calibration", table, calibration_legend(result))
     tests = [
         [r["model"], t["reference"], CALIBRATION[k], *(_p(t[k].get(f"{n}_p")) for n in TESTS_RUN)]
         for r in result["models"]
@@ -859,5 +856,5 @@ def calibration_markdown(result: dict) -> str:
     fig = result["calibration"]["figure"]
     lines += [f"![{fig}]({fig})", ""]
     if "curves" in result:
-        lines += ["## Learning curves", "", f"![{result['curves']}]({result['curves']})", ""]
+        lines += section("Learning curves", f"![{result['curves']}]({result['curves']})")
     return "\n".join(lines)
