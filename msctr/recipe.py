@@ -209,7 +209,7 @@ class PaperFigures:
         for i, r in enumerate(self.rows):
             if r.scenario_auc and len(r.scenario_auc) != len(self.scenarios):
                 raise UserError(
-                    f"{where}.rows[{i}].scenario_auc has {len(r.scenario_auc)} values for "
+                    f"{where}.rows.{i}.scenario_auc has {len(r.scenario_auc)} values for "
                     f"{len(self.scenarios)} scenarios ({where}.scenarios); give one per scenario"
                 )
 

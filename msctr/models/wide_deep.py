@@ -38,10 +38,10 @@ class WideDeepParams(ModelParams):
         for i, names in enumerate(self.cross_fields):
             if len(names) < 2:
                 raise UserError(
-                    f"{where}.cross_fields[{i}] needs at least two sparse fields, got {names}"
+                    f"{where}.cross_fields.{i} needs at least two sparse fields, got {names}"
                 )
             if len(set(names)) != len(names):
-                raise UserError(f"{where}.cross_fields[{i}] lists a field twice: {names}")
+                raise UserError(f"{where}.cross_fields.{i} lists a field twice: {names}")
 
     def check_schema(self, schema: Schema, where: str) -> None:
         for names in self.cross_fields:
