@@ -307,7 +307,7 @@ class Recipe:
 def model_index(keys: list[str], names: list[str], ref: str, what: str) -> int:
     """Which of the models (their labels `keys`, registered `names`) `ref` names: an index
     (0, 1, ...), a label, or a registered name that one model alone has."""
-    if ref.isdigit():
+    if ref.isdecimal():
         if int(ref) >= len(keys):
             raise UserError(
                 f"{what}: the recipe has {len(keys)} model(s), models.0 to models.{len(keys) - 1}"
@@ -339,7 +339,7 @@ def resolve_key(raw: dict, key: str, what: str) -> str:
     keys = [str(m.get("label") or m.get("name")) for m in entries]
     names = [str(m.get("name")) for m in entries]
     for j in range(len(parts), 1, -1):  # a number is an index, else the longest label
-        if not parts[1].isdigit() and ".".join(parts[1:j]) in keys:
+        if not parts[1].isdecimal() and ".".join(parts[1:j]) in keys:
             ref, rest = ".".join(parts[1:j]), parts[j:]
             break
     else:
