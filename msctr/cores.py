@@ -6,8 +6,8 @@ cores loses nothing by it. Two processes that each run one thread per core do: a
 spins through its time slice waiting for a partner the scheduler has parked, and each run
 gets 5-15x less done than alone (issue 26; a fixed spin budget or a passive wait policy only
 trades this against speed alone, measured in docs/bench.md). So, unless the count is pinned,
-a run uses the cores of its CPU set that other processes leave free, re-read about once a
-second at a step boundary: all of them alone, fewer while others keep some busy.
+a run uses the cores of its CPU set that other processes of its priority leave free, re-read
+about once a second at a step boundary: all of them alone, fewer while others keep some busy.
 
 The thread count changes how CPU kernels split their sums, so an adaptive run is close to,
 but not bit-identical with, a pinned one; `train.threads: N` (or OMP_NUM_THREADS) pins it.
@@ -22,7 +22,10 @@ from pathlib import Path
 
 STAT = Path("/proc/stat")
 # /proc/stat fields after the cpu name: user nice system idle iowait irq softirq steal ...
-_BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # guest time is already inside user/nice
+# (guest time is already inside user/nice). Time of niced processes is left out when this
+# one is not niced: the scheduler gives them what we leave, so they do not take our cores
+_BUSY = (0, 2, 5, 6, 7)
+_BUSY_WITH_NICE = (0, 1, 2, 5, 6, 7)
 
 
 def usable_cores() -> int:
@@ -33,20 +36,22 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def busy_seconds(cpus: set[int]) -> float | None:
-    """CPU seconds spent busy (by any process) on `cpus` since boot; None where /proc/stat
-    cannot be read (not Linux), which turns adaptation off."""
+def busy_seconds(cpus: set[int], niced: bool = False) -> float | None:
+    """CPU seconds spent busy on `cpus` since boot, by processes of normal priority (and
+    niced ones when `niced`); None where /proc/stat cannot be read (not Linux), which turns
+    adaptation off."""
     try:
         lines = STAT.read_text().splitlines()
     except OSError:
         return None
+    fields = _BUSY_WITH_NICE if niced else _BUSY
     ticks = 0
     for line in lines[1:]:
         if not line.startswith("cpu"):
             break
-        name, *fields = line.split()
+        name, *values = line.split()
         if int(name[3:]) in cpus:
-            ticks += sum(int(fields[i]) for i in _BUSY_FIELDS if i < len(fields))
+            ticks += sum(int(values[i]) for i in fields if i < len(values))
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
@@ -79,7 +84,8 @@ class AdaptiveThreads:
         get_threads = get_threads or torch.get_num_threads
         cpus = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set()
         self.cores = cores or usable_cores()
-        self.busy = busy or (lambda: busy_seconds(cpus))
+        niced = os.getpriority(os.PRIO_PROCESS, 0) > 0  # then our own time is counted as nice
+        self.busy = busy or (lambda: busy_seconds(cpus, niced))
         self.clock, self.own_seconds, self.every = clock, own_seconds, every
         if pinned is None and os.environ.get("OMP_NUM_THREADS"):
             pinned = get_threads()  # torch took the user's OMP_NUM_THREADS at import

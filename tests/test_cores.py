@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 
 import pytest
 from conftest import invoke, run_main
@@ -157,6 +158,21 @@ def test_training_logs_the_thread_count_it_used(tmp_path, monkeypatch, capsys):
     lines = [json.loads(x) for x in (tmp_path / "run/DNN/seed_0/log.jsonl").open()]
     assert calls == [1]  # 4 cores busy, 1 of them ours: others take 3, one is left
     assert 1 < lines[0]["threads"] < 4 and lines[1]["threads"] == 1
+
+
+def test_busy_time_of_chosen_cpus_without_niced_processes(monkeypatch, tmp_path):
+    stat = tmp_path / "stat"
+    hz = os.sysconf("SC_CLK_TCK")
+    stat.write_text(
+        "cpu  9 9 9 9 9 9 9 9 0 0\n"
+        f"cpu0 {hz} {2 * hz} {hz} 50 7 0 0 {hz} 0 0\n"  # user nice system idle iowait ... steal
+        f"cpu1 {4 * hz} 0 0 50 0 0 0 0 0 0\n"
+        "intr 1 2 3\n"
+    )
+    monkeypatch.setattr(cores, "STAT", stat)
+    assert busy_seconds({0}) == 3  # user + system + steal; idle and iowait are not busy
+    assert busy_seconds({0}, niced=True) == 5
+    assert busy_seconds({0, 1}) == 7
 
 
 def test_cores_module_reads_proc_stat_only_on_linux(monkeypatch, tmp_path):
