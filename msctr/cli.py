@@ -658,7 +658,9 @@ def bench_inference(
             "exported, checked against eager's AUC; onnxruntime needs msctr[export])."
         ),
     ] = "torch",
-    threads: Annotated[int | None, typer.Option(help="torch intra-op threads.")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="torch intra-op threads (default: follows the load).")
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda (cuda:N).")] = "cpu",
     rows: Annotated[int | None, typer.Option(help="Score the first N test rows only.")] = None,
     repeats: Annotated[int, typer.Option(help="Timed runs after one warm-up run.")] = 3,
@@ -725,7 +727,9 @@ def predict(
         int | None, typer.Option(help="Rows per forward (default: train.eval_batch_size).")
     ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda (cuda:N) or mps.")] = "cpu",
-    threads: Annotated[int | None, typer.Option(help="torch intra-op threads.")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="torch intra-op threads (default: follows the load).")
+    ] = None,
     keep: Annotated[
         str | None,
         typer.Option(help="Comma-separated input columns copied to the output (keys)."),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from msctr.bench.measure import load_model
+from msctr.cores import AdaptiveThreads
 from msctr.data.loader import Columns
 from msctr.data.prepare import FittedEncoders
 from msctr.data.schema import Schema
@@ -244,8 +246,7 @@ def run_predict(
     check_out_file(cfg.out, "--out", "scores file", is_scores_file, inputs=(cfg.input, data))
     fitted = FittedEncoders(data, schema)
     device = resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    threads = AdaptiveThreads(cfg.threads)  # follows the load unless --threads pins it
     # not train's keep_freed_memory: chunks of varying sizes would fragment a heap that is
     # never trimmed, and bounded memory matters more here than page faults
     limit_heaps(torch.get_num_threads())
@@ -269,7 +270,7 @@ def run_predict(
                 f"training never had (e.g. {examples}), and no model has a scenario id for "
                 f"them; drop those rows, or map them to a trained scenario ({known})"
             )
-        scoring = Scoring(models, batch_size, device, precision)
+        scoring = Scoring(models, batch_size, device, precision, threads.tick)
         return _score(cfg, schema, fitted, source, rows, scoring, console)
 
 
@@ -281,6 +282,7 @@ class Scoring:
     batch_size: int
     device: torch.device
     precision: str  # the recipe's train.precision: the test split was scored so
+    pace: Callable[[], None]  # before each batch: AdaptiveThreads.tick
 
 
 def _score(
@@ -323,7 +325,14 @@ def _score(
                 for key, nets in models.items():
                     p = np.mean(
                         [
-                            score(m, cols, scoring.batch_size, scoring.device, scoring.precision)
+                            score(
+                                m,
+                                cols,
+                                scoring.batch_size,
+                                scoring.device,
+                                scoring.precision,
+                                pace=scoring.pace,
+                            )
                             for m in nets
                         ],
                         axis=0,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -17,6 +18,9 @@ from msctr.data.batch import Batch
 from msctr.data.schema import DenseField, Schema, Sequence, SequenceField, SparseField
 
 torch.set_num_threads(1)
+# runs started here and in the CLI subprocesses tests start keep one thread: an adaptive count
+# (msctr.cores) would follow the machine's load and make bit-for-bit comparisons flaky
+os.environ["OMP_NUM_THREADS"] = "1"
 
 
 # small but complete configuration of every model (2 PLE levels, 2 STAR hidden layers), for

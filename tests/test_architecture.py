@@ -18,7 +18,10 @@ LAYERS = [
     ["msctr.models"],
     ["msctr.testing"],
     ["msctr.data"],
-    ["msctr.runs", "msctr.paths", "msctr.io", "msctr.config", "msctr.errors", "msctr.resources"],
+    [
+        "msctr.runs", "msctr.paths", "msctr.io", "msctr.config", "msctr.errors",
+        "msctr.resources", "msctr.cores",
+    ],
 ]
 
 

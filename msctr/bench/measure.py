@@ -40,6 +40,7 @@ from msctr.bench.results import (
     VariantFailed,
     is_bench_file,
 )
+from msctr.cores import AdaptiveThreads
 from msctr.data.batch import Batch
 from msctr.data.loader import Columns, load_columns
 from msctr.data.schema import Schema
@@ -179,13 +180,18 @@ def score_test_split(
     rows: int | None,
     batch_size: int,
     device: torch.device,
+    pace: Callable[[], None] = lambda: None,
 ) -> tuple[float, float, np.ndarray, np.ndarray]:
-    """(seconds end to end, seconds of which reading, probabilities, labels)."""
+    """(seconds end to end, seconds of which reading, probabilities, labels). `pace` runs
+    before each batch (AdaptiveThreads.tick)."""
     sync(device)
     t0 = time.perf_counter()
     cols = load_columns(folder, "test", schema, limit=rows)
     t1 = time.perf_counter()
-    probs = [run(b.to(device)).cpu() for b in cols.batches(batch_size)]
+    probs = []
+    for b in cols.batches(batch_size):
+        pace()
+        probs.append(run(b.to(device)).cpu())
     sync(device)
     t2 = time.perf_counter()
     return t2 - t0, t1 - t0, torch.cat(probs).double().numpy(), cols.label.numpy()
@@ -211,7 +217,11 @@ def fixed_batch(cols: Columns, size: int, device: torch.device) -> Batch:
 
 
 def time_calls(
-    run: Callable[[Batch], torch.Tensor], batch: Batch, cfg: BenchConfig, device
+    run: Callable[[Batch], torch.Tensor],
+    batch: Batch,
+    cfg: BenchConfig,
+    device,
+    pace: Callable[[], None] = lambda: None,
 ) -> BatchTiming:
     for _ in range(2):  # warm-up: allocator, caches, compiled graphs for this shape
         run(batch)
@@ -226,6 +236,7 @@ def time_calls(
     for _ in range(cfg.repeats):
         window = []
         for _ in range(calls):
+            pace()  # outside the timed call: a reading of the load costs the call nothing
             t0 = time.perf_counter()
             run(batch)
             sync(device)
@@ -279,6 +290,7 @@ def bench_model(
     cfg: BenchConfig,
     device: torch.device,
     seed: int,
+    threads: AdaptiveThreads,
     log: Callable[[str], None],
 ) -> ModelBench:
     model, source = load_model(recipe, entry, schema, seed)
@@ -309,7 +321,9 @@ def bench_model(
                 from msctr.export import backend_runner  # export imports this module
 
                 run = backend_runner(model, variant, schema, fixed_batch(cols, 64, device))
-            score_test_split(run, folder, schema, cfg.rows, e2e_bs, device)  # warm-up
+            score_test_split(  # warm-up
+                run, folder, schema, cfg.rows, e2e_bs, device, threads.tick
+            )
         except Exception as e:  # a compiler or exporter failing must not end the benchmark
             if plain:
                 raise
@@ -318,14 +332,14 @@ def bench_model(
         total, reading = [], []
         for _ in range(cfg.repeats):
             seconds, read, prob, label = score_test_split(
-                run, folder, schema, cfg.rows, e2e_bs, device
+                run, folder, schema, cfg.rows, e2e_bs, device, threads.tick
             )
             total.append(seconds)
             reading.append(read)
         has_both = 0 < label.sum() < len(label)
         by_batch_size = []
         for b in batches.values():
-            timing = time_calls(run, b, cfg, device)
+            timing = time_calls(run, b, cfg, device, threads.tick)
             if plain:  # the tracker would trace through compiled graphs, and sees no ORT
                 extra = peak_forward_bytes(runner(model, variant, device, False), b, device)
                 timing.peak_bytes = res.weight_bytes + batch_bytes(b) + extra
@@ -357,7 +371,7 @@ def run_bench(recipe: Recipe, cfg: BenchConfig, console: Console | None = None) 
     device = bench_device(cfg.device)
     if cfg.threads:
         check_threads(cfg.threads, "--threads")
-        torch.set_num_threads(cfg.threads)
+    threads = AdaptiveThreads(cfg.threads)
     keep_freed_memory()
     folder = Path(recipe.data)
     schema = Schema.load(folder)  # one-line error when the data is missing
@@ -389,12 +403,16 @@ def run_bench(recipe: Recipe, cfg: BenchConfig, console: Console | None = None) 
                     cfg,
                     device,
                     seed,
+                    threads,
                     lambda msg: status.update(f"benchmarking {msg}"),
                 )
             )
     add_increase(result, recipe)
     if hasattr(os, "getloadavg"):
         result.machine["loadavg_end"] = list(os.getloadavg())
+    # unless --threads pins it, the count follows the load (msctr.cores): its mean over every
+    # scored batch, beside `threads`, the count at the start
+    result.machine["threads_used"] = round(float(threads.take_used() or threads.threads), 2)
     out = cfg.out or RunFolder(recipe.run_dir).bench
     write_json(out, result.to_dict())
     result.path = str(out)

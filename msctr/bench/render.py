@@ -82,9 +82,18 @@ def legend(result: BenchResult) -> str:
         f"baseline: {ref}; "
         f"AUC: eager fp32 on the test split; max |AUC diff|: largest difference of the other "
         f"variants from it ('!' above {AUC_TOLERANCE}). "
-        f"{m0['cpu']}, {m0['threads']} threads, device {m0['device']}, torch {m0['torch']}, "
+        f"{m0['cpu']}, {_threads(m0)}, device {m0['device']}, torch {m0['torch']}, "
         f"{m0['date']}" + (f", load {m0['loadavg'][0]:.2f}" if "loadavg" in m0 else "")
     )
+
+
+def _threads(machine: dict) -> str:
+    """'2 threads', or with the mean count used when the load changed it (msctr.cores)."""
+    text = f"{machine['threads']} threads"
+    used = machine.get("threads_used")  # absent from files of older versions
+    if used is not None and used != machine["threads"]:
+        text += f" (mean {used:g} used: other processes kept cores busy)"
+    return text
 
 
 def forward_table(result: BenchResult) -> Table:

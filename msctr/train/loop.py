@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from msctr.cores import AdaptiveThreads
 from msctr.data.batch import Batch
 from msctr.data.loader import Columns
 from msctr.data.schema import LABEL
@@ -107,15 +108,19 @@ def predict(
     device: torch.device,
     precision: str = "fp32",
     stops: bool = True,
+    pace: Callable[[], None] | None = None,
 ) -> np.ndarray:
     """Click probabilities for every row of `data`, in row order; a pending Ctrl-C stops
-    between two batches (`stops`; predict_shared's processes stop together instead)."""
+    between two batches (`stops`; predict_shared's processes stop together instead).
+    `pace` runs before each batch (AdaptiveThreads.tick)."""
     model.eval()
     out = []
     with autocast(device, precision):
         for batch in data.batches(batch_size):
             if stops:
                 check_stop()
+            if pace is not None:
+                pace()
             logit, _ = split_output(model(batch.to(device)))
             out.append(torch.sigmoid(logit.float()).cpu())
     return torch.cat(out).double().numpy()
@@ -127,6 +132,7 @@ def predict_shared(
     batch_size: int,
     device: torch.device,
     precision: str = "fp32",
+    pace: Callable[[], None] | None = None,
 ) -> np.ndarray:
     """`predict`, with the rows split among the training processes: each scores its
     contiguous share and every process gets all probabilities back in row order. A pending
@@ -134,12 +140,14 @@ def predict_shared(
     batches: the shares' batch counts may differ, and a process must not stop alone."""
     w = dist.world()
     if not w.parallel:
-        return predict(model, data, batch_size, device, precision)
+        return predict(model, data, batch_size, device, precision, pace=pace)
     dist.stop_together()
     lo, hi = dist.part_bounds(len(data), w.rank, w.size)
     mine = np.zeros(0)
     if hi > lo:
-        mine = predict(model, data.take(slice(lo, hi)), batch_size, device, precision, False)
+        mine = predict(
+            model, data.take(slice(lo, hi)), batch_size, device, precision, False, pace
+        )
     return dist.gather_rows(torch.from_numpy(mine)).numpy()
 
 
@@ -193,9 +201,11 @@ def train_epoch(
     before_step: Callable[[int], None] | None = None,
     shares: dist.Shares | None = None,
     after_backward: Callable[[], None] | None = None,
+    pace: Callable[[], None] | None = None,
 ) -> tuple[int, float, float]:
     """Up to `steps` training steps over `batches`: (rows seen, summed BCE, seconds) of this
-    process (data parallel: its shares; `shares` weights each step's loss).
+    process (data parallel: its shares; `shares` weights each step's loss). `pace` runs
+    before each step (AdaptiveThreads.tick).
 
     Between two steps a pending Ctrl-C/SIGTERM stops training (`dist.stop_together`); data
     parallel, every process stops at the same step (a stop on one is agreed by all)."""
@@ -210,6 +220,8 @@ def train_epoch(
                 break
             if before_step is not None:
                 before_step(step)
+            if pace is not None:
+                pace()
             dist.stop_together()
             rows, weight = len(batch), 1.0
             if parallel:
@@ -294,6 +306,7 @@ def fit_one(
     fingerprint = fingerprint or run_fingerprint(recipe, entry, data.schema)
     device = resolve_device(dist.local_device(t.device))
     seed_everything(seed)
+    threads = AdaptiveThreads(t.threads)
     model = build(entry.name, data.schema, entry.model_params).to(device)
     optimizer = make_optimizer(model, t)
     steps_per_epoch = -(-data.train_rows // t.batch_size)
@@ -353,6 +366,7 @@ def fit_one(
             None if hook is None else functools.partial(hook, epoch),
             shares,
             sync_sparse,
+            threads.tick,
         )
         seen, loss_sum, train_seconds = _all_ranks(seen, loss_sum, train_seconds)
         if streamed:  # prepared again during the epoch: the epoch is not kept
@@ -364,7 +378,9 @@ def fit_one(
                 "lower train.lr"
             )
         dist.sync_buffers(model)  # BatchNorm statistics: the same on every rank from here
-        val_p = predict_shared(scorer, data.val, t.eval_batch_size, device, t.precision)
+        val_p = predict_shared(
+            scorer, data.val, t.eval_batch_size, device, t.precision, threads.tick
+        )
         # rank 0's figures decide for all, so every rank stops at the same epoch
         val = dist.on_main(
             lambda p=val_p: {"auc": auc(data.val_labels, p), "logloss": logloss(data.val_labels, p)}
@@ -386,6 +402,8 @@ def fit_one(
         }
         if w.parallel:
             line["processes"] = w.size
+        if threads.adaptive:  # the mean count over the epoch's steps and scoring batches
+            line["threads"] = round(threads.take_used(), 2)
         lines.append(json.dumps(line))
         timing = {"train_seconds": train_seconds}  # the line has the rest, lr included
         history.add(line, timing, data.val_labels, val_p, data.val.scenario)
@@ -430,7 +448,9 @@ def fit_one(
             "train_seconds": time.perf_counter() - start,
         }
     model.load_state_dict(best_state)
-    test_p = predict_shared(scorer, data.test, t.eval_batch_size, device, t.precision)
+    test_p = predict_shared(
+        scorer, data.test, t.eval_batch_size, device, t.precision, threads.tick
+    )
     summary = {
         "model": entry.key,
         "seed": seed,
