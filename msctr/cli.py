@@ -182,8 +182,9 @@ def prepare_synthetic(
 
     Example: msctr prepare synthetic --out data/mechanisms/hierrec --rows 60000 --structure hierrec
     """
+    from msctr.data.planted.structures import STRUCTURES
     from msctr.data.prepare import check_min_count, check_out, prepare
-    from msctr.data.sources.synthetic import STRUCTURES, generate
+    from msctr.data.sources.synthetic import generate
     from msctr.resources import need_memory
 
     if rows < 1000:

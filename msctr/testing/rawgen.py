@@ -35,7 +35,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from msctr.data.sources import synthetic as syn
+from msctr.data.planted.clicks import Simulation, simulate
+from msctr.data.planted.params import ACTIVE_DEGREES, CARD, DAYS, START_MS
+from msctr.data.planted.world import yyyymmdd
+from msctr.data.sources.synthetic import list_series
 from msctr.errors import UserError
 
 # -- KuaiRand ---------------------------------------------------------------------------------
@@ -54,7 +57,7 @@ FRIEND_BOUNDS = ((0, 0), (1, 4), (5, 29), (30, 59), (60, 119), (120, 249), (250,
 REGISTER_RANGES = ("15-30", "61-90", "91-180", "181-365", "366-730", "730+")
 VIDEO_TYPES = ("NORMAL", "AD", "UNKNOWN")  # the generator's NORMAL / AD / LIVE
 UPLOAD_TYPES = ("ShortImport", "LongImport", "Web", "ShortCamera", "LongCamera", "PictureSet")
-WIDTHS = tuple(360 + 36 * k for k in range(syn.CARD["item_cat"]))  # item_cat -> server_width
+WIDTHS = tuple(360 + 36 * k for k in range(CARD["item_cat"]))  # item_cat -> server_width
 HEIGHTS = (640, 720, 960, 1024, 1280, 1920)  # duration bucket -> server_height
 STAT_COLUMNS = (
     "counts", "show_cnt", "show_user_num", "play_cnt", "play_user_num", "play_duration",
@@ -75,7 +78,7 @@ STAT_COLUMNS = (
 
 def _beijing_date(t_ms: np.ndarray) -> np.ndarray:
     days = ((t_ms + BEIJING_MS) // 86_400_000).astype("datetime64[D]")
-    return syn._yyyymmdd(days)
+    return yyyymmdd(days)
 
 
 def _in_range(rng: np.random.Generator, bounds: tuple, codes: np.ndarray) -> np.ndarray:
@@ -128,7 +131,7 @@ def write_kuairand(
     """
     if scenarios > len(TABS):
         raise UserError(f"KuaiRand has {len(TABS)} tabs; use at most that many scenarios")
-    sim = syn.simulate(rows, scenarios, seed)
+    sim = simulate(rows, scenarios, seed)
     W = sim.world
     rng = np.random.default_rng([seed, 101])
     n_users, n_items = len(W.counts), len(W.item_bias)
@@ -144,7 +147,7 @@ def write_kuairand(
     n_videos = n_items * spread
 
     # time: a monotone stretch of the generator's clock keeps every user's event order
-    t = KR_START_MS + (sim.time_ms - syn.START_MS) * KR_DAYS // syn.DAYS
+    t = KR_START_MS + (sim.time_ms - START_MS) * KR_DAYS // DAYS
     date = _beijing_date(t)
     hourmin = ((t + BEIJING_MS) // 3_600_000 % 24) * 100
     period = (date >= PERIOD_SPLIT_DATE).astype(np.int8)
@@ -203,7 +206,7 @@ def write_kuairand(
     reg_days = np.maximum(W.register_days[rep].astype(np.int64), 15)
     user_cols: dict[str, object] = {
         "user_id": np.arange(nu),
-        "user_active_degree": np.asarray(syn.ACTIVE_DEGREES)[U["user_active_degree"]],
+        "user_active_degree": np.asarray(ACTIVE_DEGREES)[U["user_active_degree"]],
         "is_lowactive_period": U["is_lowactive_period"],
         "is_live_streamer": (ru.random(nu) < 0.05).astype(np.int64),
         "is_video_author": U["is_video_author"],
@@ -289,7 +292,7 @@ def write_kuairand(
     if history:
         hist = sim.history(history)
         valid = hist >= 0
-        truth = truth.with_columns(syn._list_series("hist_video_id", video, hist, valid))
+        truth = truth.with_columns(list_series("hist_video_id", video, hist, valid))
     truth = truth[order].with_row_index("pos")
     return KuaiRandFiles(folder, truth, users=int(keep_user.sum()), videos=int(keep_video.sum()))
 
@@ -358,7 +361,7 @@ def write_aliccp(
     truths = []
     try:
         for k, n in enumerate(sizes):
-            chunk = _aliccp_chunk(syn.simulate(n, 3, seed + k), seed + k, history, bought, offset)
+            chunk = _aliccp_chunk(simulate(n, 3, seed + k), seed + k, history, bought, offset)
             samples, common, chunk_truth = chunk
             for f in FILES:
                 part = samples.filter(pl.col("file") == f)
@@ -382,7 +385,7 @@ def write_aliccp(
 
 
 def _aliccp_chunk(
-    sim: syn.Simulation, seed: int, history: int, bought: float, offset: dict[str, int]
+    sim: Simulation, seed: int, history: int, bought: float, offset: dict[str, int]
 ) -> tuple[pl.DataFrame, pl.DataFrame, Callable[[], pl.DataFrame]]:
     """One world's skeleton and common-feature rows (ids shifted by `offset`, which is then
     advanced past them) and a function that builds its truth frame."""
@@ -394,7 +397,7 @@ def _aliccp_chunk(
     offset["item"] += len(it["item_cat"])
     offset["author"] += int(it["author_id"].max()) + 1
     rng = np.random.default_rng([seed, 201])
-    brand = it["item_cat"] * syn.CARD["music_type"] + it["music_type"]  # finer than category
+    brand = it["item_cat"] * CARD["music_type"] + it["music_type"]  # finer than category
     attr = {
         "206": it["item_cat"],
         "207": it["author_id"] + author_base,
@@ -403,7 +406,7 @@ def _aliccp_chunk(
     }
 
     # requests: one per (user, day); rows are in (user, time) order, so each is a contiguous run
-    req = user * syn.DAYS + sim.context["day"]
+    req = user * DAYS + sim.context["day"]
     change = np.r_[True, req[1:] != req[:-1]]
     q_of_row = np.cumsum(change) - 1
     first = np.flatnonzero(change)
@@ -523,7 +526,7 @@ def _aliccp_chunk(
 
     # files: first half of the days is raw train, second half raw test; log order inside (a
     # chunk's rows follow the previous chunk's, so a multi-chunk file is in log order per chunk)
-    is_test = pl.Series(sim.context["day"] >= syn.DAYS // 2)
+    is_test = pl.Series(sim.context["day"] >= DAYS // 2)
     samples = samples.with_columns(
         file=pl.when(is_test).then(pl.lit("test")).otherwise(pl.lit("train"))
     )
