@@ -66,6 +66,8 @@ def test_fresh_keeps_the_users_files(capsys, tmp_path, data_dir):
         "DNN_backup/seed_0/run.json": (run / "DNN/seed_0/run.json").read_bytes(),
         "DNN_backup/seed_0/fingerprint.json": (run / "DNN/seed_0/fingerprint.json").read_bytes(),
         "plot.png": b"my figure",
+        "head_weights_DNN_old.png": b"an earlier figure, renamed",  # msctr's prefix, not its name
+        "DNN/seed_0/loss.png": b"my figure, in a run's folder",
         "bench.json": b'{"mine": true}',  # not a benchmark msctr wrote
         "notes.txt": b"keep me",
         "DNN/notes.txt": b"mine, in a model folder",
