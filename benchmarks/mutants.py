@@ -53,7 +53,7 @@ class Mutant:
 
 
 LOOP = "msctr/train/loop.py"
-SEL = "tests/test_engine_selection.py"
+SEL = "tests/test_model_selection.py"
 ROUTING = "tests/test_scenario_routing.py"
 MECH = "tests/test_mechanisms.py"
 

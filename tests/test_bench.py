@@ -1,4 +1,4 @@
-"""bench-inference, the multiply-add counter, and the engine's speed options (lazy Adam for
+"""bench-inference, the multiply-add counter, and the training loop's speed options (lazy Adam for
 row-sparse embedding tables, bf16 autocast, fused sequence pooling)."""
 
 import json

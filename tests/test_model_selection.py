@@ -1,4 +1,4 @@
-"""Model selection in the training engine: early stopping on the validation split, the best
+"""Model selection in the training loop: early stopping on the validation split, the best
 checkpoint restored before the test split is scored, and no way for the test split to steer
 the choice.
 
@@ -169,7 +169,7 @@ def test_early_stopping_follows_the_validation_curve(
     assert [line["best"] for line in log] == flags
     assert summary["best_epoch"] == best
     assert json.loads((run_dir / "run.json").read_text())["best_epoch"] == best
-    # the logged validation metrics are those of the scores the engine was given
+    # the logged validation metrics are those of the scores the training loop was given
     y = fake.val.label.numpy().astype(int)
     for line, p in zip(log, fake.scores):
         assert line["val_auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
