@@ -266,12 +266,10 @@ def train(
         set_ = [*(set_ or []), f"train.log=[{','.join(trackers)}]"]
     r = load_recipe(recipe, set_ or [], smoke=smoke)  # a bad recipe fails here, once
     if nproc > 1:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise UserError("--nproc is for starting torchrun; under torchrun, leave it out")
-        from msctr.train.launch import torchrun, without_nproc
+        from msctr.train.launch import launch_workers
 
         with resumable():  # a stop of any of its processes is reported here, once
-            raise typer.Exit(torchrun(nproc, without_nproc(sys.argv[1:])))
+            raise typer.Exit(launch_workers(nproc))
     with resumable():
         run_dir = train_recipe(r, console, fresh=fresh)
     if _rank() != 0:  # data parallel: rank 0 reports

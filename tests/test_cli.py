@@ -4,11 +4,12 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
-from conftest import invoke, runner
+from conftest import invoke, one_line_error, runner
 from scipy import stats as sps
 from sklearn.metrics import log_loss, roc_auc_score
 
@@ -282,3 +283,11 @@ def test_eval_table_fits_100_columns(paper_run):
     report = (paper_run / "report.md").read_text()
     table = results_table(res).to_markdown()
     assert table in report and table.splitlines()[0].count("|") == 1 + 7 + 4 + 4
+
+
+def test_nproc_under_torchrun_is_refused(capsys, monkeypatch):
+    """`--nproc` starts torchrun; a process torchrun started (WORLD_SIZE set) must not start
+    another."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    recipe = Path(__file__).parents[1] / "recipes" / "synthetic" / "table.yaml"
+    one_line_error(capsys, "under torchrun, leave it out", "train", str(recipe), "--nproc", "2")

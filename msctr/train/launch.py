@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from msctr.errors import Interrupted
+from msctr.errors import Interrupted, UserError
 
 LAUNCHER_PID = "MSCTR_LAUNCHER_PID"  # set by the launcher for the agent and the workers
 AGENT_PID = "MSCTR_AGENT_PID"  # set by the agent for its workers
@@ -151,6 +151,14 @@ def resumable() -> Iterator[None]:
     except Interrupted as e:
         e.resume = resume_command()
         raise
+
+
+def launch_workers(nproc: int) -> int:
+    """`msctr train ... --nproc N` in the process the user started: the same command under
+    torchrun in N workers; their exit status."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("--nproc is for starting torchrun; under torchrun, leave it out")
+    return torchrun(nproc, without_nproc(sys.argv[1:]))
 
 
 def without_nproc(args: list[str]) -> list[str]:
