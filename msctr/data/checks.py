@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from msctr.data import schema as S
+from msctr.data.schema import LABEL, PARTITION, SCENARIO, SESSION, TRUE_PROB, USER
 from msctr.data.sources.base import FieldMap, SourceTable
 from msctr.errors import UserError
 
@@ -48,7 +48,7 @@ def _check_roles(f: FieldMap) -> None:
                 f"the label column '{f.label}' is also given as {role}; the label can have no "
                 "other role, choose another column"
             )
-    reserved = {S.LABEL, S.SCENARIO, S.USER, S.SESSION, S.PARTITION, S.TRUE_PROB}
+    reserved = {LABEL, SCENARIO, USER, SESSION, PARTITION, TRUE_PROB}
     reserved |= {f"{seq.name}_len" for seq in f.sequences}
     for c in [*f.sparse, *f.dense, *seq_cols]:
         if c in reserved:

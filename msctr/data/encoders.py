@@ -13,8 +13,18 @@ import numpy as np
 import polars as pl
 
 from msctr.data import checks
-from msctr.data import schema as S
-from msctr.data.schema import DenseField, Schema, Sequence, SequenceField
+from msctr.data.schema import (
+    LABEL,
+    PARTITION,
+    SCENARIO,
+    SESSION,
+    TRUE_PROB,
+    USER,
+    DenseField,
+    Schema,
+    Sequence,
+    SequenceField,
+)
 from msctr.data.sources.base import FieldMap, SequenceSpec
 from msctr.errors import UserError
 from msctr.io import reading
@@ -163,10 +173,10 @@ def encoded_columns(
 ) -> tuple[list[pl.Expr], list[Sequence]]:
     """Every prepared column as an expression over the raw rows, and the sequences' schema."""
     exprs: list[pl.Expr] = [
-        label_codes.alias(S.LABEL),
+        label_codes.alias(LABEL),
         # scenario ids 0..S-1 in sorted order of the training values (all values are seen)
         (Vocabulary(f.scenario, enc.scenario_values).encode(pl.col(f.scenario)) - 1).alias(
-            S.SCENARIO
+            SCENARIO
         ),
     ]
     exprs += [enc.vocabs[c].encode(pl.col(c)).alias(c) for c in f.sparse]
@@ -194,11 +204,11 @@ def encoded_columns(
         fields = [SequenceField(c, t, seq.queries.get(c, t)) for c, t in seq.columns.items()]
         sequences.append(Sequence(seq.name, L, length, fields))
     if f.user:
-        exprs.append(pl.col(f.user).hash(seed=0).reinterpret(signed=True).alias(S.USER))
+        exprs.append(pl.col(f.user).hash(seed=0).reinterpret(signed=True).alias(USER))
     if f.session:
-        exprs.append(pl.col(f.session).hash(seed=0).reinterpret(signed=True).alias(S.SESSION))
+        exprs.append(pl.col(f.session).hash(seed=0).reinterpret(signed=True).alias(SESSION))
     if f.true_prob:
-        exprs.append(pl.col(f.true_prob).cast(pl.Float64).alias(S.TRUE_PROB))
+        exprs.append(pl.col(f.true_prob).cast(pl.Float64).alias(TRUE_PROB))
     return exprs, sequences
 
 
@@ -261,7 +271,7 @@ class FittedEncoders:
                 "(prepared by an older msctr); re-run `msctr prepare` and retrain"
             )
         self.fields = FieldMap(
-            label=info.get("label") or S.LABEL,
+            label=info.get("label") or LABEL,
             scenario=info["scenario_column"],
             sparse=schema.sparse_names,
             dense=schema.dense_names,
@@ -365,7 +375,7 @@ class FittedEncoders:
             [pl.col(c).cast(pl.String) for c in self.schema.partition_fields], separator="|"
         )
         part = Vocabulary("_key", self.vocab_text.get("_key", pl.Series([], dtype=pl.String)))
-        return frame.select(exprs).with_columns(part.encode(key).alias(S.PARTITION))
+        return frame.select(exprs).with_columns(part.encode(key).alias(PARTITION))
 
     def scenario_values(self, types: pl.Schema) -> pl.Series:
         c = self.fields.scenario

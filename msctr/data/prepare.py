@@ -18,10 +18,9 @@ from pathlib import Path
 
 import polars as pl
 
-from msctr.data import schema as S
 from msctr.data.checks import check_columns, check_source
 from msctr.data.encoders import Encoders, Vocabulary, encoded_columns, input_types
-from msctr.data.schema import DenseField, Schema, SparseField
+from msctr.data.schema import LABEL, PARTITION, SCENARIO, SPLITS, DenseField, Schema, SparseField
 from msctr.data.sources.base import SourceTable
 from msctr.errors import UserError
 from msctr.io import (
@@ -142,7 +141,7 @@ def _dense_fields(frame: pl.LazyFrame, values: dict[str, pl.Expr]) -> list[Dense
     per_split = {row[SPLIT]: row for row in infinite.iter_rows(named=True)}
     fields = []
     for c in values:
-        infs = [(sp, per_split[sp][c]) for sp in S.SPLITS if sp in per_split]
+        infs = [(sp, per_split[sp][c]) for sp in SPLITS if sp in per_split]
         if where := [f"{n} in {sp}" for sp, n in infs if n]:
             raise UserError(
                 f"dense column '{c}' has infinite values ({', '.join(where)}); fix the source, "
@@ -188,8 +187,8 @@ def _assign_split(table: SourceTable, frame: pl.LazyFrame, n: int, seed: int) ->
 def split_rows(table: SourceTable, split: str, seed: int = 0) -> pl.LazyFrame:
     """The raw rows `prepare(table, seed=seed)` puts in `split`, in the order of its
     <split>.parquet: what `msctr predict` on a split's raw rows reads (its exactness test)."""
-    if split not in S.SPLITS:
-        raise UserError(f"split must be one of {', '.join(S.SPLITS)}, got {split!r}")
+    if split not in SPLITS:
+        raise UserError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     frame = table.frame
     if table.fields.order:
         frame = frame.sort(table.fields.order, maintain_order=True)
@@ -255,7 +254,7 @@ def _prepare(
 
     # partitions (HMDN's multi-distribution groups): the scenario x partition-field combinations
     # seen in training, densely numbered; unseen combinations map to 0
-    part_fields = [S.SCENARIO] + [c for c in f.partition if c != f.scenario]
+    part_fields = [SCENARIO] + [c for c in f.partition if c != f.scenario]
     key = pl.concat_str([pl.col(c).cast(pl.String) for c in part_fields], separator="|")
     part_vocab = Vocabulary.fit(
         encoded.filter(pl.col(SPLIT) == "train").select(key.alias("_key")), "_key", 1
@@ -265,12 +264,12 @@ def _prepare(
         # a split's pass reads (and encodes) only its own rows
         ftrain, fval, _ = table.split_fractions
         n_train, n_trval = int(n * ftrain), int(n * (ftrain + fval))
-        sliced = ordered.select(exprs).with_columns(part_vocab.encode(key).alias(S.PARTITION))
+        sliced = ordered.select(exprs).with_columns(part_vocab.encode(key).alias(PARTITION))
         bounds = {"train": (0, n_train), "val": (n_train, n_trval), "test": (n_trval, n)}
         parts = {sp: sliced.slice(lo, hi - lo) for sp, (lo, hi) in bounds.items()}
     else:
-        encoded = encoded.with_columns(part_vocab.encode(key).alias(S.PARTITION))
-        parts = {sp: encoded.filter(pl.col(SPLIT) == sp).drop(SPLIT, ROW) for sp in S.SPLITS}
+        encoded = encoded.with_columns(part_vocab.encode(key).alias(PARTITION))
+        parts = {sp: encoded.filter(pl.col(SPLIT) == sp).drop(SPLIT, ROW) for sp in SPLITS}
 
     rows, counts, clicks = _write_splits(parts, tmp, len(enc.scenario_values), row_group_size)
     pl.concat([v.frame() for v in enc.vocabs.values()] + [part_vocab.frame()]).write_parquet(
@@ -364,13 +363,13 @@ def _write_splits(
     """Stream each split to `folder`/<split>.parquet; rows, rows per scenario and clicks per
     scenario of each split, read back from the written files."""
     rows, counts, clicks = {}, {}, {}
-    for split in S.SPLITS:
+    for split in SPLITS:
         path = folder / f"{split}.parquet"
         parts[split].sink_parquet(path, row_group_size=row_group_size, statistics=False)
         stats = (
             pl.scan_parquet(path)
-            .group_by(S.SCENARIO)
-            .agg(pl.len().alias("n"), pl.col(S.LABEL).cast(pl.Int64).sum().alias("c"))
+            .group_by(SCENARIO)
+            .agg(pl.len().alias("n"), pl.col(LABEL).cast(pl.Int64).sum().alias("c"))
             .collect()
         )
         n_s = [0] * num_scenarios
@@ -388,7 +387,7 @@ def prepared_md5(folder: Path, min_count: int) -> str:
     1 (a threshold no value falls below leaves the files as they were, yet a run trained
     under one setting must not pass for a run of the other). At 1 the md5 is the files' own,
     as it was before the threshold could be set."""
-    paths = [folder / f"{split}.parquet" for split in S.SPLITS]
+    paths = [folder / f"{split}.parquet" for split in SPLITS]
     if min_count == 1:
         return files_md5(paths)
     return hashlib.md5(f"{files_md5(paths)} min_count={min_count}".encode()).hexdigest()
