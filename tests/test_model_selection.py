@@ -19,7 +19,6 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from conftest import invoke
 from sklearn.metrics import log_loss, roc_auc_score
 
 from msctr.data.loader import load_columns
@@ -53,13 +52,6 @@ EXPECTED = {
     (3, 8): (7, 4, [True, True, False, True, False, False, False]),
     (9, 8): (8, 4, [True, True, False, True, False, False, False, False]),
 }
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("sel") / "syn"
-    invoke("prepare", "synthetic", "--out", str(out), "--rows", "3000", "--seed", "0")
-    return out
 
 
 def scheduled_scores(y: np.ndarray, schedule) -> list[np.ndarray]:
