@@ -32,7 +32,7 @@ from sklearn.metrics import roc_auc_score
 from msctr.bench.machine import machine
 from msctr.evaluate.stats import mean_std, welch_t
 from msctr.models.registry import build, parse_params
-from msctr.recipe import EarlyStopping, ModelEntry, Recipe, TrainConfig
+from msctr.recipe import EarlyStoppingConfig, ModelEntry, Recipe, TrainConfig
 from msctr.train.loop import fit_one, train_step
 from msctr.train.optim import make_optimizer
 from msctr.train.runtime import keep_freed_memory, seed_everything
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
         weight_decay=args.weight_decay,
         batch_size=args.batch_size,
         epochs=args.epochs,
-        early_stopping=EarlyStopping(metric="logloss", patience=2),
+        early_stopping=EarlyStoppingConfig(metric="logloss", patience=2),
         seeds=seeds,
     )
     recipe = Recipe(

@@ -4,7 +4,7 @@
     python benchmarks/checkpoint_cost.py --data data/synthetic --models dnn,hierrec --threads 1
 
 Trains each model (default params, early stopping off) for `--epochs` full epochs through
-`fit_one`, the engine's own function, and reports medians over the epochs: the epoch's time
+`fit_one`, the training loop's own function, and reports medians over the epochs: the epoch's time
 (training steps, the validation pass, best.pt and the log line; the first epoch, which also
 builds the model, is left out), the time writing `last.pt` takes (serialization and the
 atomic write), the share of the two, and the size of the file.

@@ -37,9 +37,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-IGNORE = shutil.ignore_patterns(
-    ".git", "data", "runs", "__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache", ".venv"
+_ANYWHERE = shutil.ignore_patterns(
+    ".git", "__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache", ".venv"
 )
+# the repository's own data/ and runs/ only: a pattern "data" would also drop msctr/data/, and
+# an editable install of msctr elsewhere would then quietly supply that package to the copy
+_ROOT_ONLY = {"data", "runs"}
+
+
+def _ignore(folder: str, names: list[str]) -> set[str]:
+    skip = set(_ANYWHERE(folder, names))
+    if Path(folder).resolve() == ROOT:
+        skip |= _ROOT_ONLY & set(names)
+    return skip
 
 
 @dataclass(frozen=True)
@@ -53,7 +63,7 @@ class Mutant:
 
 
 LOOP = "msctr/train/loop.py"
-SEL = "tests/test_engine_selection.py"
+SEL = "tests/test_model_selection.py"
 ROUTING = "tests/test_scenario_routing.py"
 MECH = "tests/test_mechanisms.py"
 
@@ -307,7 +317,7 @@ def snippet_count(m: Mutant, root: Path = ROOT) -> int:
 
 def copy_tree(dest: Path) -> Path:
     tree = dest / "repo"
-    shutil.copytree(ROOT, tree, ignore=IGNORE)
+    shutil.copytree(ROOT, tree, ignore=_ignore)
     return tree
 
 
@@ -319,15 +329,17 @@ def env_for(tree: Path) -> dict[str, str]:
 
 def check_imports_copy(tree: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-c", "import msctr; print(msctr.__file__)"],
+        # a subpackage too: an editable install's finder can supply one the copy lacks
+        [sys.executable, "-c", "import msctr.data; print(msctr.__file__, msctr.data.__file__)"],
         cwd=tree,
         env=env_for(tree),
         capture_output=True,
         text=True,
         check=True,
-    ).stdout.strip()
-    if not Path(out).resolve().is_relative_to(tree.resolve()):
-        raise RuntimeError(f"the copy at {tree} imports msctr from {out}, not from the copy")
+    ).stdout.split()
+    for path in out:
+        if not Path(path).resolve().is_relative_to(tree.resolve()):
+            raise RuntimeError(f"the copy at {tree} imports {path}, not the copy's")
 
 
 FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.M)

@@ -3,7 +3,7 @@
     python benchmarks/step_ops.py hierrec --data data/synthetic
     python benchmarks/step_ops.py ple --precision bf16 --set dropout=0.0 --top 40
 
-Runs real training steps (the engine's loader, `make_optimizer`, autocast, in data order)
+Runs real training steps (the training loop's loader, `make_optimizer`, autocast, in data order)
 and times every ATen op as it is dispatched, with its input shapes, strides (`s(...)` when
 not contiguous) and dtype, and whether it ran in the forward, the backward or the optimizer.
 Prints the plain step time (no timing hooks), the logged one, and the ops by total time per

@@ -3,7 +3,7 @@
     python benchmarks/tracking_overhead.py --data /tmp/msctr-bench-synthetic-200000
     python benchmarks/tracking_overhead.py --data data/synthetic --models dnn --repeats 3
 
-Trains each model (default params, early stopping off) through `fit_one`, the engine's own
+Trains each model (default params, early stopping off) through `fit_one`, the training loop's own
 function, alternately without trackers and with `train.log: [tensorboard, mlflow]`, in one
 process on the same data, `--repeats` times each. Reports medians over the runs: training
 samples/s (the steps alone, history.jsonl's `samples_per_s`), the wall time of a whole epoch

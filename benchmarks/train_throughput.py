@@ -3,7 +3,7 @@
     python benchmarks/train_throughput.py                       # prepares /tmp data if needed
     python benchmarks/train_throughput.py --data data/synthetic --threads 2 --json out.json
 
-For each model and precision it trains a fixed number of steps through the engine's own
+For each model and precision it trains a fixed number of steps through the training loop's own
 pieces (loader, `make_optimizer`, autocast) and reports samples/s, where the step time goes
 (data, embedding, dense network, optimizer), the FLOPs per sample counted by
 `torch.utils.flop_counter`, and the achieved FLOP rate as a fraction of the dense matmul

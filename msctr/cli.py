@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import os
-import shlex
 import signal
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 from rich.text import Text
 
 from msctr.errors import (
@@ -27,6 +23,7 @@ from msctr.errors import (
     interrupted_line,
 )
 from msctr.io import discard_pending
+from msctr.train.launch import resumable
 
 try:  # typer 0.2x carries its own copy of click
     from typer._click.exceptions import UsageError as UsageError
@@ -81,30 +78,6 @@ Fresh = Annotated[
 ]
 
 
-def resume_command() -> str:
-    """The command line that continues this one: the same arguments, never --fresh (under
-    torchrun on one machine, with --nproc; across machines, the same torchrun commands)."""
-    line = "msctr " + shlex.join(a for a in sys.argv[1:] if a != "--fresh")
-    processes = int(os.environ.get("WORLD_SIZE", "1"))
-    if processes > 1:
-        if int(os.environ.get("LOCAL_WORLD_SIZE", processes)) != processes:
-            return "the same torchrun command on every machine"
-        if "--nproc" not in sys.argv:
-            line += f" --nproc {processes}"
-    return line
-
-
-@contextmanager
-def resumable() -> Iterator[None]:
-    """A command that resumes: when it is interrupted, main()'s message gives the command
-    line that continues it."""
-    try:
-        yield
-    except Interrupted as e:
-        e.resume = resume_command()
-        raise
-
-
 MinCount = Annotated[
     int,
     typer.Option(
@@ -120,40 +93,6 @@ Overwrite = Annotated[
         "the input, or a folder holding one of them)."
     ),
 ]
-
-
-def report_prepared(schema, out: Path) -> None:
-    print_scenario_stats(schema)
-    console.print(f"[green]wrote[/] {escape(str(out))}")
-
-
-def print_scenario_stats(schema) -> None:
-    table = Table(title=Text(f"{schema.source}: rows and CTR per scenario"), header_style="bold")
-    table.add_column("scenario")
-    for split in ("train", "val", "test"):
-        table.add_column(f"{split} rows", justify="right")
-        table.add_column(f"{split} CTR", justify="right")
-    for k, name in enumerate(schema.scenario_names):
-        cells = [Text(name)]  # the data's own names, printed literally
-        for split in ("train", "val", "test"):
-            n, c = schema.scenario_counts[split][k], schema.scenario_clicks[split][k]
-            cells += [f"{n:,}", f"{c / n:.4f}" if n else "-"]
-        table.add_row(*cells)
-    totals = ["all"]
-    for split in ("train", "val", "test"):
-        n = schema.rows[split]
-        totals += [f"{n:,}", f"{sum(schema.scenario_clicks[split]) / n:.4f}"]
-    table.add_row(*totals, style="bold")
-    console.print(table)
-    console.print(
-        f"{len(schema.sparse)} sparse, {len(schema.dense)} dense, "
-        f"{len(schema.sequences)} sequence field(s); {schema.num_partitions - 1} partitions"
-    )
-
-
-# the generated table alone holds about 530 bytes a row (39 columns, behavior sequences
-# included; measured at 20k and 40k rows), and generating it needs more at its peak
-SYNTHETIC_ROW_BYTES = 500
 
 
 @prepare_app.command("synthetic")
@@ -182,26 +121,9 @@ def prepare_synthetic(
 
     Example: msctr prepare synthetic --out data/mechanisms/hierrec --rows 60000 --structure hierrec
     """
-    from msctr.data.prepare import check_min_count, check_out, prepare
-    from msctr.data.sources.synthetic import STRUCTURES, generate
-    from msctr.resources import need_memory
+    from msctr.datasets import run_prepare_synthetic
 
-    if rows < 1000:
-        raise UserError(f"--rows must be at least 1000 (got {rows}) so every split has rows")
-    need_memory(rows * SYNTHETIC_ROW_BYTES, f"--rows {rows}", "generate fewer rows")
-    if scenarios < 1:
-        raise UserError(f"--scenarios must be at least 1 (got {scenarios})")
-    if structure is not None and structure not in STRUCTURES:
-        raise UserError(
-            f"--structure {structure!r} is not one of {', '.join(STRUCTURES)}; "
-            "leave it out for the default data"
-        )
-    check_min_count(min_count)
-    check_out(out, overwrite)  # before the generator's minutes, not after
-    with console.status("generating and preparing synthetic data"):
-        table = generate(rows=rows, scenarios=scenarios, seed=seed, structure=structure)
-        schema = prepare(table, out, seed=seed, min_count=min_count, overwrite=overwrite)
-    report_prepared(schema, out)
+    run_prepare_synthetic(out, rows, scenarios, seed, structure, min_count, overwrite, console)
 
 
 @prepare_app.command("table")
@@ -227,26 +149,12 @@ def prepare_table(
     Example: msctr prepare table clicks.csv --label click --scenario tab --sparse user,item,cat
     --dense price --user user --order ts --out data/mine
     """
-    from msctr.data.prepare import check_min_count, check_out, prepare
-    from msctr.data.sources.table import read_table
+    from msctr.datasets import run_prepare_table
 
-    check_min_count(min_count)
-    check_out(out, overwrite, inputs=(path,))
-    table = read_table(
-        path,
-        label=label,
-        scenario=scenario,
-        sparse=sparse,
-        dense=dense,
-        user=user,
-        session=session,
-        order=order,
-        split=split,
-    )
-    schema = prepare(
-        table, out, seed=seed, min_count=min_count, materialize=True, overwrite=overwrite
-    )
-    report_prepared(schema, out)
+    run_prepare_table(
+        path, label, scenario, sparse, out, dense, user, session, order, split, seed,
+        min_count, overwrite, console,
+    )  # fmt: skip
 
 
 @prepare_app.command("kuairand")
@@ -279,45 +187,12 @@ def prepare_kuairand(
 
     Example: msctr prepare kuairand --variant 1k --setup hierrec --out data/kuairand-1k
     """
+    from msctr.datasets import run_prepare_kuairand
 
-    from msctr.data.download import cache_root, fetch
-    from msctr.data.prepare import check_min_count, check_out, prepare
-    from msctr.data.sources import kuairand
-    from msctr.io import os_errors, scratch_dir
-
-    if variant not in kuairand.VARIANTS:
-        raise UserError(f"--variant must be one of {', '.join(kuairand.VARIANTS)}, got {variant!r}")
-    check_min_count(min_count)
-    out = out or Path(f"data/kuairand-{variant}-{setup}")
-    # before a download, not after
-    check_out(out, overwrite, inputs=(raw_dir, cache_root(cache_dir)))
-    archive_md5 = None
-    if raw_dir is None:
-        archive = kuairand.archive(variant)
-        with console.status(f"fetching {archive.filename}") as status:
-
-            def progress(done: int, total: int | None) -> None:
-                size = f" of {total / 1e6:,.0f}" if total else ""
-                status.update(f"downloading {archive.filename}: {done / 1e6:,.0f}{size} MB")
-
-            raw_dir = fetch(archive, cache_dir, progress=progress)
-        archive_md5 = archive.md5
-    fields = tuple(c.strip() for c in seq_fields.split(",") if c.strip())
-    with os_errors("prepare"), scratch_dir(out) as work:
-        with console.status(f"reading KuaiRand-{variant} and preparing ({setup})"):
-            table = kuairand.load(
-                raw_dir,
-                variant=variant,
-                setup=setup,
-                seq_len=seq_len,
-                seq_fields=fields,
-                session_gap=session_gap,
-                order=order,
-                archive_md5=archive_md5,
-                work_dir=work,
-            )
-            schema = prepare(table, out, seed=seed, min_count=min_count, overwrite=overwrite)
-    report_prepared(schema, out)
+    run_prepare_kuairand(
+        variant, raw_dir, out, setup, seq_len, seq_fields, session_gap, order, seed, cache_dir,
+        min_count, overwrite, console,
+    )  # fmt: skip
 
 
 @prepare_app.command("aliccp")
@@ -343,45 +218,12 @@ def prepare_aliccp(
 
     Example: msctr prepare aliccp --raw-dir ~/data/ali-ccp --out data/aliccp
     """
+    from msctr.datasets import run_prepare_aliccp
 
-    from msctr.data.prepare import check_min_count, check_out, prepare
-    from msctr.data.sources import aliccp
-    from msctr.io import os_errors, scratch_dir
-
-    if (raw_dir is None) == (processed_dir is None):
-        raise UserError("give exactly one of --raw-dir (raw Ali-CCP files) or --processed-dir")
-    check_min_count(min_count)
-    check_out(out, overwrite, inputs=(raw_dir, processed_dir))
-    with os_errors("prepare"), scratch_dir(out) as work:
-        with console.status("reading Ali-CCP and preparing"):
-            if raw_dir is not None:
-                table = aliccp.load(
-                    raw_dir,
-                    seq_len=seq_len,
-                    val_from=val_from,
-                    val_fraction=val_fraction,
-                    dense=dense,
-                    seed=seed,
-                    work_dir=work,
-                )
-                schema = prepare(table, out, seed=seed, min_count=min_count, overwrite=overwrite)
-            else:
-                table = aliccp.load_processed(
-                    processed_dir,
-                    val_from=val_from,
-                    val_fraction=val_fraction,
-                    dense=dense,
-                    seed=seed,
-                )
-                schema = prepare(
-                    table,
-                    out,
-                    seed=seed,
-                    min_count=min_count,
-                    materialize=True,
-                    overwrite=overwrite,
-                )
-    report_prepared(schema, out)
+    run_prepare_aliccp(
+        raw_dir, processed_dir, out, val_from, val_fraction, seq_len, dense, seed, min_count,
+        overwrite, console,
+    )  # fmt: skip
 
 
 @app.command()
@@ -424,12 +266,10 @@ def train(
         set_ = [*(set_ or []), f"train.log=[{','.join(trackers)}]"]
     r = load_recipe(recipe, set_ or [], smoke=smoke)  # a bad recipe fails here, once
     if nproc > 1:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise UserError("--nproc is for starting torchrun; under torchrun, leave it out")
-        from msctr.train.launch import torchrun
+        from msctr.train.launch import launch_workers
 
         with resumable():  # a stop of any of its processes is reported here, once
-            raise typer.Exit(torchrun(nproc, _without_nproc(sys.argv[1:])))
+            raise typer.Exit(launch_workers(nproc))
     with resumable():
         run_dir = train_recipe(r, console, fresh=fresh)
     if _rank() != 0:  # data parallel: rank 0 reports
@@ -443,18 +283,6 @@ def train(
 def _rank() -> int:
     """This process's rank under torchrun (0 alone)."""
     return int(os.environ.get("RANK", "0"))
-
-
-def _without_nproc(args: list[str]) -> list[str]:
-    out, skip = [], False
-    for a in args:
-        if skip:
-            skip = False
-        elif a == "--nproc":
-            skip = True
-        elif not a.startswith("--nproc="):
-            out.append(a)
-    return out
 
 
 def _wrote_results(run_dir: Path) -> None:

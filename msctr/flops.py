@@ -1,4 +1,8 @@
-"""Multiply-add counts of a model, measured by running it (not by formulas per model).
+"""Multiply-add counts of a model, measured by running it: each op it dispatches is counted by
+that op's formula (PyTorch's, and below three of msctr's own for ops PyTorch's counter does
+not know), so what `bench-inference` reports needs no formula per model. (HierRec's
+`multiply_adds_per_sample` is a formula of its own: a by-part breakdown for reading where its
+cost goes, not what the benchmarks report.)
 
 `torch.utils.flop_counter.FlopCounterMode` sees every matmul-like ATen op (mm, addmm, bmm,
 baddbmm, convolutions, attention kernels) that a forward or backward actually dispatches, so

@@ -2,7 +2,7 @@
 
 The run's recipe.yaml names the prepared dataset it trained on; that folder's encoders.parquet
 and schema.json (fitted on its training rows) encode the new rows exactly as `prepare`
-encoded val/test (`msctr.data.prepare.FittedEncoders`). A dataset prepared again since the
+encoded val/test (`msctr.data.encoders.FittedEncoders`). A dataset prepared again since the
 run trained (its prepared_md5 differs from the run's fingerprint) is refused: its encoders
 may give the same value another id.
 
@@ -32,8 +32,8 @@ from rich.table import Table
 
 from msctr.bench.measure import load_model
 from msctr.cores import AdaptiveThreads
+from msctr.data.encoders import FittedEncoders
 from msctr.data.loader import Columns
-from msctr.data.prepare import FittedEncoders
 from msctr.data.schema import Schema
 from msctr.data.sources.table import scan
 from msctr.errors import UserError

@@ -51,7 +51,7 @@ class ModelEntry:
 
 
 @dataclass
-class EarlyStopping:
+class EarlyStoppingConfig:
     metric: Literal["logloss", "auc"] = "logloss"
     patience: int = 2
 
@@ -66,7 +66,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     batch_size: int = 2000
     epochs: int = 10
-    early_stopping: EarlyStopping = field(default_factory=EarlyStopping)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     seeds: list[int] = field(default_factory=lambda: [0])
     device: str = "cpu"
     threads: int | None = None  # torch intra-op threads (default: torch's choice)

@@ -5,7 +5,7 @@
     runs/<recipe>-tune/tuned.yaml     the recipe with each model's best params written in
     runs/<recipe>-tune/results.json   best params and validation value per model, budget
 
-A trial is one run of one model with the recipe's first seed, trained by the engine's
+A trial is one run of one model with the recipe's first seed, trained by the training loop's
 `fit_one` with the recipe's early stopping; its value is the best epoch's validation figure
 of the early-stopping metric. The test split is never opened (`load_training_data(test=
 False)`): `msctr train <folder>/tuned.yaml` then measures the chosen configurations on test,

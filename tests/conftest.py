@@ -1,10 +1,14 @@
-"""Shared test fixtures: a small schema and batches made here, with no files."""
+"""Shared test fixtures: a small schema and batches made here, with no files; one small
+prepared dataset for the whole session; the CLI run in-process or in a process of its own,
+and the one-line-error assertion every test of a refusal uses."""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -272,13 +276,49 @@ def run_main(capsys, *args: str) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
-def one_line_error(capsys, needle: str, *args: str) -> str:
-    """`msctr ARGS` through the real entry point ends in one `error:` line containing
-    `needle`, exit 1, no traceback; returns that line."""
-    code, out, err = run_main(capsys, *args)
+def msctr_process(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`msctr ARGS` in a Python process of its own (what signals, exit codes and the current
+    folder need): its exit code, stdout and stderr."""
+    return subprocess.run(
+        [sys.executable, "-m", "msctr.cli", *args], capture_output=True, text=True, cwd=cwd
+    )
+
+
+def assert_one_line_error(code: int, out: str, err: str, *needles: str) -> str:
+    """A command's end as the CLI promises for bad input: exit 1, one `error:` line on stderr
+    containing every needle, no traceback. Returns that line."""
     assert code == 1, (code, out, err)
     assert "Traceback" not in out + err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:"), err
-    assert needle in lines[0], lines[0]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
     return lines[0]
+
+
+def one_line_error(capsys, needle: str, *args: str) -> str:
+    """`msctr ARGS` through the real entry point ends in one `error:` line containing
+    `needle`, exit 1, no traceback; returns that line."""
+    return assert_one_line_error(*run_main(capsys, *args), needle)
+
+
+def process_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """`assert_one_line_error` for a command run by `msctr_process`."""
+    return assert_one_line_error(proc.returncode, proc.stdout, proc.stderr, *needles)
+
+
+def user_error_line(exc: pytest.ExceptionInfo) -> str:
+    """The message of a UserError raised in-process: one line, as the CLI would print it."""
+    msg = str(exc.value)
+    assert "\n" not in msg
+    return msg
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """The session's small synthetic dataset (3,000 rows, seed 3), prepared once through the
+    CLI. Tests read it and never write into it; a test that needs other data (more rows,
+    scenarios, a structure) prepares its own."""
+    out = tmp_path_factory.mktemp("shared-data") / "syn"
+    invoke("prepare", "synthetic", "--out", str(out), "--rows", "3000", "--seed", "3")
+    return out

@@ -2,14 +2,12 @@ import json
 
 import numpy as np
 import pytest
+from conftest import runner
 from scipy import stats as sps
-from typer.testing import CliRunner
 
 from msctr.cli import app
 from msctr.errors import UserError
 from msctr.recipe import recipe_from_dict
-
-runner = CliRunner()
 
 
 def read_png(path) -> np.ndarray:

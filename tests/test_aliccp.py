@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from conftest import codes, invoke, runner, vocab
+from conftest import codes, invoke, runner, user_error_line, vocab
 
 from msctr.cli import app
 from msctr.data.loader import load_columns
@@ -278,18 +278,12 @@ def test_processed_33_column_files(raw, tmp_path):
 
 
 # -- one-line errors ---------------------------------------------------------------------------
-def one_line(exc: pytest.ExceptionInfo) -> str:
-    msg = str(exc.value)
-    assert "\n" not in msg
-    return msg
-
-
 def test_missing_raw_file(raw, tmp_path):
     for name in ("sample_skeleton_train.csv", "common_features_train.csv"):
         (tmp_path / name).write_bytes((raw.folder / name).read_bytes())
     with pytest.raises(UserError) as e:
         aliccp.load(tmp_path)
-    assert "has no sample_skeleton_test.csv" in one_line(e)
+    assert "has no sample_skeleton_test.csv" in user_error_line(e)
 
 
 def test_a_file_in_the_wrong_format(raw, tmp_path):
@@ -300,7 +294,7 @@ def test_a_file_in_the_wrong_format(raw, tmp_path):
     (tmp_path / "common_features_test.csv").write_text("a,b,c\n1,2,3\n")
     with pytest.raises(UserError) as e:
         aliccp.load(tmp_path)
-    assert "common_features_test.csv is not an Ali-CCP common_features file" in one_line(e)
+    assert "common_features_test.csv is not an Ali-CCP common_features file" in user_error_line(e)
 
 
 def test_processed_file_missing_a_column(tmp_path):
@@ -308,7 +302,7 @@ def test_processed_file_missing_a_column(tmp_path):
     pl.DataFrame({"click": [0, 1], "purchase": [0, 0]}).write_csv(tmp_path / "x_test.csv")
     with pytest.raises(UserError) as e:
         aliccp.load_processed(tmp_path)
-    assert "x_train.csv is missing column(s) 101" in one_line(e)
+    assert "x_train.csv is missing column(s) 101" in user_error_line(e)
 
 
 def test_raw_and_processed_are_exclusive(tmp_path):

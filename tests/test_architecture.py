@@ -11,7 +11,15 @@ import msctr
 # top to bottom; a package prefix names every module under it
 LAYERS = [
     ["msctr.cli", "msctr.__main__"],
-    ["msctr.ablate", "msctr.sweep", "msctr.tune", "msctr.bench", "msctr.predict", "msctr.export"],
+    [
+        "msctr.ablate",
+        "msctr.sweep",
+        "msctr.tune",
+        "msctr.bench",
+        "msctr.predict",
+        "msctr.export",
+        "msctr.datasets",
+    ],
     ["msctr.train"],
     ["msctr.evaluate", "msctr.tables"],
     ["msctr.recipe", "msctr.search", "msctr.flops", "msctr.track"],

@@ -2,13 +2,12 @@
 
 import json
 import re
-import subprocess
-import sys
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
-from conftest import invoke, runner
+from conftest import invoke, msctr_process, one_line_error, process_error, runner
 from scipy import stats as sps
 from sklearn.metrics import log_loss, roc_auc_score
 
@@ -118,31 +117,18 @@ def test_same_recipe_and_seed_give_identical_metrics(trained, tmp_path):
     assert first == second
 
 
-def msctr(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "msctr.cli", *args], capture_output=True, text=True
-    )
-
-
-def assert_clean_error(proc: subprocess.CompletedProcess, needle: str) -> None:
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr + proc.stdout
-    assert needle in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
-
-
 @pytest.mark.slow
 def test_misspelled_recipe_key(tmp_path, data_dir):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(RECIPE.format(data=data_dir, out=tmp_path / "o").replace("epochs", "epochz"))
-    assert_clean_error(msctr("train", str(recipe)), "did you mean 'epochs'")
+    process_error(msctr_process("train", str(recipe)), "did you mean 'epochs'")
 
 
 @pytest.mark.slow
 def test_missing_data_folder(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(RECIPE.format(data=tmp_path / "nope", out=tmp_path / "o"))
-    assert_clean_error(msctr("train", str(recipe)), "does not exist")
+    process_error(msctr_process("train", str(recipe)), "does not exist")
 
 
 def click_table(n: int = 3000) -> pl.DataFrame:
@@ -164,7 +150,7 @@ def test_label_of_2_in_a_table(tmp_path):
     frame = click_table()
     frame[11, "click"] = 2
     frame.write_parquet(tmp_path / "t.parquet")
-    proc = msctr(
+    proc = msctr_process(
         "prepare",
         "table",
         str(tmp_path / "t.parquet"),
@@ -177,7 +163,7 @@ def test_label_of_2_in_a_table(tmp_path):
         "--out",
         str(tmp_path / "p"),
     )
-    assert_clean_error(proc, "outside {0, 1}")
+    process_error(proc, "outside {0, 1}")
     assert not (tmp_path / "p").exists()
 
 
@@ -282,3 +268,11 @@ def test_eval_table_fits_100_columns(paper_run):
     report = (paper_run / "report.md").read_text()
     table = results_table(res).to_markdown()
     assert table in report and table.splitlines()[0].count("|") == 1 + 7 + 4 + 4
+
+
+def test_nproc_under_torchrun_is_refused(capsys, monkeypatch):
+    """`--nproc` starts torchrun; a process torchrun started (WORLD_SIZE set) must not start
+    another."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    recipe = Path(__file__).parents[1] / "recipes" / "synthetic" / "table.yaml"
+    one_line_error(capsys, "under torchrun, leave it out", "train", str(recipe), "--nproc", "2")

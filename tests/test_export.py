@@ -77,13 +77,11 @@ def shipped_models() -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
+def run(tmp_path_factory, data_dir) -> Path:
     tmp = tmp_path_factory.mktemp("export")
-    data = tmp / "data"
-    invoke("prepare", "synthetic", "--out", str(data), "--rows", "3000", "--seed", "6")
     recipe = {
         "name": "export-test",
-        "data": str(data),
+        "data": str(data_dir),
         "out": str(tmp / "run"),
         "models": shipped_models(),
         "train": TINY_TRAIN,

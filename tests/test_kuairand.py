@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import polars as pl
 import pytest
-from conftest import codes, invoke, runner, vocab
+from conftest import codes, invoke, runner, user_error_line, vocab
 
 from msctr.cli import app
 from msctr.data.download import Archive
@@ -248,18 +248,12 @@ def copy_raw(raw, tmp_path):
     return dst, dst / "KuaiRand-1K" / "data"
 
 
-def one_line(exc: pytest.ExceptionInfo) -> str:
-    msg = str(exc.value)
-    assert "\n" not in msg
-    return msg
-
-
 def test_missing_file(raw, tmp_path):
     root, data = copy_raw(raw, tmp_path)
     (data / "video_features_basic_1k.csv").unlink()
     with pytest.raises(UserError) as e:
         kuairand.load(root)
-    assert "missing video_features_basic_1k.csv" in one_line(e)
+    assert "missing video_features_basic_1k.csv" in user_error_line(e)
 
 
 def test_missing_column(raw, tmp_path):
@@ -268,13 +262,13 @@ def test_missing_column(raw, tmp_path):
     pl.read_csv(path, infer_schema=False).drop("register_days_range").write_csv(path)
     with pytest.raises(UserError) as e:
         kuairand.load(root)
-    assert "user_features_1k.csv is missing column(s) register_days_range" in one_line(e)
+    assert "user_features_1k.csv is missing column(s) register_days_range" in user_error_line(e)
 
 
 def test_wrong_variant_names_the_right_one(raw):
     with pytest.raises(UserError) as e:
         kuairand.load(raw.folder.parent.parent, variant="pure")
-    assert "pass --variant 1k" in one_line(e)
+    assert "pass --variant 1k" in user_error_line(e)
 
 
 def test_no_network_names_the_manual_route(monkeypatch, tmp_path):

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import invoke, one_line_error, run_main
+from conftest import one_line_error, run_main
 
 from msctr.data.schema import Schema
 from msctr.recipe import load_recipe, run_fingerprint
@@ -25,11 +25,10 @@ train: {{batch_size: 256, epochs: 3, seeds: [0], threads: 1, max_steps_per_epoch
 
 
 @pytest.fixture(scope="module")
-def recipe(tmp_path_factory) -> Path:
+def recipe(tmp_path_factory, data_dir) -> Path:
     root = tmp_path_factory.mktemp("lrd")
-    invoke("prepare", "synthetic", "--out", str(root / "syn"), "--rows", "3000", "--seed", "1")
     path = root / "lrd.yaml"
-    path.write_text(RECIPE.format(data=root / "syn", out=root / "run"))
+    path.write_text(RECIPE.format(data=data_dir, out=root / "run"))
     return path
 
 

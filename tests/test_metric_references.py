@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
-from msctr.data.sources.synthetic import bayes_auc, bayes_metrics, generate
+from msctr.data.sources.synthetic import generate
+from msctr.evaluate.bayes import bayes_auc, bayes_metrics
 from msctr.evaluate.metrics import compute_all
 
 

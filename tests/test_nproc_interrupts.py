@@ -21,7 +21,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from test_distributed import data_dir  # noqa: F401 (the 4,000-row dataset fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 WAIT = 180  # seconds any one wait may take (start-up under load), never more
@@ -185,7 +184,7 @@ def assert_one_interrupted_line(proc, err: str, name: str, recipe_path: Path) ->
 
 
 @pytest.mark.parametrize("name, to", [("SIGINT", "group"), ("SIGTERM", "launcher")])
-def test_a_signal_ends_every_process_in_one_line(tmp_path, data_dir, name, to):  # noqa: F811
+def test_a_signal_ends_every_process_in_one_line(tmp_path, data_dir, name, to):
     r = recipe(tmp_path, data_dir, epochs=1000)
     run = tmp_path / "run"
     with launch(r) as (proc, running):
@@ -203,7 +202,7 @@ def test_a_signal_ends_every_process_in_one_line(tmp_path, data_dir, name, to): 
         assert lock_is_free(run)
 
 
-def test_a_second_sigint_ends_every_process_at_once(tmp_path, data_dir):  # noqa: F811
+def test_a_second_sigint_ends_every_process_at_once(tmp_path, data_dir):
     # the workers are frozen, so the first SIGINT cannot stop them at a step boundary: the
     # agent waits for them until the second one ends it, and the workers with it
     r = recipe(tmp_path, data_dir, epochs=3)
@@ -226,7 +225,7 @@ def pending(pid: int, sig: int) -> bool:
     return bool(mask >> (sig - 1) & 1)
 
 
-def test_killing_the_launcher_ends_the_workers_and_frees_the_run(tmp_path, data_dir):  # noqa: F811
+def test_killing_the_launcher_ends_the_workers_and_frees_the_run(tmp_path, data_dir):
     r = recipe(tmp_path, data_dir, epochs=3)
     run = tmp_path / "run"
     with launch(r, "--no-eval", env={"MSCTR_TEST_SIGNAL_AT": FREEZE}) as (proc, running):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from conftest import run_main, runner
+from conftest import msctr_process, process_error, run_main, runner
 
 from msctr import io as msctr_io
 from msctr.cli import app
@@ -25,23 +25,6 @@ from msctr.data.prepare import is_dataset
 from msctr.errors import UserError
 
 ROWS = "2000"  # the smallest synthetic size msctr prepares in well under a second
-
-
-def msctr(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "msctr.cli", *args], capture_output=True, text=True, cwd=cwd
-    )
-
-
-def assert_one_line(proc: subprocess.CompletedProcess, *words: str) -> str:
-    """The CLI's real exit: code 1, one line on stderr, no traceback."""
-    assert proc.returncode == 1, proc.stderr
-    assert "Traceback" not in proc.stdout + proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
-    for w in words:
-        assert w in lines[0], lines[0]
-    return lines[0]
 
 
 def refused(args: list[str], *words: str) -> str:
@@ -106,8 +89,8 @@ def test_a_folder_of_the_users_files_is_refused_and_kept(tmp_path):
     keep.mkdir()
     (keep / "thesis.txt").write_text("x\n")
     before = snapshot(tmp_path)
-    proc = msctr(*synthetic(keep))
-    assert_one_line(proc, "--out", "thesis.txt", "--overwrite")
+    proc = msctr_process(*synthetic(keep))
+    process_error(proc, "--out", "thesis.txt", "--overwrite")
     assert snapshot(tmp_path) == before  # nothing touched, nothing left beside it
 
 
@@ -232,7 +215,7 @@ def test_an_infinite_value_is_refused_with_column_count_and_split(tmp_path, rows
     words = ("dense column 'price'", "infinite", where)
     args = table_args(tmp_path / "t.parquet", tmp_path / "p")
     if via_main:
-        assert_one_line(msctr(*args), *words)
+        process_error(msctr_process(*args), *words)
     else:
         refused(args, *words)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.parquet"]
@@ -490,8 +473,8 @@ def test_text_labels_are_one_line(tmp_path):
         pl.when(pl.col("click") == 1).then(pl.lit("yes")).otherwise(pl.lit("no")).alias("click")
     )
     frame.write_csv(tmp_path / "t.csv")
-    proc = msctr(*table_args(tmp_path / "t.csv", tmp_path / "p"))
-    assert_one_line(proc, "label column 'click'", "3000 value(s) outside {0, 1}", "'yes'")
+    proc = msctr_process(*table_args(tmp_path / "t.csv", tmp_path / "p"))
+    process_error(proc, "label column 'click'", "3000 value(s) outside {0, 1}", "'yes'")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv"]
 
 

@@ -15,7 +15,7 @@ from scipy import stats as sps
 
 from msctr.cli import app
 from msctr.errors import UserError
-from msctr.evaluate import stats as T
+from msctr.evaluate import stats
 from msctr.evaluate.metrics import rela_impr
 from msctr.recipe import load_recipe
 
@@ -198,7 +198,7 @@ def test_single_runs_mark_scenarios_by_delong_on_their_rows(run, tmp_path):
     assert p["logloss_test"] is None  # DeLong's test is on AUCs only
     for k, t in enumerate(p["scenario_tests"]):
         rows = s == k
-        ref = T.delong(y[rows], pred["P"]["prob"].to_numpy()[rows],
+        ref = stats.delong(y[rows], pred["P"]["prob"].to_numpy()[rows],
                        pred[t["reference"]]["prob"].to_numpy()[rows])  # fmt: skip
         assert t["delong_p"] == pytest.approx(ref.p_value, rel=1e-9, abs=1e-300)
         assert t["delong_z"] == pytest.approx(ref.z, rel=1e-9)
@@ -213,12 +213,12 @@ def test_column_tests_are_scipys_per_column():
     a[:, 2], b[:, 2] = 0.7, 0.7  # no variation, no difference: 1.0
     a[:, 3], b[:, 3] = 0.7, 0.71  # no variation but a difference: nan (Welch)
     a[0, 4] = np.nan  # nan: cannot test
-    welch, mwu = T.welch_t_columns(a, b), T.mann_whitney_columns(a, b)
-    paired = T.paired_t_columns(a, b[:5])
+    welch, mwu = stats.welch_t_columns(a, b), stats.mann_whitney_columns(a, b)
+    paired = stats.paired_t_columns(a, b[:5])
     for k in range(6):
-        assert welch[k] == pytest.approx(T.welch_t(a[:, k], b[:, k]), nan_ok=True)
-        assert mwu[k] == pytest.approx(T.mann_whitney(a[:, k], b[:, k]), nan_ok=True)
-        assert paired[k] == pytest.approx(T.paired_t(a[:, k], b[:5, k]), nan_ok=True)
+        assert welch[k] == pytest.approx(stats.welch_t(a[:, k], b[:, k]), nan_ok=True)
+        assert mwu[k] == pytest.approx(stats.mann_whitney(a[:, k], b[:, k]), nan_ok=True)
+        assert paired[k] == pytest.approx(stats.paired_t(a[:, k], b[:5, k]), nan_ok=True)
     for k in (0, 5):
         assert welch[k] == pytest.approx(sps.ttest_ind(a[:, k], b[:, k], equal_var=False).pvalue)
         exact = sps.mannwhitneyu(a[:, k], b[:, k], alternative="two-sided", method="exact")
@@ -234,13 +234,13 @@ def test_delong_per_group_is_delong_on_each_groups_rows():
     g[(g == 3) & (y == 1)] = 2  # group 3: no clicks
     p1 = np.round(rng.random(n) + 0.3 * y, 2)  # ties
     p2 = np.round(rng.random(n) + 0.2 * y * (g == 0), 1)
-    d = T.delong_groups(y, p1, p2, g, 5)
+    d = stats.delong_groups(y, p1, p2, g, 5)
     for k in range(3):
-        ref = T.delong(y[g == k], p1[g == k], p2[g == k])
+        ref = stats.delong(y[g == k], p1[g == k], p2[g == k])
         for field in ("auc1", "auc2", "z", "p_value", "var"):
             assert getattr(d, field)[k] == pytest.approx(getattr(ref, field), rel=1e-9)
     assert all(np.isnan(getattr(d, f)[k]) for f in ("auc1", "z", "p_value") for k in (3, 4))
-    same = T.delong_groups(y, p1, p1, g, 5)
+    same = stats.delong_groups(y, p1, p1, g, 5)
     assert list(same.p_value[:3]) == [1.0] * 3 and list(same.z[:3]) == [0.0] * 3
 
 

@@ -29,13 +29,6 @@ train: {{batch_size: 256, epochs: 3, seeds: [0], threads: 1}}
 RUNS = ("DNN/seed_0", "MMoE/seed_0")
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "syn"
-    invoke("prepare", "synthetic", "--out", str(out), "--rows", "3000", "--seed", "3")
-    return out
-
-
 def write_recipe(root: Path, data_dir: Path, out: str = "run") -> Path:
     path = root / f"{out}.yaml"
     path.write_text(RECIPE.format(data=data_dir, out=root / out))

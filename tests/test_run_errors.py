@@ -30,13 +30,6 @@ train: {{batch_size: 512, epochs: 2, seeds: [0, 1, 2]}}
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "syn"
-    invoke("prepare", "synthetic", "--out", str(out), "--rows", "4000", "--seed", "3")
-    return out
-
-
-@pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_dir) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("runs")
     recipe = root / "r.yaml"

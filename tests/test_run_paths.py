@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import invoke, one_line_error, run_main
+from conftest import one_line_error, run_main
 
 from msctr.data.prepare import prepare
 from msctr.data.sources.synthetic import generate
@@ -30,13 +30,6 @@ models:
   - {{name: dnn, label: DNN, params: {{hidden: [8]}}}}
 train: {{batch_size: 512, epochs: 1, max_steps_per_epoch: 2, eval_rows: 400}}
 """
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "syn"
-    invoke("prepare", "synthetic", "--out", str(out), "--rows", "3000", "--seed", "3")
-    return out
 
 
 def write_recipe(tmp_path: Path, data: Path, out: Path | str, text: str = RECIPE) -> Path:
@@ -66,6 +59,8 @@ def test_fresh_keeps_the_users_files(capsys, tmp_path, data_dir):
         "DNN_backup/seed_0/run.json": (run / "DNN/seed_0/run.json").read_bytes(),
         "DNN_backup/seed_0/fingerprint.json": (run / "DNN/seed_0/fingerprint.json").read_bytes(),
         "plot.png": b"my figure",
+        "head_weights_DNN_old.png": b"an earlier figure, renamed",  # msctr's prefix, not its name
+        "DNN/seed_0/loss.png": b"my figure, in a run's folder",
         "bench.json": b'{"mine": true}',  # not a benchmark msctr wrote
         "notes.txt": b"keep me",
         "DNN/notes.txt": b"mine, in a model folder",

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import invoke
 
 from msctr.data.loader import load_columns
 from msctr.data.schema import Schema
@@ -39,20 +38,13 @@ def test_recipe_loads(path):
         get_spec(m.name)
 
 
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("recipes") / "syn"
-    invoke("prepare", "synthetic", "--out", str(out), "--rows", "1000", "--seed", "0")
-    return out
-
-
 # the mechanism recipes run on synthetic data too (`prepare synthetic --structure`), whose
 # schema is the default data's: the same fixture checks their models
 SYNTHETIC = [p for p in RECIPES if p.parent.name in ("synthetic", "mechanisms")]
 
 
 @pytest.mark.parametrize("path", SYNTHETIC, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_synthetic_recipes_models_run_on_synthetic_data(path, synthetic):
+def test_synthetic_recipes_models_run_on_synthetic_data(path, data_dir):
     """Each model of a synthetic recipe builds on the synthetic dataset (field names in its
     params exist there) and scores a batch of it with finite logits."""
     r = load_recipe(path)
@@ -61,8 +53,8 @@ def test_synthetic_recipes_models_run_on_synthetic_data(path, synthetic):
         assert r.mirrors and r.train.seeds == [0, 1, 2, 3, 4]
     else:
         assert Path(r.data).name == "synthetic"
-    schema = Schema.load(synthetic)
-    batch = next(load_columns(synthetic, "val", schema).batches(64))
+    schema = Schema.load(data_dir)
+    batch = next(load_columns(data_dir, "val", schema).batches(64))
     for m in r.models:
         torch.manual_seed(0)
         model = build(m.name, schema, m.params).eval()

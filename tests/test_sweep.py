@@ -23,11 +23,10 @@ train: {{batch_size: 256, epochs: 2, seeds: [0, 1]}}
 
 
 @pytest.fixture(scope="module")
-def recipe(tmp_path_factory) -> Path:
+def recipe(tmp_path_factory, data_dir) -> Path:
     root = tmp_path_factory.mktemp("swp")
-    invoke("prepare", "synthetic", "--out", str(root / "d"), "--rows", "3000")
     path = root / "swp.yaml"
-    path.write_text(RECIPE.format(data=root / "d", out=root / "run"))
+    path.write_text(RECIPE.format(data=data_dir, out=root / "run"))
     return path
 
 

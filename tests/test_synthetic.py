@@ -10,28 +10,23 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from msctr.data.sources.base import SourceTable
-from msctr.data.sources.synthetic import (
+from msctr.data.planted.clicks import simulate
+from msctr.data.planted.params import (
     ACTIVE_DEGREES,
     CARD,
     GENDERS,
     ITEM_TYPES,
-    MECHANISM_TERMS,
     MODE_TABLE,
     NOISE_FIELDS,
-    STRUCTURES,
-    bayes_auc,
-    bayes_metrics,
     draw_parameters,
-    draw_structure,
-    generate,
     scenario_names,
     scenario_shares,
-    simulate,
-    term_shares,
-    to_frame,
 )
+from msctr.data.planted.structures import MECHANISM_TERMS, STRUCTURES, draw_structure
+from msctr.data.sources.base import SourceTable
+from msctr.data.sources.synthetic import generate, to_frame
 from msctr.errors import UserError
+from msctr.evaluate.bayes import bayes_auc, bayes_metrics, term_shares
 
 
 @pytest.fixture(scope="module")

@@ -255,7 +255,7 @@ def test_grid_tries_exactly_the_space_once(capsys, tmp_path, data_dir):
 
 @pytest.mark.slow
 def test_a_killed_tune_resumes_its_study(capsys, tmp_path, data_dir):
-    """SIGKILL in the middle of a trial's epoch (the engine's test hook): the rerun keeps the
+    """SIGKILL in the middle of a trial's epoch (the training loop's test hook): the rerun keeps the
     finished trials, marks the one left RUNNING failed and tries its point again, and goes on
     to the budget; a changed space is then refused in one line."""
     recipe = write_recipe(tmp_path, data_dir)
@@ -318,7 +318,7 @@ def test_a_diverging_trial_fails_and_the_search_goes_on(capsys, tmp_path, data_d
 def scripted_fit(monkeypatch, loglosses: list[float]) -> list[Path]:
     """`fit_one` replaced by one that reports, at every epoch of call i, the validation
     logloss `loglosses[i]` (0.5 past the list) through tune's per-epoch callback, as the
-    engine does; returns the trial folders it was given. Pruning without training."""
+    training loop does; returns the trial folders it was given. Pruning without training."""
     folders: list[Path] = []
 
     def fit_one(recipe, entry, seed, data, run_dir, progress=None, on_epoch=None, **tracking):
@@ -401,8 +401,8 @@ def test_no_pruner_never_prunes(capsys, monkeypatch, tmp_path, data_dir, sampler
 
 
 def test_trial_caps_reach_the_trials_and_bind_the_study(capsys, monkeypatch, tmp_path, data_dir):
-    """--trial-epochs and --trial-rows on the real engine: each trial trains 1 epoch (of the
-    recipe's 2) on the first 300 train rows (recorded by the engine's batch hook) and reports
+    """--trial-epochs and --trial-rows on the real training loop: each trial trains 1 epoch (of the
+    recipe's 2) on the first 300 train rows (recorded by the training loop's batch hook) and reports
     that epoch to the pruner; tuned.yaml keeps the recipe's epochs; another cap on a rerun is
     refused in one line."""
     shards = tmp_path / "shards"

@@ -17,12 +17,9 @@ from rich.markup import escape
 
 from msctr import track
 from msctr.config import parse_yaml
-from msctr.data import schema as S
-from msctr.data.schema import Schema
+from msctr.data.schema import LABEL, SCENARIO, SESSION, TRUE_PROB, USER, Schema
 from msctr.errors import UserError
-from msctr.evaluate import figures, paper
-from msctr.evaluate import metrics as M
-from msctr.evaluate import stats as T
+from msctr.evaluate import figures, metrics, paper, stats
 from msctr.evaluate.figures import BAYES
 from msctr.io import reading, write_json, write_text
 from msctr.recipe import (
@@ -38,16 +35,16 @@ from msctr.tables import Table, print_tables
 
 
 def run_metrics(
-    pred: pl.DataFrame, num_scenarios: int, prob: str = "prob", bins: int = M.CALIBRATION_BINS
+    pred: pl.DataFrame, num_scenarios: int, prob: str = "prob", bins: int = metrics.CALIBRATION_BINS
 ) -> dict:
     cols = set(pred.columns)
-    return M.compute_all(
-        pred[S.LABEL].to_numpy(),
+    return metrics.compute_all(
+        pred[LABEL].to_numpy(),
         pred[prob].to_numpy(),
-        pred[S.SCENARIO].to_numpy(),
+        pred[SCENARIO].to_numpy(),
         num_scenarios,
-        user=pred[S.USER].to_numpy() if S.USER in cols else None,
-        session=pred[S.SESSION].to_numpy() if S.SESSION in cols else None,
+        user=pred[USER].to_numpy() if USER in cols else None,
+        session=pred[SESSION].to_numpy() if SESSION in cols else None,
         bins=bins,
     )
 
@@ -74,7 +71,7 @@ class ModelRuns:
         return SeedRun(self.folder / f"seed_{seed}")
 
 
-PREDICTION_COLUMNS = (S.LABEL, S.SCENARIO, "prob")
+PREDICTION_COLUMNS = (LABEL, SCENARIO, "prob")
 
 
 def read_predictions(path: Path) -> pl.DataFrame:
@@ -155,7 +152,7 @@ def collect(
             check_belongs(run, recipe, entry, schema, run_dir, data or Path(recipe.data))
             predictions = read_predictions(run.predictions)
             if not out and not runs:  # a folder trained before `train` refused such test rows
-                M.check_test_labels(predictions[S.LABEL].to_numpy(), recipe.train.eval_rows)
+                metrics.check_test_labels(predictions[LABEL].to_numpy(), recipe.train.eval_rows)
             m = run_metrics(predictions, schema.num_scenarios, bins=recipe.eval.calibration_bins)
             write_json(run.metrics, m)
             seeds.append(seed)
@@ -191,7 +188,7 @@ def compare(model: ModelRuns, ref: ModelRuns, alpha: float, test: str = "welch")
         out |= over_seeds
     else:  # a single run each: DeLong's test on the shared test set
         pm, pr = model.predictions(model.seeds[0]), ref.predictions(ref.seeds[0])
-        d = T.delong(pm[S.LABEL].to_numpy(), pm["prob"].to_numpy(), pr["prob"].to_numpy())
+        d = stats.delong(pm[LABEL].to_numpy(), pm["prob"].to_numpy(), pr["prob"].to_numpy())
         out["delong_z"], out["delong_p"] = d.z, d.p_value
         out["significant"] = bool(d.p_value < alpha)
     return out
@@ -240,7 +237,7 @@ def relaimpr_columns(
         float("nan") if r is None else float(r.values(c).mean())
         for r, c in zip(refs, columns, strict=True)
     ]
-    values = [M.rela_impr(a, b, form) for a, b in zip(ours, base, strict=True)]
+    values = [metrics.rela_impr(a, b, form) for a, b in zip(ours, base, strict=True)]
     vs = [None if r is None else r.key for r in refs]
     return {
         "relaimpr": values[0],
@@ -269,13 +266,13 @@ def column_compare(
         a, b = model.matrix([columns[k] for k in cols]), ref.matrix([columns[k] for k in cols])
         tests: dict[str, np.ndarray] = {}
         if len(a) >= 2 and len(b) >= 2:
-            tests["welch_p"] = T.welch_t_columns(a, b)
-            tests["mannwhitney_p"] = T.mann_whitney_columns(a, b)
+            tests["welch_p"] = stats.welch_t_columns(a, b)
+            tests["mannwhitney_p"] = stats.mann_whitney_columns(a, b)
             shared = sorted(set(model.seeds) & set(ref.seeds))
             if len(shared) >= 2:
                 ia = [model.seeds.index(s) for s in shared]
                 ib = [ref.seeds.index(s) for s in shared]
-                tests["paired_p"] = T.paired_t_columns(a[ia], b[ib])
+                tests["paired_p"] = stats.paired_t_columns(a[ia], b[ib])
             deciding = tests[f"{test}_p"]
         else:
             scen = [int(columns[k].removeprefix("auc_s")) for k in cols if columns[k] != "logloss"]
@@ -283,11 +280,11 @@ def column_compare(
             if not cols:
                 continue
             pm, pr = model.predictions(model.seeds[0]), ref.predictions(ref.seeds[0])
-            d = T.delong_groups(
-                pm[S.LABEL].to_numpy(),
+            d = stats.delong_groups(
+                pm[LABEL].to_numpy(),
                 pm["prob"].to_numpy(),
                 pr["prob"].to_numpy(),
-                pm[S.SCENARIO].to_numpy(),
+                pm[SCENARIO].to_numpy(),
                 schema.num_scenarios,
             )
             tests = {"delong_z": d.z[scen], "delong_p": d.p_value[scen]}
@@ -319,7 +316,7 @@ def summarize(run_dir: str | Path, partial: bool = False, data: Path | None = No
     for m, (ref, ll_ref, *scen_refs) in zip(models, best, strict=True):
         row: dict = {"model": m.key, "name": m.name, "seeds": m.seeds}
         for name in metric_names:
-            mean, std = T.mean_std(m.values(name))
+            mean, std = stats.mean_std(m.values(name))
             row[name] = {"mean": mean, "std": std, "runs": m.values(name).tolist()}
         row["test"] = compare(m, ref, alpha, recipe.eval.test) if ref is not None else None
         row |= relaimpr_columns(
@@ -354,7 +351,7 @@ def summarize(run_dir: str | Path, partial: bool = False, data: Path | None = No
     if schema.has_true_prob:
         pred = models[0].predictions(models[0].seeds[0])
         bins = recipe.eval.calibration_bins
-        result["bayes"] = run_metrics(pred, schema.num_scenarios, prob=S.TRUE_PROB, bins=bins)
+        result["bayes"] = run_metrics(pred, schema.num_scenarios, prob=TRUE_PROB, bins=bins)
     result["figures"] = model_figures(models, schema, run_dir)
     add_calibration(result, models, candidates, recipe, schema, run_dir)
     add_curves(result, models, run_dir)
@@ -722,17 +719,17 @@ def seed_tests(model: ModelRuns, ref: ModelRuns, metric: str, alpha: float, test
         a, b = np.abs(a - 1.0), np.abs(b - 1.0)
     if len(a) < 2 or len(b) < 2:
         return {}
-    out = {"welch_p": T.welch_t(a, b), "mannwhitney_p": T.mann_whitney(a, b)}
+    out = {"welch_p": stats.welch_t(a, b), "mannwhitney_p": stats.mann_whitney(a, b)}
     shared = sorted(set(model.seeds) & set(ref.seeds))
     if len(shared) >= 2:
         ia = [model.seeds.index(s) for s in shared]
         ib = [ref.seeds.index(s) for s in shared]
-        out["paired_p"] = T.paired_t(a[ia], b[ib])
+        out["paired_p"] = stats.paired_t(a[ia], b[ib])
     out["significant"] = bool(out[f"{test}_p"] < alpha)
     return out
 
 
-def _points(r: M.Reliability) -> dict:
+def _points(r: metrics.Reliability) -> dict:
     return {k: [None if math.isnan(v) else v for v in getattr(r, k).tolist()]
             for k in ("predicted", "observed")} | {"rows": r.rows.tolist()}  # fmt: skip
 
@@ -761,10 +758,10 @@ def add_calibration(
     curves = {}
     for m in models:
         pred = m.predictions(m.seeds[0])
-        y = pred[S.LABEL].to_numpy()
-        curves[m.key] = _points(M.reliability(y, pred["prob"].to_numpy(), bins))
+        y = pred[LABEL].to_numpy()
+        curves[m.key] = _points(metrics.reliability(y, pred["prob"].to_numpy(), bins))
         if schema.has_true_prob and BAYES not in curves:
-            curves[BAYES] = _points(M.reliability(y, pred[S.TRUE_PROB].to_numpy(), bins))
+            curves[BAYES] = _points(metrics.reliability(y, pred[TRUE_PROB].to_numpy(), bins))
     result["calibration"] = {"bins": bins, "reliability": curves}
     path = figures.reliability(curves, bins, RunFolder(run_dir).figure("calibration.png"))
     result["calibration"]["figure"] = path.name

@@ -91,7 +91,7 @@ class FeatureEmbedding(nn.Module):
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:  # [...] -> [..., d]
         """Rows of the shared table. On CPU: index_select, whose backward is one index_add,
         about 2x cheaper than nn.Embedding's sort-based one, on the table itself or, with
-        `table.sparse` (set by the engine for big tables), on the touched rows. On GPU the
+        `table.sparse` (set by the training loop for big tables), on the touched rows. On GPU the
         embedding module itself (it reads `table.sparse`)."""
         if ids.device.type != "cpu":
             return self.table(ids)

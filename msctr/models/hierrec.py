@@ -236,7 +236,7 @@ class HierRec(nn.Module):
             )
             rep = G * out
 
-        # y = sigmoid(FC(concat_g O_implicit[g])) (Eq. 9); the engine applies the sigmoid
+        # y = sigmoid(FC(concat_g O_implicit[g])) (Eq. 9); the training loop applies the sigmoid
         self.output = MLP(rep, p.output_dims, p.dropout, batch_norm=True, out_dim=1)
 
     @property

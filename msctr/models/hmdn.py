@@ -12,7 +12,7 @@
 3. Loss (eq. 5 and 11): with x_b^(d) the input of level d (r_(d-1), or part d),
        L_rq = sum_d ||e(c_d) - sg(x_b^(d))||^2 + beta * ||sg(e(c_d)) - x_b^(d)||^2
    per sample (squared L2, summed over units and levels), averaged over the batch; the model
-   returns ModelOutput(logit, alpha * L_rq) and the engine adds BCE.
+   returns ModelOutput(logit, alpha * L_rq) and the training loop adds BCE.
 4. Backbones, where s_D replaces x_b as the gate input (eqs. 8-10):
        mmoe:   y = head(sum_i softmax(s_D W_g)_i Expert_i(x)), 3 experts of 128-64-32
        pepnet: PEPNet's EPNet and PPNet gates both read s_D (msctr.models.pepnet)

@@ -30,7 +30,7 @@ from msctr.resources import need_memory
 
 class ModelOutput(NamedTuple):
     logit: torch.Tensor  # [B]
-    aux_loss: torch.Tensor  # scalar, added to BCE by the engine
+    aux_loss: torch.Tensor  # scalar, added to BCE by the training loop
 
 
 @dataclass

@@ -35,7 +35,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from msctr.data.sources import synthetic as syn
+from msctr.data.planted.clicks import Simulation, simulate
+from msctr.data.planted.params import ACTIVE_DEGREES, CARD, DAYS, START_MS
+from msctr.data.planted.world import SyntheticWorld, yyyymmdd
+from msctr.data.sources.synthetic import list_series
 from msctr.errors import UserError
 
 # -- KuaiRand ---------------------------------------------------------------------------------
@@ -54,7 +57,7 @@ FRIEND_BOUNDS = ((0, 0), (1, 4), (5, 29), (30, 59), (60, 119), (120, 249), (250,
 REGISTER_RANGES = ("15-30", "61-90", "91-180", "181-365", "366-730", "730+")
 VIDEO_TYPES = ("NORMAL", "AD", "UNKNOWN")  # the generator's NORMAL / AD / LIVE
 UPLOAD_TYPES = ("ShortImport", "LongImport", "Web", "ShortCamera", "LongCamera", "PictureSet")
-WIDTHS = tuple(360 + 36 * k for k in range(syn.CARD["item_cat"]))  # item_cat -> server_width
+WIDTHS = tuple(360 + 36 * k for k in range(CARD["item_cat"]))  # item_cat -> server_width
 HEIGHTS = (640, 720, 960, 1024, 1280, 1920)  # duration bucket -> server_height
 STAT_COLUMNS = (
     "counts", "show_cnt", "show_user_num", "play_cnt", "play_user_num", "play_duration",
@@ -75,7 +78,7 @@ STAT_COLUMNS = (
 
 def _beijing_date(t_ms: np.ndarray) -> np.ndarray:
     days = ((t_ms + BEIJING_MS) // 86_400_000).astype("datetime64[D]")
-    return syn._yyyymmdd(days)
+    return yyyymmdd(days)
 
 
 def _in_range(rng: np.random.Generator, bounds: tuple, codes: np.ndarray) -> np.ndarray:
@@ -128,7 +131,7 @@ def write_kuairand(
     """
     if scenarios > len(TABS):
         raise UserError(f"KuaiRand has {len(TABS)} tabs; use at most that many scenarios")
-    sim = syn.simulate(rows, scenarios, seed)
+    sim = simulate(rows, scenarios, seed)
     W = sim.world
     rng = np.random.default_rng([seed, 101])
     n_users, n_items = len(W.counts), len(W.item_bias)
@@ -143,8 +146,53 @@ def write_kuairand(
     video = sim.item * spread + sub
     n_videos = n_items * spread
 
+    period, user, t, date, tab, click, order = _kuairand_logs(
+        sim, rng, raw_user, video, n_videos, folder, variant, seed, random_log_share
+    )
+    keep_user = _kuairand_users(W, raw_user, folder, variant, seed, drop_users)
+    keep_video = _kuairand_videos(
+        W, video, n_videos, spread, folder, variant, seed, drop_videos, statistics
+    )
+
+    truth = pl.DataFrame(
+        {
+            "period": period,
+            "user_id": user,
+            "video_id": video,
+            "time_ms": t,
+            "date": date,
+            "tab": tab,
+            "scenario": sim.scenario,
+            "is_click": click,
+            "true_prob": sim.true_prob,
+            "has_user": keep_user[user],
+            "has_video": keep_video[video],
+        }
+    )
+    if history:
+        hist = sim.history(history)
+        valid = hist >= 0
+        truth = truth.with_columns(list_series("hist_video_id", video, hist, valid))
+    truth = truth[order].with_row_index("pos")
+    return KuaiRandFiles(folder, truth, users=int(keep_user.sum()), videos=int(keep_video.sum()))
+
+
+def _kuairand_logs(
+    sim: Simulation,
+    rng: np.random.Generator,
+    raw_user: np.ndarray,
+    video: np.ndarray,
+    n_videos: int,
+    folder: Path,
+    variant: str,
+    seed: int,
+    random_log_share: float,
+) -> tuple[np.ndarray, ...]:
+    """The two standard logs and the random-exposure log; each row's (period, user, time,
+    date, tab, click) in simulation order, and the log order."""
+    W, rows = sim.world, len(sim.user)
     # time: a monotone stretch of the generator's clock keeps every user's event order
-    t = KR_START_MS + (sim.time_ms - syn.START_MS) * KR_DAYS // syn.DAYS
+    t = KR_START_MS + (sim.time_ms - START_MS) * KR_DAYS // DAYS
     date = _beijing_date(t)
     hourmin = ((t + BEIJING_MS) // 3_600_000 % 24) * 100
     period = (date >= PERIOD_SPLIT_DATE).astype(np.int8)
@@ -191,7 +239,18 @@ def write_kuairand(
         is_click=pl.Series((rng.random(rr.height) < 0.1).astype(np.int8)),
     )
     rr.write_csv(folder / f"log_random_4_22_to_5_08_{variant}.csv")
+    return period, user, t, date, tab, click, order
 
+
+def _kuairand_users(
+    W: SyntheticWorld,
+    raw_user: np.ndarray,
+    folder: Path,
+    variant: str,
+    seed: int,
+    drop_users: float,
+) -> np.ndarray:
+    """user_features_<variant>.csv; which raw users it keeps."""
     # user features: every raw user takes the fields of the first simulated user folded onto it
     rep = np.unique(raw_user, return_index=True)[1]
     U = {k: v[rep] for k, v in W.users.items()}
@@ -203,7 +262,7 @@ def write_kuairand(
     reg_days = np.maximum(W.register_days[rep].astype(np.int64), 15)
     user_cols: dict[str, object] = {
         "user_id": np.arange(nu),
-        "user_active_degree": np.asarray(syn.ACTIVE_DEGREES)[U["user_active_degree"]],
+        "user_active_degree": np.asarray(ACTIVE_DEGREES)[U["user_active_degree"]],
         "is_lowactive_period": U["is_lowactive_period"],
         "is_live_streamer": (ru.random(nu) < 0.05).astype(np.int64),
         "is_video_author": U["is_video_author"],
@@ -236,7 +295,21 @@ def write_kuairand(
     keep_user = np.random.default_rng([seed, 103]).random(nu) >= drop_users
     users_df = pl.DataFrame(user_cols).filter(pl.Series(keep_user))
     users_df.write_csv(folder / f"user_features_{variant}.csv")
+    return keep_user
 
+
+def _kuairand_videos(
+    W: SyntheticWorld,
+    video: np.ndarray,
+    n_videos: int,
+    spread: int,
+    folder: Path,
+    variant: str,
+    seed: int,
+    drop_videos: float,
+    statistics: bool,
+) -> np.ndarray:
+    """video_features_basic_<variant>.csv (and the statistics file); which videos it keeps."""
     # basic video features: video v is item v // spread
     item_of = np.arange(n_videos) // spread
     It = {k: v[item_of] for k, v in W.items.items()}
@@ -270,28 +343,7 @@ def write_kuairand(
         for j, c in enumerate(STAT_COLUMNS):
             stats[c] = counts * (1 + j % 3) + rv.integers(0, 3, n_videos)
         pl.DataFrame(stats).write_csv(folder / f"video_features_statistic_{variant}.csv")
-
-    truth = pl.DataFrame(
-        {
-            "period": period,
-            "user_id": user,
-            "video_id": video,
-            "time_ms": t,
-            "date": date,
-            "tab": tab,
-            "scenario": sim.scenario,
-            "is_click": click,
-            "true_prob": sim.true_prob,
-            "has_user": keep_user[user],
-            "has_video": keep_video[video],
-        }
-    )
-    if history:
-        hist = sim.history(history)
-        valid = hist >= 0
-        truth = truth.with_columns(syn._list_series("hist_video_id", video, hist, valid))
-    truth = truth[order].with_row_index("pos")
-    return KuaiRandFiles(folder, truth, users=int(keep_user.sum()), videos=int(keep_video.sum()))
+    return keep_video
 
 
 # -- Ali-CCP ------------------------------------------------------------------------------------
@@ -358,7 +410,7 @@ def write_aliccp(
     truths = []
     try:
         for k, n in enumerate(sizes):
-            chunk = _aliccp_chunk(syn.simulate(n, 3, seed + k), seed + k, history, bought, offset)
+            chunk = _aliccp_chunk(simulate(n, 3, seed + k), seed + k, history, bought, offset)
             samples, common, chunk_truth = chunk
             for f in FILES:
                 part = samples.filter(pl.col("file") == f)
@@ -382,7 +434,7 @@ def write_aliccp(
 
 
 def _aliccp_chunk(
-    sim: syn.Simulation, seed: int, history: int, bought: float, offset: dict[str, int]
+    sim: Simulation, seed: int, history: int, bought: float, offset: dict[str, int]
 ) -> tuple[pl.DataFrame, pl.DataFrame, Callable[[], pl.DataFrame]]:
     """One world's skeleton and common-feature rows (ids shifted by `offset`, which is then
     advanced past them) and a function that builds its truth frame."""
@@ -394,7 +446,7 @@ def _aliccp_chunk(
     offset["item"] += len(it["item_cat"])
     offset["author"] += int(it["author_id"].max()) + 1
     rng = np.random.default_rng([seed, 201])
-    brand = it["item_cat"] * syn.CARD["music_type"] + it["music_type"]  # finer than category
+    brand = it["item_cat"] * CARD["music_type"] + it["music_type"]  # finer than category
     attr = {
         "206": it["item_cat"],
         "207": it["author_id"] + author_base,
@@ -402,16 +454,56 @@ def _aliccp_chunk(
         "210": it["upload_type"],
     }
 
+    q_of_row, first, cfi = _requests(sim, user)
+    H = _histories(sim, first, history, attr)
+    common = _common_rows(sim, user, first, cfi, H, rng)
+    samples = _sample_rows(sim, user, item, attr, q_of_row, H, common, rng, bought)
+    samples, common = _files(sim, first, samples, common, offset)
+
+    def build_truth() -> pl.DataFrame:  # what the adapter must read for each skeleton line
+        lists = [
+            H.filter(pl.col("field") == hf)
+            .group_by("q", maintain_order=True)
+            .agg(pl.col("fid").alias(f"hist_{hf}"))
+            for hf in ALICCP_HISTORY_FIELDS
+        ]
+        truth = samples.select(
+            "file", "sample_id", "click", "buy", "cfi", "true_prob", "scenario", "q",
+            *ALICCP_ITEM_FIELDS, *ALICCP_CROSS_FIELDS, "301",
+        )  # fmt: skip
+        truth = truth.join(
+            common.select("q", *ALICCP_USER_FIELDS), on="q", how="left", maintain_order="left"
+        )
+        for lst in lists:
+            truth = truth.join(lst, on="q", how="left", maintain_order="left")
+        truth = truth.with_columns(
+            [pl.col(f"hist_{hf}").list.last().alias(hf) for hf in ALICCP_HISTORY_FIELDS],
+            kept=~((pl.col("click") == 0) & (pl.col("buy") == 1)),
+        ).drop("q")
+        return truth
+
+    return samples, common, build_truth
+
+
+def _requests(sim: Simulation, user: np.ndarray) -> tuple[np.ndarray, np.ndarray, pl.Series]:
+    """Each row's request, each request's first row and its common_feature_index."""
     # requests: one per (user, day); rows are in (user, time) order, so each is a contiguous run
-    req = user * syn.DAYS + sim.context["day"]
+    req = user * DAYS + sim.context["day"]
     change = np.r_[True, req[1:] != req[:-1]]
     q_of_row = np.cumsum(change) - 1
     first = np.flatnonzero(change)
-    Q = len(first)
     cfi = pl.Series(
         np.char.mod("%016x", (req[first] + 1).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
     )
+    return q_of_row, first, cfi
 
+
+def _histories(
+    sim: Simulation, first: np.ndarray, history: int, attr: dict[str, np.ndarray]
+) -> pl.DataFrame:
+    """One row per (request, history field, value): its global id, its count among the
+    request's earlier clicks, and its text entry, most recent first within a field."""
+    Q = len(first)
     # histories: distinct attribute values of the request's earlier clicks, most recent first
     hist = sim.history(history)[first]  # [Q, history] row indices
     ok = hist.ravel() >= 0
@@ -450,6 +542,19 @@ def _aliccp_chunk(
             )
         )
     )
+    return H
+
+
+def _common_rows(
+    sim: Simulation,
+    user: np.ndarray,
+    first: np.ndarray,
+    cfi: pl.Series,
+    H: pl.DataFrame,
+    rng: np.random.Generator,
+) -> pl.DataFrame:
+    """The common-feature rows: each request's user fields and histories."""
+    U, Q = sim.world.users, len(first)
     hist_text = H.group_by("q", maintain_order=True).agg(pl.col("entry").str.join("\x01"))
     uq = sim.user[first]
     profile = {
@@ -481,7 +586,21 @@ def _aliccp_chunk(
             ignore_nulls=True,
         )
     ).with_columns(feature_num=pl.col("feature_list").str.count_matches("\x02"))
+    return common
 
+
+def _sample_rows(
+    sim: Simulation,
+    user: np.ndarray,
+    item: np.ndarray,
+    attr: dict[str, np.ndarray],
+    q_of_row: np.ndarray,
+    H: pl.DataFrame,
+    common: pl.DataFrame,
+    rng: np.random.Generator,
+    bought: float,
+) -> pl.DataFrame:
+    """The skeleton rows: each sample's item, cross and position fields."""
     # samples: item, cross and position fields; crosses pair an item attribute with the history
     click = sim.label.astype(np.int64)
     n = len(click)
@@ -520,10 +639,20 @@ def _aliccp_chunk(
         feature_list=pl.concat_str(sample_entries, separator="\x01", ignore_nulls=True)
     ).with_columns(feature_num=pl.col("feature_list").str.count_matches("\x02"))
     samples = samples.join(common.select("q", "cfi"), on="q", how="left", maintain_order="left")
+    return samples
 
+
+def _files(
+    sim: Simulation,
+    first: np.ndarray,
+    samples: pl.DataFrame,
+    common: pl.DataFrame,
+    offset: dict[str, int],
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Each skeleton and common-feature row's file, and the samples' ids, in file order."""
     # files: first half of the days is raw train, second half raw test; log order inside (a
     # chunk's rows follow the previous chunk's, so a multi-chunk file is in log order per chunk)
-    is_test = pl.Series(sim.context["day"] >= syn.DAYS // 2)
+    is_test = pl.Series(sim.context["day"] >= DAYS // 2)
     samples = samples.with_columns(
         file=pl.when(is_test).then(pl.lit("test")).otherwise(pl.lit("train"))
     )
@@ -535,27 +664,4 @@ def _aliccp_chunk(
         sample_id=pl.int_range(1, pl.len() + 1).over("file")
         + pl.col("file").replace_strict(offset, return_dtype=pl.Int64)
     )
-
-    def build_truth() -> pl.DataFrame:  # what the adapter must read for each skeleton line
-        lists = [
-            H.filter(pl.col("field") == hf)
-            .group_by("q", maintain_order=True)
-            .agg(pl.col("fid").alias(f"hist_{hf}"))
-            for hf in ALICCP_HISTORY_FIELDS
-        ]
-        truth = samples.select(
-            "file", "sample_id", "click", "buy", "cfi", "true_prob", "scenario", "q",
-            *ALICCP_ITEM_FIELDS, *ALICCP_CROSS_FIELDS, "301",
-        )  # fmt: skip
-        truth = truth.join(
-            common.select("q", *ALICCP_USER_FIELDS), on="q", how="left", maintain_order="left"
-        )
-        for lst in lists:
-            truth = truth.join(lst, on="q", how="left", maintain_order="left")
-        truth = truth.with_columns(
-            [pl.col(f"hist_{hf}").list.last().alias(hf) for hf in ALICCP_HISTORY_FIELDS],
-            kept=~((pl.col("click") == 0) & (pl.col("buy") == 1)),
-        ).drop("q")
-        return truth
-
-    return samples, common, build_truth
+    return samples, common

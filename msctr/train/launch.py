@@ -1,4 +1,5 @@
-"""`msctr train --nproc N`: the torchrun it starts, and processes that end with their launcher.
+"""`msctr train --nproc N`: the torchrun it starts, and processes that end with their launcher;
+and the command line that continues an interrupted command (`resumable`).
 
 Three levels of processes: the launcher (the `msctr train ... --nproc N` the user started),
 torchrun's agent (`python -m msctr.train.launch`: torch's own agent, run quietly), and the N
@@ -22,12 +23,15 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from msctr.errors import Interrupted
+from msctr.errors import Interrupted, UserError
 
 LAUNCHER_PID = "MSCTR_LAUNCHER_PID"  # set by the launcher for the agent and the workers
 AGENT_PID = "MSCTR_AGENT_PID"  # set by the agent for its workers
@@ -123,6 +127,52 @@ def torchrun(nproc: int, args: list[str]) -> int:
     if code - 128 in _AGENT_STOPS:  # the agent or a worker was stopped by a signal
         raise Interrupted(code - 128)
     return code
+
+
+def resume_command() -> str:
+    """The command line that continues this one: the same arguments, never --fresh (under
+    torchrun on one machine, with --nproc; across machines, the same torchrun commands)."""
+    line = "msctr " + shlex.join(a for a in sys.argv[1:] if a != "--fresh")
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if processes > 1:
+        if int(os.environ.get("LOCAL_WORLD_SIZE", processes)) != processes:
+            return "the same torchrun command on every machine"
+        if "--nproc" not in sys.argv:
+            line += f" --nproc {processes}"
+    return line
+
+
+@contextmanager
+def resumable() -> Iterator[None]:
+    """A command that resumes: when it is interrupted, main()'s message gives the command
+    line that continues it."""
+    try:
+        yield
+    except Interrupted as e:
+        e.resume = resume_command()
+        raise
+
+
+def launch_workers(nproc: int) -> int:
+    """`msctr train ... --nproc N` in the process the user started: the same command under
+    torchrun in N workers; their exit status."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("--nproc is for starting torchrun; under torchrun, leave it out")
+    return torchrun(nproc, without_nproc(sys.argv[1:]))
+
+
+def without_nproc(args: list[str]) -> list[str]:
+    """The launcher's arguments as the workers get them: without --nproc N (under torchrun,
+    --nproc is refused)."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
 
 
 def _stop(signum: int, frame) -> None:

@@ -41,13 +41,13 @@ def stored_fingerprint(run: SeedRun) -> dict | None:
 
 
 @dataclass
-class Plan:
+class FolderCheck:
     """What the check found: model folders renamed to a new label (old, new)."""
 
     renamed: list[tuple[str, str]]
 
 
-def check_folder(recipe: Recipe, folder: RunFolder, schema: Schema) -> Plan:
+def check_folder(recipe: Recipe, folder: RunFolder, schema: Schema) -> FolderCheck:
     """Refuse, before anything is written, a recipe that the runs already in `folder` do not
     belong to; rename the folder of a model whose label alone changed.
 
@@ -104,7 +104,7 @@ def check_folder(recipe: Recipe, folder: RunFolder, schema: Schema) -> Plan:
         folder.record_models([*(m.name for m in folder.models()), *wanted])
     for old, name in renamed:
         os.rename(folder.root / old, folder.root / name)
-    return Plan(renamed)
+    return FolderCheck(renamed)
 
 
 def _changed(

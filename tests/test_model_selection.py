@@ -1,4 +1,4 @@
-"""Model selection in the training engine: early stopping on the validation split, the best
+"""Model selection in the training loop: early stopping on the validation split, the best
 checkpoint restored before the test split is scored, and no way for the test split to steer
 the choice.
 
@@ -19,7 +19,6 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from conftest import invoke
 from sklearn.metrics import log_loss, roc_auc_score
 
 from msctr.data.loader import load_columns
@@ -53,13 +52,6 @@ EXPECTED = {
     (3, 8): (7, 4, [True, True, False, True, False, False, False]),
     (9, 8): (8, 4, [True, True, False, True, False, False, False, False]),
 }
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("sel") / "syn"
-    invoke("prepare", "synthetic", "--out", str(out), "--rows", "3000", "--seed", "0")
-    return out
 
 
 def scheduled_scores(y: np.ndarray, schedule) -> list[np.ndarray]:
@@ -169,7 +161,7 @@ def test_early_stopping_follows_the_validation_curve(
     assert [line["best"] for line in log] == flags
     assert summary["best_epoch"] == best
     assert json.loads((run_dir / "run.json").read_text())["best_epoch"] == best
-    # the logged validation metrics are those of the scores the engine was given
+    # the logged validation metrics are those of the scores the training loop was given
     y = fake.val.label.numpy().astype(int)
     for line, p in zip(log, fake.scores):
         assert line["val_auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
