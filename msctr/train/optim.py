@@ -89,10 +89,16 @@ class LazyAdam(torch.optim.Optimizer):
 
 
 class Optimizers:
-    """Several optimizers stepped as one (dense Adam for the network, lazy Adam for tables)."""
+    """Several optimizers stepped as one (dense Adam for the network, lazy Adam for tables);
+    `sparse_tables`: the tables LazyAdam steps (row-sparse gradients)."""
 
-    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+    def __init__(
+        self,
+        optimizers: list[torch.optim.Optimizer],
+        sparse_tables: list[torch.nn.Parameter] | None = None,
+    ):
         self.optimizers = optimizers
+        self.sparse_tables = sparse_tables or []
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for o in self.optimizers:
@@ -136,4 +142,10 @@ def make_optimizer(model: torch.nn.Module, t: TrainConfig) -> Optimizers:
         )
     if sparse:
         opts.append(LazyAdam(sparse, lr=t.lr, weight_decay=t.weight_decay))
-    return Optimizers(opts)
+    return Optimizers(opts, sparse)
+
+
+def learning_rate(t: TrainConfig, epoch: int) -> float:
+    """The learning rate of epoch `epoch` (from 0): the one place a schedule lives. A function
+    of the epoch, not stepped, so a resumed run trains at the rate it stopped at."""
+    return t.lr * t.lr_decay**epoch
