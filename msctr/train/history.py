@@ -41,10 +41,10 @@ class History:
         run: str | None = None,
     ):
         """`resumed`: the history lines of the resume state the run continues from (None: it
-        starts afresh);
-        `tracking`: the folder holding the trackers' stores (the run folder; None: no
-        trackers, only history.jsonl); `run`: the run's name there (default: its seed folder
-        relative to `tracking`; a tune trial, whose folder is scratch, names itself)."""
+        starts afresh); `tracking`: the folder holding the trackers' stores (the run folder;
+        None: no trackers, only history.jsonl); `run`: the run's name there (default: its
+        seed folder relative to `tracking`; a tune trial, whose folder is scratch, names
+        itself)."""
         self.main, self.files, self.num_scenarios = main, files, schema.num_scenarios
         self.lines: list[dict] = []
         if resumed is not None:
