@@ -225,8 +225,10 @@ class Trainee:
         self.scorer = torch.compile(self.model) if compile else self.model
         tables = self.optimizer.sparse_tables
         trained = world.wrap(self.model, self.device, tables)
-        compiled = torch.compile(trained) if compile else trained
-        self.forward = self.scorer if trained is self.model else compiled
+        if trained is not self.model:  # the DDP wrapper, compiled apart
+            self.forward = torch.compile(trained) if compile else trained
+        else:
+            self.forward = self.scorer
         if world.parallel:
             self.after_backward = dist.SparseRows(tables, world).sync
             self.shares = dist.Shares(train_rows, batch_size, world.rank, world.size)
