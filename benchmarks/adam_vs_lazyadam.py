@@ -80,7 +80,8 @@ def interleaved_step_ratio(
         opts[label] = make_optimizer(models[label], replace(recipe.train, sparse_embeddings=sparse))
         models[label].train()
     times: dict[str, list[float]] = {label: [] for label in PATHS}
-    batches = (b for epoch in itertools.count() for b in data.train_batches(recipe, 0, epoch))
+    size = recipe.train.batch_size
+    batches = (b for epoch in itertools.count() for b in data.train_batches(size, 0, epoch))
     for k in range(warmup + steps):
         batch = next(batches)
         order = list(PATHS) if k % 2 == 0 else list(reversed(PATHS))

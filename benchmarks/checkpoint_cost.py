@@ -22,6 +22,7 @@ import torch
 
 from msctr.recipe import ModelEntry, Recipe, TrainConfig
 from msctr.train import loop
+from msctr.train.resume import ResumeState
 from msctr.train.runtime import keep_freed_memory
 from msctr.train.splits import SplitData
 
@@ -45,19 +46,19 @@ def main() -> None:
         entry = ModelEntry(name)
         recipe.models = [entry]
         calls: list[tuple[float, float, int]] = []  # (start, end, bytes) of each last.pt write
-        orig = loop.save_state
+        orig = ResumeState.save
 
-        def timed(path, state, orig=orig, calls=calls):
+        def timed(state, path, orig=orig, calls=calls):
             tick = time.perf_counter()
-            orig(path, state)
+            orig(state, path)
             calls.append((tick, time.perf_counter(), Path(path).stat().st_size))
 
-        loop.save_state = timed  # the run removes last.pt when it ends: measured from inside
+        ResumeState.save = timed  # the run removes last.pt when it ends: measured from inside
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 loop.fit_one(recipe, entry, 0, data, Path(tmp) / name / "seed_0")
         finally:
-            loop.save_state = orig
+            ResumeState.save = orig
         # an epoch: from the end of one checkpoint write to the start of the next (training
         # steps, the validation pass, best.pt and the log line); the first one also builds
         # the model, so it is left out

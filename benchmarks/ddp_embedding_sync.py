@@ -52,8 +52,9 @@ def ids_for(step: int, rank: int, size: int, batch: int, fields: int, rows: int)
     return ids[lo:hi]
 
 
-def time_way(way: str, rows: int, dim: int, batch: int, fields: int, steps: int) -> float:
-    w = dist.world()
+def time_way(
+    w: dist.World, way: str, rows: int, dim: int, batch: int, fields: int, steps: int
+) -> float:
     torch.manual_seed(0)
     model = Table(rows, dim, sparse=way != "dense-ddp")
     if way == "local":  # no synchronisation at all: the floor the others are measured from
@@ -63,7 +64,7 @@ def time_way(way: str, rows: int, dim: int, batch: int, fields: int, steps: int)
     elif way == "rows":
         run: nn.Module = model
         DDP._set_params_and_buffers_to_ignore_for_model(model, ["table.weight"])
-        sync = dist.SparseRows([model.table.weight]).sync
+        sync = dist.SparseRows([model.table.weight], w).sync
         opt: torch.optim.Optimizer = LazyAdam(model.parameters())
     else:
         run = DDP(model)
@@ -103,7 +104,7 @@ def main() -> None:
     try:
         for rows in [int(r) for r in args.rows.split(",")]:
             for way in ("local", "sparse-ddp", "dense-ddp", "rows"):
-                ms = time_way(way, rows, args.dim, args.batch, args.fields, args.steps)
+                ms = time_way(w, way, rows, args.dim, args.batch, args.fields, args.steps)
                 if w.main:
                     print(
                         f"{w.size} processes  table {rows:>9,} x {args.dim}  "

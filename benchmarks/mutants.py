@@ -72,23 +72,23 @@ MUTANTS = [
     Mutant(
         "engine_no_restore",
         LOOP,
-        "model.load_state_dict(best_state)",
-        "best_state = best_state  # mutant",
+        "model.load_state_dict(trainee.best)",
+        "model = model  # mutant",
         "the best checkpoint is not restored before the test split is scored",
         (SEL,),
     ),
     Mutant(
         "engine_select_on_test",
         LOOP,
-        "val_p = predict_shared(scorer, data.val, t.eval_batch_size, device, t.precision)\n"
-        "        # rank 0's figures decide for all, so every rank stops at the same epoch\n"
-        "        val = dist.on_main(\n"
-        '            lambda p=val_p: {"auc": auc(data.val_labels, p), '
+        "val_p = trainee.score(data.val, t, world, stop)\n"
+        "    # rank 0's figures decide for all, so every rank stops at the same epoch\n"
+        "    val = world.on_main(\n"
+        '        lambda p=val_p: {"auc": auc(data.val_labels, p), '
         '"logloss": logloss(data.val_labels, p)}\n'
-        "        )",
-        "val_p = predict_shared(scorer, data.test, t.eval_batch_size, device, t.precision)\n"
-        '        _y = data.test_frame["label"].to_numpy().astype(np.int8)\n'
-        '        val = {"auc": auc(_y, val_p), "logloss": logloss(_y, val_p)}',
+        "    )",
+        "val_p = trainee.score(data.test, t, world, stop)\n"
+        '    _y = data.test_frame["label"].to_numpy().astype(np.int8)\n'
+        '    val = {"auc": auc(_y, val_p), "logloss": logloss(_y, val_p)}',
         "early stopping reads the test split instead of validation",
         (SEL,),
     ),

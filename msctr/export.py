@@ -392,7 +392,7 @@ def _export_one(
 def _check(model: torch.nn.Module, cols: Columns, run) -> float:
     """Largest absolute difference of the export's probabilities from the model's, over the
     test rows in batches of CHECK_BATCH (and one single row)."""
-    want = score(model, cols, CHECK_BATCH, torch.device("cpu"), stops=False)
+    want = score(model, cols, CHECK_BATCH, torch.device("cpu"))  # no Ctrl-C check: stop=None
     got = [
         run(tensors(cols.take(slice(i, i + CHECK_BATCH)))) for i in range(0, len(cols), CHECK_BATCH)
     ]

@@ -57,8 +57,9 @@ from msctr.runs import TUNE_FIGURE, TUNE_FILES, check_labels, check_tune_folder,
 from msctr.search import Spec, grid_size, model_space, parse_space
 from msctr.tables import Table, print_tables
 from msctr.track import check_available
+from msctr.train.launch import wait
 from msctr.train.loop import fit_one, load_training_data, make_progress
-from msctr.train.runtime import resolve_device, stop_at_step_boundaries
+from msctr.train.runtime import StepBoundaryStop, resolve_device, stop_at_step_boundaries
 from msctr.train.splits import SplitData
 
 OPTUNA_MISSING = "msctr tune needs Optuna: pip install 'msctr[tune]'"
@@ -469,7 +470,7 @@ def run_tune(
             progress = make_progress(console)
             progress.start()
             try:
-                with stop_at_step_boundaries():
+                with stop_at_step_boundaries() as work.stop:
                     _run_all(optuna, work, studies, data, console, progress)
             finally:
                 progress.stop()
@@ -497,6 +498,7 @@ class Work:
     pruner: str
     timeout: float | None
     caps: Caps
+    stop: StepBoundaryStop | None = None  # this process's Ctrl-C, at step boundaries
 
 
 def _run_trials(
@@ -570,6 +572,7 @@ def _trial(
             summary = fit_one(
                 r, r.models[0], r.train.seeds[0], data, run, progress, on_epoch=report,
                 tracking=work.folder, track_as=f"{target.label}/trial_{trial.number}",
+                stop=work.stop,
             )  # fmt: skip
     except optuna.TrialPruned as e:
         console.print(Text(f"trial {trial.number} of {target.label}: {_shown(values)}: "
@@ -653,12 +656,7 @@ def _run_jobs(work: Work, jobs: int, console: Console) -> None:
         procs.append(proc)
         errors.append(read)
     try:
-        # waited for in short sleeps, not in waitpid: a signal the kernel hands to another of
-        # this process's threads (torch's, SQLite's) would not end a blocking waitpid, and
-        # the handler would run only when the workers had finished on their own
-        while any(p.poll() is None for p in procs):
-            time.sleep(0.05)
-        codes = [p.returncode for p in procs]
+        codes = wait(procs)  # in short sleeps: a signal must reach its handler at once
     except BaseException:
         for p in procs:
             if p.poll() is None:
@@ -696,7 +694,7 @@ def worker() -> None:
         data = _trial_data(work.recipe, work.targets, work.caps)
         # another TPE seed per worker: one seed and one history would repeat the same point
         studies = _studies(optuna, work, work.seed + number)
-        with stop_at_step_boundaries():
+        with stop_at_step_boundaries() as work.stop:
             _run_all(optuna, work, studies, data, console, None)
     except Interrupted as e:
         code = 128 + e.signum

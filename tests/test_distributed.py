@@ -16,10 +16,11 @@ import polars as pl
 import pytest
 import torch
 from conftest import invoke, one_line_error
+from train_hooks import HOOKS, install
 
 from msctr.data.loader import load_columns, share, stream_batches
 from msctr.data.schema import Schema
-from msctr.models.kernels import keep_mask, set_batch_share
+from msctr.models.kernels import keep_mask
 from msctr.train.distributed import Shares, part_bounds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +93,7 @@ def torchrun(recipe: Path, tmp: Path, *args: str, env: dict | None = None):
     if "MSCTR_TEST_SIGNAL_AT" not in (env or {}):
         full.pop("MSCTR_TEST_SIGNAL_AT", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    cmd += ["--nproc-per-node", "2", "-m", "msctr", "train", str(recipe), *args]
+    cmd += ["--nproc-per-node", "2", HOOKS, "train", str(recipe), *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=full, cwd=ROOT)
 
 
@@ -112,7 +113,7 @@ def two(tmp_path_factory, data_dir) -> dict:
     mp = pytest.MonkeyPatch()
     one_rows = tmp / "rows1"
     one_rows.mkdir()
-    mp.setenv("MSCTR_TEST_SHARDS", str(one_rows))
+    install(mp.setattr, shards=one_rows)
     try:
         invoke("train", str(write_recipe(tmp, data_dir, "one")))
     finally:
@@ -242,11 +243,7 @@ def test_a_shares_dropout_mask_is_those_rows_of_the_whole_batchs_mask():
     x = torch.zeros(1001, 3, 7)  # rows of 21 elements: shares start mid-way through a draw
     torch.manual_seed(5)
     whole = keep_mask(x, 0.3)
-    try:
-        for r in range(3):
-            lo, hi = part_bounds(1001, r, 3)
-            set_batch_share((lo, hi - lo, 1001))
-            torch.manual_seed(5)
-            assert torch.equal(keep_mask(x[lo:hi], 0.3), whole[lo:hi])
-    finally:
-        set_batch_share(None)
+    for r in range(3):
+        lo, hi = part_bounds(1001, r, 3)
+        torch.manual_seed(5)
+        assert torch.equal(keep_mask(x[lo:hi], 0.3, (lo, hi - lo, 1001)), whole[lo:hi])

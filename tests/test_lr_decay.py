@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import one_line_error, run_main
+from train_hooks import HOOKS
 
 from msctr.data.schema import Schema
 from msctr.recipe import load_recipe, run_fingerprint
@@ -47,7 +48,7 @@ def test_a_resumed_run_goes_on_at_its_epochs_rate(capsys, recipe):
     """Killed in its third epoch: the rerun restores the state after epoch 2 and trains epoch
     3 at lr * 0.5**2, as an uninterrupted run does (the rate is a function of the epoch)."""
     env = {**os.environ, "MSCTR_TEST_SIGNAL_AT": "KILL:DNN:0:3:2", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "msctr", "train", str(recipe), "--no-eval", "--fresh"]
+    cmd = [sys.executable, HOOKS, "train", str(recipe), "--no-eval", "--fresh"]
     killed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr
     assert lrs(recipe) == [0.01, 0.005]

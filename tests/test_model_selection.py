@@ -97,13 +97,13 @@ class ScheduledPredict:
         self.calls: list[str] = []
         self.real = loop.predict
 
-    def __call__(self, model, data, batch_size, device, precision="fp32", stops=True, pace=None):
+    def __call__(self, model, data, batch_size, device, precision="fp32", stop=None, pace=None):
         if same_rows(data, self.val):
             self.calls.append("val")
             self.states.append(copy.deepcopy(model.state_dict()))
             return self.scores[len(self.states) - 1].copy()
         self.calls.append("test" if same_rows(data, self.test) else "other")
-        return self.real(model, data, batch_size, device, precision, stops, pace)
+        return self.real(model, data, batch_size, device, precision, stop, pace)
 
 
 def fit(recipe, run_dir: Path) -> dict:

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from train_hooks import HOOKS
 
 ROOT = Path(__file__).resolve().parents[1]
 WAIT = 180  # seconds any one wait may take (start-up under load), never more
@@ -115,7 +116,7 @@ def launch(recipe_path: Path, *args: str, env: dict | None = None) -> Iterator[t
     full["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     if "MSCTR_TEST_SIGNAL_AT" not in (env or {}):
         full.pop("MSCTR_TEST_SIGNAL_AT", None)
-    cmd = [sys.executable, "-m", "msctr", "train", str(recipe_path), "--nproc", "2", *args]
+    cmd = [sys.executable, HOOKS, "train", str(recipe_path), "--nproc", "2", *args]
     proc = subprocess.Popen(
         cmd, env=full, cwd=ROOT, start_new_session=True, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -143,9 +144,9 @@ def launch(recipe_path: Path, *args: str, env: dict | None = None) -> Iterator[t
 
 
 def workers(procs: dict[int, int]) -> list[int]:
-    """The training processes among `procs` (`-m msctr train`, not the agent's
-    `-m msctr.train.launch ... -m msctr train`)."""
-    return [p for p in procs if "-m msctr train" in (c := cmdline(p)) and ".launch" not in c]
+    """The training processes among `procs` (`train_hooks.py train`, the test's stand-in for
+    `-m msctr train`; not the agent's `-m msctr.train.launch ... train_hooks.py train`)."""
+    return [p for p in procs if f"{HOOKS} train" in (c := cmdline(p)) and ".launch" not in c]
 
 
 def frozen(running: Callable[[], dict[int, int]]) -> dict[int, int]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import invoke, one_line_error, run_main
+from train_hooks import HOOKS, install
 
 from msctr.errors import UserError
 from msctr.io import exclusive_lock
@@ -49,7 +50,7 @@ def train_proc(recipe: Path, *args: str, signal_at: str | None = None):
     if signal_at:
         env["MSCTR_TEST_SIGNAL_AT"] = signal_at
     return subprocess.run(
-        [sys.executable, "-m", "msctr.cli", "train", str(recipe), *args],
+        [sys.executable, HOOKS, "train", str(recipe), *args],
         capture_output=True,
         text=True,
         env=env,
@@ -115,9 +116,9 @@ def test_a_changed_recipe_is_refused_never_mixed(
     )  # fmt: skip
     # --fresh starts over; stopped after the first model, the folder holds only the new
     # recipe's runs: eval refuses the missing one instead of reporting a mixture
-    monkeypatch.setenv("MSCTR_TEST_SIGNAL_AT", "INT:MMoE:0:1:2")
-    code, _, err = run_main(capsys, "train", str(recipe), "--fresh", "--set", "train.lr=0.02")
-    monkeypatch.delenv("MSCTR_TEST_SIGNAL_AT")
+    with monkeypatch.context() as mp:
+        install(mp.setattr, signal_at="INT:MMoE:0:1:2")
+        code, _, err = run_main(capsys, "train", str(recipe), "--fresh", "--set", "train.lr=0.02")
     assert code == 130, err
     assert "resume with:" in err and "--fresh" not in err
     assert "lr: 0.02" in (run / "recipe.yaml").read_text()

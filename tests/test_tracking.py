@@ -18,6 +18,7 @@ import polars as pl
 import pytest
 from conftest import invoke, one_line_error, run_main
 from sklearn.metrics import log_loss
+from train_hooks import HOOKS
 
 from msctr import track
 
@@ -219,7 +220,7 @@ def test_killed_run_resumes_to_one_continuous_history_and_tracked_curve(
     _, reference = trained
     recipe = write_recipe(tmp_path, data_dir)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MSCTR_TEST_SIGNAL_AT": "KILL:Wide:1:3:4"}
-    cmd = [sys.executable, "-m", "msctr.cli", "train", str(recipe), "--no-eval"]
+    cmd = [sys.executable, HOOKS, "train", str(recipe), "--no-eval"]
     proc = subprocess.run([*cmd, "--log", "tensorboard,mlflow"], capture_output=True, env=env)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     run = tmp_path / "run"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import invoke, one_line_error, run_main
+from train_hooks import HOOKS, install
 
 from msctr.io import exclusive_lock
 from msctr.recipe import load_recipe
@@ -266,7 +267,7 @@ def test_a_killed_tune_resumes_its_study(capsys, tmp_path, data_dir):
     first = [(t.number, t.params, t.value) for t in trials(folder, "DNN")]
     env = {**os.environ, "MSCTR_TEST_SIGNAL_AT": "KILL:DNN:3:1:2", "PYTHONPATH": str(ROOT)}
     killed = subprocess.run(
-        [sys.executable, "-m", "msctr", *args, "--trials", "4"],
+        [sys.executable, HOOKS, *args, "--trials", "4"],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert killed.returncode == -9, killed.stderr
@@ -407,7 +408,7 @@ def test_trial_caps_reach_the_trials_and_bind_the_study(capsys, monkeypatch, tmp
     refused in one line."""
     shards = tmp_path / "shards"
     shards.mkdir()
-    monkeypatch.setenv("MSCTR_TEST_SHARDS", str(shards))
+    install(monkeypatch.setattr, shards=shards)
     recipe = write_recipe(tmp_path, data_dir)
     args = ["tune", str(recipe), "--model", "DNN", "--trials", "2", "--trial-epochs", "1"]
     code, out, err = run_main(capsys, *args, "--trial-rows", "300")

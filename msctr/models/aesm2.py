@@ -47,7 +47,7 @@ from torch import nn
 from msctr.data.batch import Batch
 from msctr.data.schema import Schema
 from msctr.errors import UserError
-from msctr.models.blocks import MLP, StackedMLP, at_least_fp32, autocast_input
+from msctr.models.blocks import MLP, GaussianNoise, StackedMLP, at_least_fp32, autocast_input
 from msctr.models.embedding import FeatureEmbedding
 from msctr.models.registry import ModelOutput, ModelParams, need_layers, register
 
@@ -119,6 +119,7 @@ class ScenarioLayer(nn.Module):
         S, E = num_scenarios, p.num_experts
         self.S, self.E, self.p, self.select = S, E, p, select
         self.experts = StackedMLP(E, in_dim, p.expert_hidden, p.dropout, p.batch_norm)
+        self.noise = GaussianNoise()  # on the gate logits, per row of the whole batch
         # all S gates as one Linear to S * E logits (scenario-major), BatchNorm per logit
         self.gate = nn.Linear(in_dim + scenario_dim, S * E)
         self.gate_norm = nn.BatchNorm1d(S * E) if p.batch_norm else nn.Identity()
@@ -144,7 +145,7 @@ class ScenarioLayer(nn.Module):
             return torch.bmm(w.to(experts.dtype).unsqueeze(1), experts).squeeze(1), None
         noisy = gates
         if self.training and self.p.gate_noise > 0:
-            noisy = gates + self.p.gate_noise * torch.randn_like(gates)
+            noisy = gates + self.p.gate_noise * self.noise(gates)
         sel = select_experts(noisy, scenario, self.p.top_k_specific, self.p.top_k_shared)
         # out of place, with tensor sources: TorchScript's tracer cannot save an in-place
         # scatter of a Python scalar (msctr export)

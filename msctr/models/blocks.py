@@ -14,7 +14,54 @@ from torch import nn
 from msctr.models.kernels import _MaskScale, keep_mask, matmul_dtype
 
 
-class Dropout(nn.Module):
+class BatchShare:
+    """Which rows of the whole batch this process's forward holds: `window` = (first row of
+    the share, rows in it, rows in the whole batch), or None (all of them, one process).
+
+    Data-parallel training (msctr.train) makes one per model, hands it to the model's
+    `RowRandom` modules (`share_batch`) and sets its window before every step; the model
+    reads nothing else of the training process."""
+
+    def __init__(self) -> None:
+        self.window: tuple[int, int, int] | None = None
+
+
+class RowRandom(nn.Module):
+    """A module that draws randomness per row of the batch in training (dropout masks, noise).
+
+    The promise that one process and N (torchrun) train the same model rests on these: under
+    data parallel each draws, for its process's rows, the part of what one process would draw
+    for the whole batch (`share`). A model must draw every per-row random number through one
+    of them (`Dropout`, `GaussianNoise`, `GumbelSoftmax`), never nn.Dropout, torch.randn_like
+    or F.gumbel_softmax (tests/test_batch_share.py checks every registered model)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.share: BatchShare | None = None
+
+    def window(self, x: torch.Tensor) -> tuple[int, int, int] | None:
+        """The share's window when x holds the share's rows (first dimension), else None."""
+        w = None if self.share is None else self.share.window
+        return w if w is not None and x.dim() > 0 and x.shape[0] == w[1] else None
+
+    def whole_batch(self, x: torch.Tensor, draw) -> torch.Tensor:
+        """`draw(shape)` for x's shape; data parallel, drawn for the whole batch's shape and
+        cut to this share's rows, so the generator advances as in one process."""
+        w = self.window(x)
+        if w is None:
+            return draw(x.shape)
+        lo, n, total = w
+        return draw((total, *x.shape[1:]))[lo : lo + n]
+
+
+def share_batch(model: nn.Module, share: BatchShare | None) -> None:
+    """Hand `share` to every `RowRandom` module of `model` (None: take it back)."""
+    for m in model.modules():
+        if isinstance(m, RowRandom):
+            m.share = share
+
+
+class Dropout(RowRandom):
     """Inverted dropout, as nn.Dropout, with a cheaper mask on the CPU.
 
     nn.Dropout draws one Bernoulli variate per element from torch's CPU generator and fills
@@ -35,10 +82,37 @@ class Dropout(nn.Module):
             return torch.relu(x) if relu else x
         if x.device.type != "cpu":
             return nn.functional.dropout(torch.relu(x) if relu else x, self.p, training=True)
-        return _MaskScale.apply(x, keep_mask(x, self.p), 1.0 / (1.0 - self.p), relu)
+        keep = keep_mask(x, self.p, self.window(x))
+        return _MaskScale.apply(x, keep, 1.0 / (1.0 - self.p), relu)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+class GaussianNoise(RowRandom):
+    """Standard normal noise in x's shape (torch.randn_like), drawn per row of the batch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.whole_batch(x, lambda shape: torch.randn(shape, dtype=x.dtype, device=x.device))
+
+
+class GumbelSoftmax(RowRandom):
+    """nn.functional.gumbel_softmax over the last dimension, its Gumbel noise drawn per row of
+    the batch: softmax((logits + g) / tau) with g = -log(Exp(1)); `hard`: the one-hot of its
+    argmax, with the soft sample's gradient (straight-through)."""
+
+    def forward(self, logits: torch.Tensor, tau: float, hard: bool) -> torch.Tensor:
+        def draw(shape):
+            e = torch.empty(shape, dtype=logits.dtype, device=logits.device)
+            return e.exponential_()
+
+        gumbels = -self.whole_batch(logits, draw).log()
+        y = ((logits + gumbels) / tau).softmax(-1)
+        if not hard:
+            return y
+        index = y.max(-1, keepdim=True)[1]
+        one_hot = torch.zeros_like(logits).scatter_(-1, index, 1.0)
+        return one_hot - y.detach() + y
 
 
 def autocast_input(x: torch.Tensor) -> torch.Tensor:

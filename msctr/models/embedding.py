@@ -88,11 +88,17 @@ class FeatureEmbedding(nn.Module):
         uniq, pos = torch.unique(ids.reshape(-1).int() if small else ids, return_inverse=True)
         return _TouchedRows.apply(self.table.weight, uniq.long()), pos.view(ids.shape)
 
+    def row_sparse_gradients(self, on: bool) -> None:
+        """Give the table row-sparse gradients (the touched rows only), or dense ones. The
+        optimizer that steps the table must agree (LazyAdam for row-sparse), so the trainer's
+        `make_optimizer` alone calls this; a model never does."""
+        self.table.sparse = on
+
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:  # [...] -> [..., d]
         """Rows of the shared table. On CPU: index_select, whose backward is one index_add,
         about 2x cheaper than nn.Embedding's sort-based one, on the table itself or, with
-        `table.sparse` (set by the training loop for big tables), on the touched rows. On GPU the
-        embedding module itself (it reads `table.sparse`)."""
+        row-sparse gradients (`row_sparse_gradients`, for big tables), on the touched rows.
+        On GPU the embedding module itself (it reads `table.sparse`)."""
         if ids.device.type != "cpu":
             return self.table(ids)
         rows, pos = self.touched(ids) if self.table.sparse else (self.table.weight, ids)

@@ -74,35 +74,26 @@ def touched_rows_reference(table: torch.Tensor, rows: torch.Tensor) -> torch.Ten
 # -- dropout ------------------------------------------------------------------------------------
 
 
-# Data-parallel training (msctr.train.distributed) holds a share of each batch: (first row of
-# the share, rows in it, rows in the whole batch). Set per step by the trainer, None otherwise.
-_BATCH_SHARE: tuple[int, int, int] | None = None
-
-
-def set_batch_share(share: tuple[int, int, int] | None) -> None:
-    """Tell dropout which rows of the global batch this process holds (None: all of them)."""
-    global _BATCH_SHARE
-    _BATCH_SHARE = share
-
-
-def keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
+def keep_mask(
+    x: torch.Tensor, p: float, window: tuple[int, int, int] | None = None
+) -> torch.Tensor:
     """uint8 0/1 in x's shape, 1 with probability 1 - p (p quantized to 1/65536), CPU.
 
     Each 64-bit output of a PCG64 generator gives four 16-bit draws, compared in NumPy. The
     generator is seeded from torch's global generator, so dropout stays reproducible under
     `torch.manual_seed`.
 
-    Data parallel (`set_batch_share`), for a tensor whose first dimension is this process's
-    rows: its mask is the part of the stream one process would draw for the whole batch
-    that falls on these rows (PCG64 jumps ahead to it), so each row gets the same mask as in
-    one process, at the cost of this process's rows only.
+    `window` (data parallel: this process's share of the batch, `blocks.BatchShare`), for a
+    tensor whose first dimension is the share's rows: its mask is the part of the stream one
+    process would draw for the whole batch that falls on these rows (PCG64 jumps ahead to
+    it), so each row gets the same mask as in one process, at the cost of this process's rows
+    only.
     """
     n = x.numel()
     seed = int(torch.randint(0, 2**63 - 1, (1,)))
     start = 0
-    share = _BATCH_SHARE
-    if share is not None and x.dim() > 0 and x.shape[0] == share[1] > 0:
-        start = share[0] * (n // x.shape[0])  # rows are contiguous in x's row-major order
+    if window is not None and x.dim() > 0 and x.shape[0] == window[1] > 0:
+        start = window[0] * (n // x.shape[0])  # rows are contiguous in x's row-major order
     gen = np.random.PCG64(seed)
     if start >= 4:
         gen.advance(start // 4)

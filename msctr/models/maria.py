@@ -50,7 +50,14 @@ from torch import nn
 from msctr.data.batch import Batch
 from msctr.data.schema import Schema
 from msctr.errors import UserError
-from msctr.models.blocks import MLP, GateNU, StackedMLP, at_least_fp32, autocast_input
+from msctr.models.blocks import (
+    MLP,
+    GateNU,
+    GumbelSoftmax,
+    StackedMLP,
+    at_least_fp32,
+    autocast_input,
+)
 from msctr.models.embedding import FeatureEmbedding
 from msctr.models.registry import ModelParams, need_layers, register
 from msctr.models.scenario import ScenarioGroups, ScenarioMLP
@@ -134,6 +141,7 @@ class FeatureRefinement(nn.Module):
         # all n * R refiners: field f's R refiners side by side in weight[f] [d, R * k]
         self.weight = nn.Parameter(torch.empty(n, dim, R * k).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(n, 1, R * k).uniform_(-bound, bound))
+        self.sample = GumbelSoftmax()  # its noise per row of the whole batch (data parallel)
         # selector logits of field f: e_s V_f + E'_f U_f + c_f; V for all fields in one Linear
         self.select_scenario = nn.Linear(dim, n * R)
         self.select_field = nn.Parameter(torch.empty(n, dim, R).uniform_(-bound, bound))
@@ -143,7 +151,7 @@ class FeatureRefinement(nn.Module):
         logits = self.select_scenario(e_s).view(-1, self.n, self.R)
         logits = logits + torch.einsum("bfd,fdr->bfr", emb, self.select_field)
         if self.training and self.gumbel:  # a differentiable sample of the discrete choice
-            sample = nn.functional.gumbel_softmax(at_least_fp32(logits), self.tau, self.hard)
+            sample = self.sample(at_least_fp32(logits), self.tau, self.hard)
             return sample.to(emb.dtype)
         if self.hard:  # the selected refiner itself (straight-through when training)
             soft = torch.softmax(logits / self.tau, dim=-1)

@@ -26,14 +26,16 @@ import torch.distributed as dist
 from msctr.errors import Interrupted, RankError, UserError
 from msctr.train.launch import end_with_agent
 from msctr.train.optim import LazyAdam
-from msctr.train.runtime import check_stop, pending_signal
+from msctr.train.runtime import StepBoundaryStop
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class World:
-    """This process's place among the training processes."""
+    """This process's place among the training processes, and what they do together: every
+    collective here is the identity for one process (`ALONE`). `setup` returns the one a run
+    trains in; the trainer hands it to whatever needs it (no module-level world)."""
 
     rank: int = 0
     size: int = 1
@@ -48,12 +50,150 @@ class World:
     def parallel(self) -> bool:
         return self.size > 1
 
+    def local_device(self, device_name: str) -> str:
+        """This process's device: data parallel on CUDA, the GPU of its local rank."""
+        if self.parallel and device_name.startswith("cuda"):
+            return f"cuda:{self.local_rank}"
+        return device_name
 
-_WORLD = World()
+    def broadcast(self, obj: T) -> T:
+        """Rank 0's `obj` on every rank (pickled; for resume states and small values)."""
+        if not self.parallel:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, device=_device())
+        return box[0]
+
+    def on_main(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on rank 0 alone and hand its result to every rank; a `UserError` it raises is
+        raised on every rank (rank 0's message), so no rank waits for one that gave up."""
+        if not self.parallel:
+            return fn()
+        result: tuple[str, object] = ("ok", None)
+        if self.main:
+            try:
+                result = ("ok", fn())
+            except UserError as e:
+                result = ("error", str(e))
+            except BaseException as e:  # an unexpected failure: the others stop too
+                result = ("crash", f"{type(e).__name__}: {e}")
+                self.broadcast(result)
+                raise
+        kind, value = self.broadcast(result)
+        if kind == "error":
+            raise UserError(str(value))
+        if kind == "crash":
+            raise RuntimeError(f"rank 0 failed: {value}")
+        return value  # type: ignore[return-value]
+
+    def barrier(self) -> None:
+        if self.parallel:
+            dist.barrier()
+
+    def stop_together(self, stop: StepBoundaryStop) -> None:
+        """A step boundary: raise `stop`'s pending Ctrl-C/SIGTERM, if any. Data
+        parallel, the ranks first agree whether any of them has one (one small all-reduce) and all
+        stop here together: a rank that stopped alone, its signal a moment ahead of the others',
+        would leave them in their next collective (gloo: "Connection closed by peer", a traceback
+        on the terminal). So every rank must call it the same number of times."""
+        if not self.parallel:
+            stop.check()
+        elif self.any_rank(stop.signum is not None):
+            raise Interrupted(stop.signum or signal.SIGTERM)  # another rank's, if not ours
+
+    def all_sum(self, values: list[float]) -> list[float]:
+        """Element-wise sums over ranks (float64)."""
+        if not self.parallel:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=_device())
+        dist.all_reduce(t)
+        return t.cpu().tolist()
+
+    def all_max(self, value: float) -> float:
+        """The largest `value` over ranks."""
+        if not self.parallel:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=_device())
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(t.item())
+
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank when it is True on some rank."""
+        if not self.parallel:
+            return flag
+        t = torch.tensor([int(flag)], device=_device())
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def gather_rows(self, local: torch.Tensor) -> torch.Tensor:
+        """Every rank's `local` rows (first dimension; sizes may differ by rank) concatenated in
+        rank order, on every rank: shards scored apart, put back in row order."""
+        if not self.parallel:
+            return local
+        home, dev = local.device, _device()
+        local = local.to(dev)
+        sizes = torch.tensor([local.shape[0]], device=dev)
+        all_sizes = [torch.zeros_like(sizes) for _ in range(self.size)]
+        dist.all_gather(all_sizes, sizes)
+        counts = [int(s.item()) for s in all_sizes]
+        top = max(counts)
+        padded = local.new_zeros((top, *local.shape[1:]))
+        padded[: local.shape[0]] = local
+        parts = [torch.empty_like(padded) for _ in counts]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[:n] for p, n in zip(parts, counts)]).to(home)
+
+    def gather_objects(self, obj: object) -> list[object] | None:
+        """Every rank's `obj`, in rank order, on rank 0 (None elsewhere)."""
+        if not self.parallel:
+            return [obj]
+        out: list[object] | None = [None] * self.size if self.main else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
+    def sync_buffers(self, model: torch.nn.Module) -> None:
+        """The same buffers on every rank: BatchNorm running statistics, gathered per rank over
+        its share of each batch, averaged over ranks; integer buffers (batch counts) are equal
+        already."""
+        if not self.parallel:
+            return
+        for b in model.buffers():
+            if b.is_floating_point():
+                dist.all_reduce(b)
+                b.div_(self.size)
+
+    def wrap(
+        self,
+        model: torch.nn.Module,
+        device: torch.device,
+        sparse_tables: list[torch.nn.Parameter],
+    ) -> torch.nn.Module:
+        """`model` under DistributedDataParallel, its row-sparse tables left out (`SparseRows`
+        synchronises them). One process: `model` itself."""
+        if not self.parallel:
+            return model
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        global_batchnorm(model)
+        DDP._set_params_and_buffers_to_ignore_for_model(
+            model, sparse_table_names(model, sparse_tables)
+        )
+        # BatchNorm statistics are global already (GlobalBatchNorm1d) or per rank by design
+        # (sync_buffers averages them before scoring): no broadcast of rank 0's at every forward.
+        # The keyword was renamed in torch 2.12 (forward_sync_buffers)
+        quiet = "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
+        buffers = {"forward_sync_buffers": False} if quiet else {"broadcast_buffers": False}
+        return DDP(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            # every model's parameters all get a gradient every step (checked for all models at
+            # their defaults), so DDP need not walk the autograd graph for unused ones each step
+            find_unused_parameters=False,
+            **buffers,
+        )
 
 
-def world() -> World:
-    return _WORLD
+ALONE = World()  # one process: every collective below is the identity
 
 
 def launched() -> bool:
@@ -65,9 +205,8 @@ def setup(device_name: str) -> tuple[World, str]:
     """Join the process group torchrun set up (gloo on CPU, NCCL on CUDA); return this
     process's place and the device it trains on (`cuda` becomes `cuda:<local rank>`).
     Without a launcher: one process, nothing initialised."""
-    global _WORLD
     if not launched():
-        return _WORLD, device_name
+        return ALONE, device_name
     end_with_agent()  # a killed torchrun leaves no rank training (and rank 0 holding the lock)
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -85,22 +224,12 @@ def setup(device_name: str) -> tuple[World, str]:
         if cuda and "device_id" in inspect.signature(dist.init_process_group).parameters:
             bind = {"device_id": torch.device(device_name)}
         dist.init_process_group("nccl" if cuda else "gloo", **bind)
-    _WORLD = World(rank, size, local)
-    return _WORLD, device_name
-
-
-def local_device(device_name: str) -> str:
-    """This process's device: data parallel on CUDA, the GPU of its local rank."""
-    if _WORLD.parallel and device_name.startswith("cuda"):
-        return f"cuda:{_WORLD.local_rank}"
-    return device_name
+    return World(rank, size, local), device_name
 
 
 def teardown() -> None:
-    global _WORLD
     if dist.is_initialized():
         dist.destroy_process_group()
-    _WORLD = World()
 
 
 def _device() -> torch.device:
@@ -144,121 +273,6 @@ class Shares:
         return hi - lo, self.size * (hi - lo) / total
 
 
-def broadcast(obj: T) -> T:
-    """Rank 0's `obj` on every rank (pickled; for resume states and small values)."""
-    if not _WORLD.parallel:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0, device=_device())
-    return box[0]
-
-
-def on_main(fn: Callable[[], T]) -> T:
-    """Run `fn` on rank 0 alone and hand its result to every rank; a `UserError` it raises is
-    raised on every rank (rank 0's message), so no rank waits for one that gave up."""
-    if not _WORLD.parallel:
-        return fn()
-    result: tuple[str, object] = ("ok", None)
-    if _WORLD.main:
-        try:
-            result = ("ok", fn())
-        except UserError as e:
-            result = ("error", str(e))
-        except BaseException as e:  # an unexpected failure: the others stop too
-            result = ("crash", f"{type(e).__name__}: {e}")
-            broadcast(result)
-            raise
-    kind, value = broadcast(result)
-    if kind == "error":
-        raise UserError(str(value))
-    if kind == "crash":
-        raise RuntimeError(f"rank 0 failed: {value}")
-    return value  # type: ignore[return-value]
-
-
-def barrier() -> None:
-    if _WORLD.parallel:
-        dist.barrier()
-
-
-def stop_together() -> None:
-    """A step boundary: raise the pending Ctrl-C/SIGTERM, if any (`runtime.check_stop`). Data
-    parallel, the ranks first agree whether any of them has one (one small all-reduce) and all
-    stop here together: a rank that stopped alone, its signal a moment ahead of the others',
-    would leave them in their next collective (gloo: "Connection closed by peer", a traceback
-    on the terminal). So every rank must call it the same number of times."""
-    if not _WORLD.parallel:
-        check_stop()
-    elif any_rank(pending_signal() is not None):
-        raise Interrupted(pending_signal() or signal.SIGTERM)  # another rank's, if not ours
-
-
-def all_sum(values: list[float]) -> list[float]:
-    """Element-wise sums over ranks (float64)."""
-    if not _WORLD.parallel:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=_device())
-    dist.all_reduce(t)
-    return t.cpu().tolist()
-
-
-def all_max(value: float) -> float:
-    """The largest `value` over ranks."""
-    if not _WORLD.parallel:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=_device())
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
-
-
-def any_rank(flag: bool) -> bool:
-    """True on every rank when it is True on some rank."""
-    if not _WORLD.parallel:
-        return flag
-    t = torch.tensor([int(flag)], device=_device())
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
-def gather_rows(local: torch.Tensor) -> torch.Tensor:
-    """Every rank's `local` rows (first dimension; sizes may differ by rank) concatenated in
-    rank order, on every rank: shards scored apart, put back in row order."""
-    if not _WORLD.parallel:
-        return local
-    home, dev = local.device, _device()
-    local = local.to(dev)
-    sizes = torch.tensor([local.shape[0]], device=dev)
-    all_sizes = [torch.zeros_like(sizes) for _ in range(_WORLD.size)]
-    dist.all_gather(all_sizes, sizes)
-    counts = [int(s.item()) for s in all_sizes]
-    top = max(counts)
-    padded = local.new_zeros((top, *local.shape[1:]))
-    padded[: local.shape[0]] = local
-    parts = [torch.empty_like(padded) for _ in counts]
-    dist.all_gather(parts, padded)
-    return torch.cat([p[:n] for p, n in zip(parts, counts)]).to(home)
-
-
-def gather_objects(obj: object) -> list[object] | None:
-    """Every rank's `obj`, in rank order, on rank 0 (None elsewhere)."""
-    if not _WORLD.parallel:
-        return [obj]
-    out: list[object] | None = [None] * _WORLD.size if _WORLD.main else None
-    dist.gather_object(obj, out, dst=0)
-    return out
-
-
-def sync_buffers(model: torch.nn.Module) -> None:
-    """The same buffers on every rank: BatchNorm running statistics, gathered per rank over its
-    share of each batch, averaged over ranks; integer buffers (batch counts) are equal already."""
-    if not _WORLD.parallel:
-        return
-    for b in model.buffers():
-        if b.is_floating_point():
-            dist.all_reduce(b)
-            b.div_(_WORLD.size)
-
-
 class _SumOverRanks(torch.autograd.Function):
     """y = sum over ranks of x, on every rank; the gradient of x is the sum over ranks of y's
     gradients (each rank's loss depends on every rank's x)."""
@@ -287,7 +301,8 @@ class GlobalBatchNorm1d(torch.nn.BatchNorm1d):
     float64 so that E[x^2] - E[x]^2 loses nothing that a two-pass variance would keep."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and _WORLD.parallel and x.dim() == 2):
+        # installed only under a parallel world (`World.wrap`)
+        if not (self.training and dist.is_initialized() and x.dim() == 2):
             return super().forward(x)
         xd = x.double()
         n = xd.new_full((1,), float(x.shape[0]))
@@ -328,32 +343,6 @@ def sparse_table_names(model: torch.nn.Module, tables: list[torch.nn.Parameter])
     return [name for name, p in model.named_parameters() if id(p) in wanted]
 
 
-def wrap(
-    model: torch.nn.Module, device: torch.device, sparse_tables: list[torch.nn.Parameter]
-) -> torch.nn.Module:
-    """`model` under DistributedDataParallel, its row-sparse tables left out (`SparseRows`
-    synchronises them). One process: `model` itself."""
-    if not _WORLD.parallel:
-        return model
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    global_batchnorm(model)
-    DDP._set_params_and_buffers_to_ignore_for_model(model, sparse_table_names(model, sparse_tables))
-    # BatchNorm statistics are global already (GlobalBatchNorm1d) or per rank by design
-    # (sync_buffers averages them before scoring): no broadcast of rank 0's at every forward.
-    # The keyword was renamed in torch 2.12 (forward_sync_buffers)
-    quiet = "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
-    buffers = {"forward_sync_buffers": False} if quiet else {"broadcast_buffers": False}
-    return DDP(
-        model,
-        device_ids=[device.index] if device.type == "cuda" else None,
-        # every model's parameters all get a gradient every step (checked for all models at
-        # their defaults), so DDP need not walk the autograd graph for unused ones each step
-        find_unused_parameters=False,
-        **buffers,
-    )
-
-
 class SparseRows:
     """Row-sparse tables out of DDP: after backward each rank sends the (row id, gradient row)
     pairs it touched to every other, and every rank sums them into the same sparse gradient,
@@ -361,8 +350,9 @@ class SparseRows:
     batch (about B x fields x d), never the table's size; works on gloo and NCCL alike (NCCL
     has no sparse all-reduce)."""
 
-    def __init__(self, tables: list[torch.nn.Parameter]):
-        self.tables = tables if _WORLD.parallel else []
+    def __init__(self, tables: list[torch.nn.Parameter], world: World):
+        self.tables = tables if world.parallel else []
+        self.world = world
 
     def sync(self) -> None:
         for p in self.tables:
@@ -373,8 +363,8 @@ class SparseRows:
                 values = p.new_zeros(0, d)
             else:  # each rank sends each touched row once
                 ids, values = LazyAdam._rows(g)
-            all_ids = gather_rows(ids)
-            all_values = gather_rows(values)
+            all_ids = self.world.gather_rows(ids)
+            all_values = self.world.gather_rows(values)
             if all_ids.numel() == 0:
                 p.grad = None
                 continue
@@ -382,7 +372,7 @@ class SparseRows:
             # not coalesced: a row two ranks touched is there twice; LazyAdam sums them
             p.grad = torch.sparse_coo_tensor(
                 all_ids.to(p.device).unsqueeze(0),
-                all_values.to(p.device).div_(_WORLD.size),
+                all_values.to(p.device).div_(self.world.size),
                 p.shape,
                 check_invariants=False,
             )

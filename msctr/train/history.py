@@ -35,19 +35,20 @@ class History:
         entry: ModelEntry,
         schema: Schema,
         fingerprint: dict,
-        state: dict | None,
+        resumed: list[dict] | None,
         main: bool = True,
         tracking: Path | None = None,
         run: str | None = None,
     ):
-        """`state`: the resume state the run continues from (None: it starts afresh);
-        `tracking`: the folder holding the trackers' stores (the run folder; None: no
-        trackers, only history.jsonl); `run`: the run's name there (default: its seed folder
-        relative to `tracking`; a tune trial, whose folder is scratch, names itself)."""
+        """`resumed`: the history lines of the resume state the run continues from (None: it
+        starts afresh); `tracking`: the folder holding the trackers' stores (the run folder;
+        None: no trackers, only history.jsonl); `run`: the run's name there (default: its
+        seed folder relative to `tracking`; a tune trial, whose folder is scratch, names
+        itself)."""
         self.main, self.files, self.num_scenarios = main, files, schema.num_scenarios
         self.lines: list[dict] = []
-        if state is not None:  # a state from before history.jsonl: its log lines, the same epochs
-            self.lines = list(state.get("history") or [json.loads(x) for x in state["log"]])
+        if resumed is not None:
+            self.lines = list(resumed)
         self._pending: dict | None = None
         self.trackers = None
         if not main:
@@ -57,7 +58,7 @@ class History:
             run = run or files.folder.resolve().relative_to(tracking.resolve()).as_posix()
             params = {"recipe": recipe.name, "label": entry.key, "run": run, "data": recipe.data}
             target = Target(tracking, recipe.name, run, schema.scenario_names, params | fingerprint)
-            self.trackers = Trackers(recipe.train.log, target, self.lines, state is not None)
+            self.trackers = Trackers(recipe.train.log, target, self.lines, resumed is not None)
 
     def add(self, line: dict, extra: dict, labels: np.ndarray, p: np.ndarray, scenario) -> None:
         """The epoch's line: the log line, `extra` (learning rate, seconds) and every figure

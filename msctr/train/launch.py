@@ -84,12 +84,24 @@ def end_with_agent() -> None:
         die_with_parent(_env_pid(AGENT_PID))
 
 
-def torchrun(nproc: int, args: list[str]) -> int:
+def wait(procs: list[subprocess.Popen]) -> list[int]:
+    """The exit statuses of `procs`, once all have ended. Waited for in short sleeps, not in
+    waitpid: a signal the kernel hands to another of this process's threads (torch's,
+    SQLite's) would not end a blocking waitpid, and its handler would run only when the
+    processes had ended on their own."""
+    while any(p.poll() is None for p in procs):
+        time.sleep(0.05)
+    return [p.returncode for p in procs]
+
+
+def torchrun(nproc: int, args: list[str], worker: tuple[str, ...] = ("-m", "msctr")) -> int:
     """Run `torchrun --standalone --nproc-per-node N -m msctr ARGS` as the agent below; its
     exit status. Raises `Interrupted` when the run was stopped by a signal (sent to this
-    process, its process group, the agent or the workers), once every process has ended."""
+    process, its process group, the agent or the workers), once every process has ended.
+    `worker`: what each worker runs in place of `-m msctr` (tests run a script that installs
+    their hooks first)."""
     cmd = [sys.executable, "-m", "msctr.train.launch", "--standalone"]
-    cmd += [f"--nproc-per-node={nproc}", "-m", "msctr", *args]
+    cmd += [f"--nproc-per-node={nproc}", *worker, *args]
     got: list[int] = []  # the signals this process received, in order
     unsent: list[int] = []  # those that came before the agent existed
     proc: subprocess.Popen | None = None
@@ -113,7 +125,7 @@ def torchrun(nproc: int, args: list[str]) -> int:
         proc = subprocess.Popen(cmd, env=env, start_new_session=True)
         for i, s in enumerate(unsent):
             hand_on(s, first=i == 0)
-        code = proc.wait()
+        (code,) = wait([proc])
     finally:
         for s, h in old.items():
             signal.signal(s, h)

@@ -1,7 +1,8 @@
 """The training loop: one step, one epoch, early stopping, one (model, seed) run, a recipe.
 
 Each run trains with early stopping on the validation split, restores the best epoch's
-weights and scores the test split; where the files go is `msctr.runs`' business.
+weights and scores the test split; where the files go is `msctr.runs`' business, what a
+run's resume state holds `msctr.train.resume`'s.
 """
 
 from __future__ import annotations
@@ -9,12 +10,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import io
 import json
-import os
-import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +26,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from msctr.cores import AdaptiveThreads
 from msctr.data.batch import Batch
 from msctr.data.loader import Columns
-from msctr.data.schema import LABEL
+from msctr.data.schema import LABEL, Schema
 from msctr.errors import Diverged, UserError
 from msctr.evaluate.metrics import auc, check_test_labels, logloss, one_class
-from msctr.io import atomic_path, exclusive_lock, sweep_stale, write_json, write_text
-from msctr.models.kernels import set_batch_share
+from msctr.io import atomic_path, exclusive_lock, sweep_stale, write_text
+from msctr.models.blocks import BatchShare, share_batch
 from msctr.models.registry import (
     TRAIN_COPIES,
     build,
@@ -41,30 +39,55 @@ from msctr.models.registry import (
     split_output,
     training_loss,
 )
-from msctr.recipe import ModelEntry, Recipe, run_fingerprint
+from msctr.recipe import ModelEntry, Recipe, TrainConfig, run_fingerprint
 from msctr.resources import check_threads
 from msctr.runs import RunFolder, SeedRun, check_labels, check_run_folder, model_folder
 from msctr.track import check_available
 from msctr.train import distributed as dist
+from msctr.train.distributed import ALONE, World
 from msctr.train.history import History
 from msctr.train.launch import user_pid
-from msctr.train.optim import LazyAdam, Optimizers, make_optimizer
-from msctr.train.resume import RESUME_VERSION, check_folder, clear_folder, load_state, save_state
+from msctr.train.optim import Optimizers, learning_rate, make_optimizer
+from msctr.train.resume import (
+    ResumeState,
+    check_folder,
+    clear_folder,
+    open_run,
+    save_checkpoint,
+)
 from msctr.train.runtime import (
+    StepBoundaryStop,
     autocast,
-    check_stop,
     keep_freed_memory,
     resolve_device,
     rng_state,
     seed_everything,
-    set_rng_state,
     stop_at_step_boundaries,
 )
 from msctr.train.splits import SplitData
 
 
-def _no_mark(phase: str) -> None:
-    pass
+def forward_loss(
+    run: Callable[[Batch], object], batch: Batch, device: torch.device, precision: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A step's forward (under autocast for bf16) and its (BCE, training objective)."""
+    with autocast(device, precision):
+        out = run(batch)
+    return training_loss(out, batch.label)
+
+
+def backward(
+    total: torch.Tensor,
+    optimizer: Optimizers,
+    weight: float = 1.0,
+    after_backward: Callable[[], None] | None = None,
+) -> None:
+    """A step's gradients: `weight` scales this process's loss (`distributed.Shares`),
+    `after_backward` synchronises what DDP does not (the row-sparse tables)."""
+    optimizer.zero_grad(set_to_none=True)
+    (total if weight == 1.0 else total * weight).backward()
+    if after_backward is not None:
+        after_backward()
 
 
 def train_step(
@@ -73,30 +96,15 @@ def train_step(
     optimizer: Optimizers,
     device: torch.device,
     precision: str,
-    mark: Callable[[str], None] = _no_mark,
     weight: float = 1.0,
     after_backward: Callable[[], None] | None = None,
 ) -> torch.Tensor:
-    """One optimisation step: forward (under autocast for bf16), the training objective,
-    backward, the optimizer's step. Returns the BCE part of the loss (what the log reports).
-
-    `mark` is told where the phases begin ("fwd", "bwd", "opt") and where the step ends
-    ("end"): the benchmarks time the phases through it; training passes nothing. Data
-    parallel: `weight` scales this process's loss (`distributed.Shares`), `after_backward`
-    synchronises what DDP does not (the row-sparse tables).
-    """
-    mark("fwd")
-    with autocast(device, precision):
-        out = run(batch)
-    loss, total = training_loss(out, batch.label)
-    optimizer.zero_grad(set_to_none=True)
-    mark("bwd")
-    (total if weight == 1.0 else total * weight).backward()
-    if after_backward is not None:
-        after_backward()
-    mark("opt")
+    """One optimisation step: `forward_loss`, `backward`, the optimizer's step. Returns the
+    BCE part of the loss (what the log reports). The benchmarks time the three phases by
+    calling them in turn."""
+    loss, total = forward_loss(run, batch, device, precision)
+    backward(total, optimizer, weight, after_backward)
     optimizer.step()
-    mark("end")
     return loss
 
 
@@ -107,18 +115,18 @@ def predict(
     batch_size: int,
     device: torch.device,
     precision: str = "fp32",
-    stops: bool = True,
+    stop: StepBoundaryStop | None = None,
     pace: Callable[[], None] | None = None,
 ) -> np.ndarray:
-    """Click probabilities for every row of `data`, in row order; a pending Ctrl-C stops
-    between two batches (`stops`; predict_shared's processes stop together instead).
-    `pace` runs before each batch (AdaptiveThreads.tick)."""
+    """Click probabilities for every row of `data`, in row order; a pending Ctrl-C (`stop`)
+    stops between two batches (predict_shared's processes stop together instead). `pace`
+    runs before each batch (AdaptiveThreads.tick)."""
     model.eval()
     out = []
     with autocast(device, precision):
         for batch in data.batches(batch_size):
-            if stops:
-                check_stop()
+            if stop is not None:
+                stop.check()
             if pace is not None:
                 pace()
             logit, _ = split_output(model(batch.to(device)))
@@ -132,34 +140,35 @@ def predict_shared(
     batch_size: int,
     device: torch.device,
     precision: str = "fp32",
+    world: World = ALONE,
+    stop: StepBoundaryStop | None = None,
     pace: Callable[[], None] | None = None,
 ) -> np.ndarray:
     """`predict`, with the rows split among the training processes: each scores its
     contiguous share and every process gets all probabilities back in row order. A pending
-    Ctrl-C stops all processes before the pass (`dist.stop_together`), not between its
+    Ctrl-C stops all processes before the pass (`World.stop_together`), not between its
     batches: the shares' batch counts may differ, and a process must not stop alone."""
-    w = dist.world()
-    if not w.parallel:
-        return predict(model, data, batch_size, device, precision, pace=pace)
-    dist.stop_together()
-    lo, hi = dist.part_bounds(len(data), w.rank, w.size)
+    if not world.parallel:
+        return predict(model, data, batch_size, device, precision, stop=stop, pace=pace)
+    world.stop_together(stop or StepBoundaryStop())
+    lo, hi = dist.part_bounds(len(data), world.rank, world.size)
     mine = np.zeros(0)
     if hi > lo:
-        mine = predict(
-            model, data.take(slice(lo, hi)), batch_size, device, precision, False, pace
-        )
-    return dist.gather_rows(torch.from_numpy(mine)).numpy()
+        mine = predict(model, data.take(slice(lo, hi)), batch_size, device, precision, pace=pace)
+    return world.gather_rows(torch.from_numpy(mine)).numpy()
 
 
 class EarlyStopping:
     """The best epoch so far by a validation metric (AUC up, logloss down), and whether
     `patience` epochs in a row have passed without improving on it."""
 
-    def __init__(self, metric: str, patience: int):
+    def __init__(
+        self, metric: str, patience: int, best_score=None, best_epoch: int = -1, waited: int = 0
+    ):
         self.metric, self.patience = metric, patience
-        self.best_score: float | None = None
-        self.best_epoch = -1
-        self.waited = 0
+        self.best_score: float | None = best_score
+        self.best_epoch = best_epoch
+        self.waited = waited
 
     def update(self, epoch: int, val: dict[str, float]) -> bool:
         """Record an epoch's validation metrics; True when it is the best so far."""
@@ -175,6 +184,10 @@ class EarlyStopping:
     def stop(self) -> bool:
         return self.waited >= self.patience
 
+    @property
+    def state(self) -> tuple[float | None, int, int]:
+        return self.best_score, self.best_epoch, self.waited
+
 
 def make_progress(console: Console) -> Progress:
     return Progress(
@@ -189,87 +202,114 @@ def make_progress(console: Console) -> Progress:
     )
 
 
+class Trainee:
+    """The model being trained: `model` itself (checkpoints come from it, and its best
+    weights so far, `best`), its optimizers, `scorer` (what scores val and test: the model,
+    compiled under `train.compile`, never the DDP wrapper, whose forward is a collective) and
+    `forward` (what a training step runs: under torchrun the DDP wrapper), and, data
+    parallel, this process's share of every batch (`shares`), which the model's randomness
+    reads through `batch_share`."""
+
+    def __init__(self, model: torch.nn.Module, t: TrainConfig, device: torch.device):
+        self.model, self.device, self.precision = model, device, t.precision
+        self.optimizer = make_optimizer(model, t)
+        self.scorer: torch.nn.Module = model
+        self.forward: Callable[[Batch], object] = model
+        self.shares: dist.Shares | None = None
+        self.batch_share = BatchShare()
+        self.after_backward: Callable[[], None] | None = None
+        self.best: dict | None = None
+        self.threads = AdaptiveThreads(t.threads)  # follows the load unless t.threads pins it
+
+    @classmethod
+    def build(cls, entry: ModelEntry, schema: Schema, t: TrainConfig, device) -> Trainee:
+        model = build(entry.name, schema, entry.model_params).to(device)
+        return cls(model, t, device)
+
+    def wrap(self, compile: bool, world: World, train_rows: int, batch_size: int) -> None:
+        """Compiled (`compile`); under torchrun, DDP and this process's share of each batch.
+        The compiled module shares the model's parameters."""
+        self.scorer = torch.compile(self.model) if compile else self.model
+        tables = self.optimizer.sparse_tables
+        trained = world.wrap(self.model, self.device, tables)
+        if trained is not self.model:  # the DDP wrapper, compiled apart
+            self.forward = torch.compile(trained) if compile else trained
+        else:
+            self.forward = self.scorer
+        if world.parallel:
+            self.after_backward = dist.SparseRows(tables, world).sync
+            self.shares = dist.Shares(train_rows, batch_size, world.rank, world.size)
+            share_batch(self.model, self.batch_share)
+
+    def step(self, batch: Batch, step: int) -> tuple[int, torch.Tensor]:
+        """Step `step` of an epoch: (rows this process trained on, their mean BCE)."""
+        self.threads.tick()
+        rows, weight = len(batch), 1.0
+        if self.shares is not None:
+            rows, weight = self.shares.at(step)  # rows 0: a stand-in row, weight 0
+            # dropout masks: this share's rows of the whole batch's (as one process draws)
+            self.batch_share.window = self.shares.window(step)
+        batch = batch.to(self.device)
+        loss = train_step(
+            self.forward,
+            batch,
+            self.optimizer,
+            self.device,
+            self.precision,
+            weight=weight,
+            after_backward=self.after_backward,
+        )
+        return rows, loss
+
+    def keep_best(self, checkpoint: Path | None) -> None:
+        """The weights now are the best so far: kept, and written to `checkpoint` (best.pt;
+        None: by another rank)."""
+        self.best = copy.deepcopy(self.model.state_dict())
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, self.best)
+
+    def score(self, data: Columns, t: TrainConfig, world: World, stop) -> np.ndarray:
+        return predict_shared(self.scorer, data, t.eval_batch_size, self.device, t.precision,
+                              world, stop, self.threads.tick)  # fmt: skip
+
+
 def train_epoch(
-    run: Callable[[Batch], object],
-    batches,
-    steps: int,
-    optimizer: Optimizers,
-    device: torch.device,
-    precision: str,
+    trainee: Trainee,
+    batches: Iterable[Batch],
+    world: World = ALONE,
+    stop: StepBoundaryStop | None = None,
     progress: Progress | None = None,
     title: str = "",
     before_step: Callable[[int], None] | None = None,
-    shares: dist.Shares | None = None,
-    after_backward: Callable[[], None] | None = None,
-    pace: Callable[[], None] | None = None,
 ) -> tuple[int, float, float]:
-    """Up to `steps` training steps over `batches`: (rows seen, summed BCE, seconds) of this
-    process (data parallel: its shares; `shares` weights each step's loss). `pace` runs
-    before each step (AdaptiveThreads.tick).
+    """The epoch's training steps over `batches` (`len`: their count): (rows seen, summed
+    BCE, seconds) of this process (data parallel: its shares).
 
-    Between two steps a pending Ctrl-C/SIGTERM stops training (`dist.stop_together`); data
-    parallel, every process stops at the same step (a stop on one is agreed by all)."""
+    Between two steps a pending Ctrl-C/SIGTERM (`stop`) stops training; data parallel,
+    every process stops at the same step (a stop on one is agreed by all)."""
+    stop = stop or StepBoundaryStop()
     task = None
     if progress is not None:
-        task = progress.add_task(title, total=steps, loss=0.0, rate=0.0)
-    parallel = shares is not None and shares.size > 1
+        task = progress.add_task(title, total=len(batches), loss=0.0, rate=0.0)
     seen, loss_sum, tick = 0, 0.0, time.perf_counter()
     try:
         for step, batch in enumerate(batches):
-            if step >= steps:
-                break
             if before_step is not None:
                 before_step(step)
-            if pace is not None:
-                pace()
-            dist.stop_together()
-            rows, weight = len(batch), 1.0
-            if parallel:
-                rows, weight = shares.at(step)  # rows 0: a stand-in row, weight 0
-                # dropout masks: this share's rows of the whole batch's (as one process draws)
-                set_batch_share(shares.window(step))
-            batch = batch.to(device)
-            loss = train_step(
-                run,
-                batch,
-                optimizer,
-                device,
-                precision,
-                weight=weight,
-                after_backward=after_backward,
-            )
+            world.stop_together(stop)
+            rows, loss = trainee.step(batch, step)
             seen += rows
             loss_sum += loss.item() * rows
             if task is not None:
-                done = seen * (shares.size if parallel else 1)  # about, for the progress bar
+                done = seen * world.size  # about, for the progress bar
                 rate = done / max(time.perf_counter() - tick, 1e-9)
                 progress.update(task, advance=1, loss=loss_sum / max(seen, 1), rate=rate)
     finally:
-        set_batch_share(None)
+        trainee.batch_share.window = None
     seconds = time.perf_counter() - tick
     if task is not None:
         progress.remove_task(task)
     return seen, loss_sum, seconds
-
-
-def _test_signal_hook(key: str, seed: int) -> Callable[[int, int], None] | None:
-    """Test hook (docs/testing.md): MSCTR_TEST_SIGNAL_AT="SIG:model label:seed:epoch:step" makes
-    the process send itself SIG (KILL, INT, TERM) just before that step of that epoch (both
-    counted from 1) of that run, so tests can stop a run mid-epoch at an exact place."""
-    spec = os.environ.get("MSCTR_TEST_SIGNAL_AT")
-    if not spec:
-        return None
-    sig, rest = spec.split(":", 1)
-    label, at_seed, at_epoch, at_step = rest.rsplit(":", 3)  # a label may hold ':'
-    if label != key or int(at_seed) != seed:
-        return None
-    signum = getattr(signal, f"SIG{sig}")
-
-    def hook(epoch: int, step: int) -> None:
-        if (epoch + 1, step + 1) == (int(at_epoch), int(at_step)):
-            os.kill(os.getpid(), signum)
-
-    return hook
 
 
 def fit_one(
@@ -283,6 +323,9 @@ def fit_one(
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     tracking: Path | None = None,
     track_as: str | None = None,
+    world: World = ALONE,
+    stop: StepBoundaryStop | None = None,
+    before_step: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Train one model with one seed; write checkpoint, predictions and log; return a summary.
 
@@ -291,244 +334,181 @@ def fit_one(
     them to Optuna's pruner there, and an exception it raises ends the run. Each epoch's
     figures go to history.jsonl, and to `train.log`'s trackers in the `tracking` folder's
     stores (the run folder; None: no trackers), as the run `track_as` (default: the seed
-    folder's path there).
+    folder's path there). `stop`: the Ctrl-C/SIGTERM that stops the run at the next step
+    boundary (`stop_at_step_boundaries`; None: nothing stops it); `before_step(epoch, step)`
+    (both from 0) is called before every training step.
 
-    After each epoch the whole training state (weights, every optimizer's state, early
-    stopping, the epoch, every random state) goes to `last.pt`; a run that finds one continues
-    from it and ends with the same metrics as if it had never stopped.
+    After each epoch the whole training state (`ResumeState`) goes to `last.pt`; a run that
+    finds one continues from it and ends with the same metrics as if it had never stopped.
 
-    Data parallel (under torchrun, docs/distributed.md): every process trains on its share of
-    each batch, scores its share of val and test, and takes the same early-stopping decision;
-    rank 0 alone reads and writes the run's files and hands the resume state to the others."""
-    t = recipe.train
-    w = dist.world()
-    files = SeedRun(Path(run_dir))
+    Data parallel (under torchrun, `world`, docs/distributed.md): every process trains on its
+    share of each batch, scores its share of val and test, and takes the same early-stopping
+    decision; rank 0 alone reads and writes the run's files and hands the resume state to
+    the others."""
+    t, files, stop = recipe.train, SeedRun(Path(run_dir)), stop or StepBoundaryStop()
     fingerprint = fingerprint or run_fingerprint(recipe, entry, data.schema)
-    device = resolve_device(dist.local_device(t.device))
     seed_everything(seed)
-    threads = AdaptiveThreads(t.threads)
-    model = build(entry.name, data.schema, entry.model_params).to(device)
-    optimizer = make_optimizer(model, t)
-    steps_per_epoch = -(-data.train_rows // t.batch_size)
-    if t.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, t.max_steps_per_epoch)
-    stopping = EarlyStopping(t.early_stopping.metric, t.early_stopping.patience)
-    best_state = None
-    lines: list[str] = []
-    first_epoch, spent, checkpoint_seconds = 0, 0.0, 0.0
-    resumed = dist.on_main(lambda: _open_run(files, fingerprint, w.size))
+    trainee = Trainee.build(entry, data.schema, t, resolve_device(world.local_device(t.device)))
+    resumed = world.on_main(lambda: open_run(files, fingerprint, world.size))
     if resumed is not None:
-        state, best_state = resumed
-        model.load_state_dict(state["model"])
-        for opt, saved in zip(optimizer.optimizers, state["optimizers"], strict=True):
-            opt.load_state_dict(saved)
-        stopping.best_score, stopping.best_epoch, stopping.waited = state["stopping"]
-        first_epoch, lines, spent = state["epoch"], list(state["log"]), state["seconds"]
-        checkpoint_seconds = state["checkpoint_seconds"]
-        if best_state is not None:
-            best_state = {k: v.to(device) for k, v in best_state.items()}
-        set_rng_state(state["rng_ranks"][w.rank] if w.parallel else state["rng"])
-    restored = resumed[0] if resumed is not None else None
-    history = History(
-        files, recipe, entry, data.schema, fingerprint, restored, w.main, tracking, track_as
-    )
-    # the compiled module shares the model's parameters; checkpoints come from `model`.
-    # Scoring uses the model itself, never the DDP wrapper (whose forward is a collective)
-    scorer = torch.compile(model) if t.compile else model
-    sparse_tables = sparse_parameters(optimizer)
-    trained = dist.wrap(model, device, sparse_tables)
-    run = scorer if trained is model else (torch.compile(trained) if t.compile else trained)
-    sync_sparse = dist.SparseRows(sparse_tables).sync if w.parallel else None
-    shares = dist.Shares(data.train_rows, t.batch_size, w.rank, w.size)
-    hook = _test_signal_hook(entry.key, seed)
-    start = time.perf_counter() - spent
-    streamed = data.train is None  # read from disk each epoch: check it is the same data
-    run_name = f"{entry.key} seed {seed}"
-    for epoch in range(first_epoch, t.epochs):
+        trainee.best = resumed.restore(trainee.model, trainee.optimizer.optimizers, world.rank,
+                                       trainee.device)  # fmt: skip
+    state = resumed or ResumeState(fingerprint)
+    stopping = EarlyStopping(t.early_stopping.metric, t.early_stopping.patience, *state.stopping)
+    history = History(files, recipe, entry, data.schema, fingerprint,
+                      resumed and resumed.history, world.main, tracking, track_as)  # fmt: skip
+    trainee.wrap(t.compile, world, data.train_rows, t.batch_size)
+    start = time.perf_counter() - state.seconds
+    for epoch in range(state.epoch, t.epochs):
         if stopping.stop:
             break
-        if streamed:
-            when = f"before epoch {epoch + 1} of {run_name}"
-            dist.on_main(lambda when=when: data.check_unchanged(when))
-        # set from the epoch, not stepped: a resumed run's rate is the one it stopped at
-        lr = t.lr * t.lr_decay**epoch
-        optimizer.set_lr(lr)
-        model.train()
-        seen, loss_sum, train_seconds = train_epoch(
-            run,
-            data.train_batches(recipe, seed, epoch, part=(w.rank, w.size)),
-            steps_per_epoch,
-            optimizer,
-            device,
-            t.precision,
-            progress,
-            f"{entry.key} seed {seed} epoch {epoch + 1}",
-            None if hook is None else functools.partial(hook, epoch),
-            shares,
-            sync_sparse,
-            threads.tick,
-        )
-        seen, loss_sum, train_seconds = _all_ranks(seen, loss_sum, train_seconds)
-        if streamed:  # prepared again during the epoch: the epoch is not kept
-            when = f"in epoch {epoch + 1} of {run_name}"
-            dist.on_main(lambda when=when: data.check_unchanged(when))
-        if not np.isfinite(loss_sum):
-            raise Diverged(
-                f"{entry.key} seed {seed}: the training loss became NaN/inf in epoch {epoch + 1}; "
-                "lower train.lr"
-            )
-        dist.sync_buffers(model)  # BatchNorm statistics: the same on every rank from here
-        val_p = predict_shared(
-            scorer, data.val, t.eval_batch_size, device, t.precision, threads.tick
-        )
-        # rank 0's figures decide for all, so every rank stops at the same epoch
-        val = dist.on_main(
-            lambda p=val_p: {"auc": auc(data.val_labels, p), "logloss": logloss(data.val_labels, p)}
-        )
+        lr = learning_rate(t, epoch)
+        trainee.optimizer.set_lr(lr)
+        hook = None if before_step is None else functools.partial(before_step, epoch)
+        seen, loss_sum, seconds = _train(trainee, data, t, entry, seed, epoch, world, stop,
+                                         progress, hook)  # fmt: skip
+        val_p, val = _validate(trainee, data, t, world, stop)
         improved = stopping.update(epoch, val)
         if improved:
-            best_state = copy.deepcopy(model.state_dict())
-            if w.main:
-                save_checkpoint(files.checkpoint, best_state)
-        line = {
-            "epoch": epoch + 1,
-            "train_loss": loss_sum / max(seen, 1),
-            "samples": seen,
-            "samples_per_s": seen / max(train_seconds, 1e-9),
-            "lr": lr,
-            "val_auc": val["auc"],
-            "val_logloss": val["logloss"],
-            "best": improved,
-        }
-        if w.parallel:
-            line["processes"] = w.size
-        if threads.adaptive:  # the mean count over the epoch's steps and scoring batches
-            line["threads"] = round(threads.take_used(), 2)
-        lines.append(json.dumps(line))
-        timing = {"train_seconds": train_seconds}  # the line has the rest, lr included
-        history.add(line, timing, data.val_labels, val_p, data.val.scenario)
-        tick = time.perf_counter()
-        rngs = dist.gather_objects(rng_state())  # every rank's dropout stream, on rank 0
-        if w.main:
-            state = {
-                "version": RESUME_VERSION,
-                "fingerprint": fingerprint,
-                "epoch": epoch + 1,  # epochs finished
-                "model": model.state_dict(),
-                "optimizers": [o.state_dict() for o in optimizer.optimizers],
-                "stopping": [stopping.best_score, stopping.best_epoch, stopping.waited],
-                "log": lines,
-                "history": history.lines,
-                "seconds": time.perf_counter() - start,
-                "checkpoint_seconds": checkpoint_seconds,
-                "rng": rngs[0],
-            }
-            if w.parallel:
-                state["processes"] = w.size
-                state["rng_ranks"] = rngs
-            save_state(files.resume, state)
-        checkpoint_seconds += time.perf_counter() - tick
-        if w.main:
-            with files.log.open("a") as fh:
-                fh.write(lines[-1] + "\n")
+            trainee.keep_best(files.checkpoint if world.main else None)
+        line = _epoch_line(epoch, seen, loss_sum, seconds, lr, val, improved, world,
+                           trainee.threads)  # fmt: skip
+        history.add(line, {"train_seconds": seconds}, data.val_labels, val_p, data.val.scenario)
+        state.end_epoch(line, stopping.state, history.lines, time.perf_counter() - start)
+        _save_resume(state, trainee, world, files)
         history.commit()
         if on_epoch is not None:
             on_epoch(epoch + 1, val)
-    dist.stop_together()
+    world.stop_together(stop)
     history.close()
-    if data.test is None:  # tuning (msctr.tune): validation only, the test split is not loaded
-        best = json.loads(lines[stopping.best_epoch])
+    return _finish(trainee, data, t, entry, seed, stopping, state, start, files, world, stop)
+
+
+def _train(
+    trainee: Trainee,
+    data: SplitData,
+    t: TrainConfig,
+    entry: ModelEntry,
+    seed: int,
+    epoch: int,
+    world: World,
+    stop: StepBoundaryStop,
+    progress: Progress | None,
+    before_step: Callable[[int], None] | None,
+) -> tuple[int, float, float]:
+    """One epoch's training on every rank: (rows, summed BCE, seconds of the slowest rank).
+    Refused when a streamed dataset was prepared again before or during it, or when the loss
+    became NaN/inf."""
+    name = f"{entry.key} seed {seed}"
+    streamed = data.train is None  # read from disk each epoch: check it is the same data
+    if streamed:
+        world.on_main(lambda: data.check_unchanged(f"before epoch {epoch + 1} of {name}"))
+    trainee.model.train()
+    part = (world.rank, world.size)
+    batches = data.train_batches(t.batch_size, seed, epoch, part, t.max_steps_per_epoch)
+    title = f"{name} epoch {epoch + 1}"
+    seen, loss_sum, seconds = train_epoch(
+        trainee, batches, world, stop, progress, title, before_step
+    )
+    if world.parallel:  # rows and summed loss over every process; the slowest one's time
+        total_seen, loss_sum, _ = world.all_sum([seen, loss_sum, 0.0])
+        seen, seconds = int(total_seen), world.all_max(seconds)
+    if streamed:  # prepared again during the epoch: the epoch is not kept
+        world.on_main(lambda: data.check_unchanged(f"in epoch {epoch + 1} of {name}"))
+    if not np.isfinite(loss_sum):
+        raise Diverged(
+            f"{entry.key} seed {seed}: the training loss became NaN/inf in epoch {epoch + 1}; "
+            "lower train.lr"
+        )
+    return seen, loss_sum, seconds
+
+
+def _validate(
+    trainee: Trainee, data: SplitData, t: TrainConfig, world: World, stop: StepBoundaryStop
+) -> tuple[np.ndarray, dict[str, float]]:
+    """The validation split's probabilities and figures (`auc`, `logloss`), on every rank."""
+    world.sync_buffers(trainee.model)  # BatchNorm statistics: the same on every rank
+    val_p = trainee.score(data.val, t, world, stop)
+    # rank 0's figures decide for all, so every rank stops at the same epoch
+    val = world.on_main(
+        lambda p=val_p: {"auc": auc(data.val_labels, p), "logloss": logloss(data.val_labels, p)}
+    )
+    return val_p, val
+
+
+def _save_resume(state: ResumeState, trainee: Trainee, world: World, files: SeedRun) -> None:
+    """After an epoch: last.pt (rank 0, with every rank's random state), then the epoch's
+    line in log.jsonl; the time it took goes to `state.checkpoint_seconds`."""
+    tick = time.perf_counter()
+    rngs = world.gather_objects(rng_state())  # every rank's dropout stream, on rank 0
+    if world.main:
+        state.save(files.resume, trainee.model, trainee.optimizer.optimizers, rngs)
+    state.checkpoint_seconds += time.perf_counter() - tick
+    if world.main:
+        with files.log.open("a") as fh:
+            fh.write(state.log[-1] + "\n")
+
+
+def _epoch_line(epoch: int, seen: int, loss_sum: float, seconds: float, lr: float,
+                val: dict[str, float], improved: bool, world: World,
+                threads: AdaptiveThreads) -> dict:  # fmt: skip
+    """The epoch's line of log.jsonl."""
+    line = {
+        "epoch": epoch + 1,
+        "train_loss": loss_sum / max(seen, 1),
+        "samples": seen,
+        "samples_per_s": seen / max(seconds, 1e-9),
+        "lr": lr,
+        "val_auc": val["auc"],
+        "val_logloss": val["logloss"],
+        "best": improved,
+    }
+    if world.parallel:
+        line["processes"] = world.size
+    if threads.adaptive:  # the mean count over the epoch's steps and scoring batches
+        line["threads"] = round(threads.take_used(), 2)
+    return line
+
+
+def _finish(trainee: Trainee, data: SplitData, t: TrainConfig, entry: ModelEntry, seed: int,
+            stopping: EarlyStopping, state: ResumeState, start: float, files: SeedRun,
+            world: World, stop: StepBoundaryStop) -> dict:  # fmt: skip
+    """The run's summary. Tuning (msctr.tune, no test split loaded): the best epoch's
+    validation figures. Else the best epoch's weights score the test split, and rank 0
+    writes predictions.parquet and run.json (last: the run is done) and removes last.pt."""
+    if data.test is None:
+        best = json.loads(state.log[stopping.best_epoch])
         return {
             "model": entry.key,
             "seed": seed,
             "best_epoch": stopping.best_epoch + 1,
-            "epochs": len(lines),  # trained, early stopping or --trial-epochs may end them sooner
+            "epochs": len(state.log),  # trained, early stopping or --trial-epochs may end sooner
             "val_auc": best["val_auc"],
             "val_logloss": best["val_logloss"],
             "train_seconds": time.perf_counter() - start,
         }
-    model.load_state_dict(best_state)
-    test_p = predict_shared(
-        scorer, data.test, t.eval_batch_size, device, t.precision, threads.tick
-    )
+    model = trainee.model
+    model.load_state_dict(trainee.best)
+    test_p = trainee.score(data.test, t, world, stop)
     summary = {
         "model": entry.key,
         "seed": seed,
         "best_epoch": stopping.best_epoch + 1,
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_seconds": time.perf_counter() - start,
-        "resume_checkpoint_seconds": checkpoint_seconds,
+        "resume_checkpoint_seconds": state.checkpoint_seconds,
     }
-    if w.parallel:
-        summary["processes"] = w.size
+    if world.parallel:
+        summary["processes"] = world.size
     extra = getattr(model, "report", None)  # a model may expose extra facts (head weights, codes)
     if callable(extra):
         summary["model_report"] = extra()
-    if w.main:
+    if world.main:
         write_predictions(files.predictions, data.test_frame, test_p)
         write_text(files.summary, json.dumps(summary, indent=2) + "\n")  # last: the run is done
         files.resume.unlink(missing_ok=True)
-    dist.barrier()  # no rank starts the next run before rank 0 has finished this one
+    world.barrier()  # no rank starts the next run before rank 0 has finished this one
     return summary
-
-
-def sparse_parameters(optimizer: Optimizers) -> list[torch.nn.Parameter]:
-    """The embedding tables stepped by LazyAdam (row-sparse gradients)."""
-    return [
-        p
-        for o in optimizer.optimizers
-        if isinstance(o, LazyAdam)
-        for g in o.param_groups
-        for p in g["params"]
-    ]
-
-
-def _all_ranks(seen: int, loss_sum: float, seconds: float) -> tuple[int, float, float]:
-    """An epoch's rows and summed loss over every process; its time, the slowest one's."""
-    w = dist.world()
-    if not w.parallel:
-        return seen, loss_sum, seconds
-    total_seen, total_loss, _ = dist.all_sum([seen, loss_sum, 0.0])
-    return int(total_seen), total_loss, dist.all_max(seconds)
-
-
-def _open_run(files: SeedRun, fingerprint: dict, processes: int) -> tuple[dict, dict | None] | None:
-    """(rank 0) Make the run's folder ready; its resume state and best weights, if it has one.
-
-    A run interrupted under N processes resumes under N: each one's dropout stream is in it."""
-    files.folder.mkdir(parents=True, exist_ok=True)
-    sweep_stale(files.folder)  # a checkpoint half-written by a killed earlier run
-    if not files.resume.is_file():
-        write_json(files.fingerprint, fingerprint)
-        write_text(files.log, "")
-        return None
-    state = load_state(files.resume, fingerprint)
-    was = state.get("processes", 1)
-    if was != processes:
-        raise UserError(
-            f"'{files.resume}' was written by a run of {was} process(es), this one has "
-            f"{processes}; resume it with the same number (msctr train --nproc {was}), or remove "
-            "last.pt to retrain that run from its first epoch"
-        )
-    best_state = None
-    if state["stopping"][1] >= 0:  # best.pt holds the best epoch's weights (see docs)
-        if not files.checkpoint.is_file():
-            raise UserError(
-                f"'{files.checkpoint}' is missing, so '{files.resume}' cannot be resumed; "
-                "remove last.pt to retrain that run from its first epoch, or use --fresh"
-            )
-        best_state = torch.load(files.checkpoint, map_location="cpu", weights_only=True)
-    write_text(files.log, "".join(line + "\n" for line in state["log"]))
-    return state, best_state
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    # serialized in memory first: torch's file writer reports a full disk as a RuntimeError
-    # about stream positions, a plain file write as the OSError it is
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.getbuffer())
 
 
 def write_predictions(path: Path, test_frame: pl.DataFrame, prob: np.ndarray) -> None:
@@ -554,11 +534,11 @@ def train_recipe(
     check_available(recipe.train.log)
     check_labels(e.key for e in recipe.models)
     check_run_folder(recipe.run_dir, inputs=(recipe.data,))
-    w, _ = dist.setup(recipe.train.device)
+    world, _ = dist.setup(recipe.train.device)
     try:
-        if not w.main:  # rank 0 speaks for all
+        if not world.main:  # rank 0 speaks for all
             console, show_progress = Console(quiet=True), False
-        return _train_recipe(recipe, console, show_progress, fresh)
+        return _train_recipe(recipe, console, show_progress, fresh, world)
     finally:
         dist.teardown()
 
@@ -590,7 +570,9 @@ def load_training_data(
     return data
 
 
-def _train_recipe(recipe: Recipe, console: Console, show_progress: bool, fresh: bool) -> Path:
+def _train_recipe(
+    recipe: Recipe, console: Console, show_progress: bool, fresh: bool, world: World
+) -> Path:
     data = load_training_data(recipe)
     folder = RunFolder(recipe.run_dir)
     wanted = [model_folder(e.key) for e in recipe.models]
@@ -622,11 +604,11 @@ def _train_recipe(recipe: Recipe, console: Console, show_progress: bool, fresh: 
                 write_text(folder.recipe, text)
             return plan.renamed
 
-        for old, new in dist.on_main(claim):
+        for old, new in world.on_main(claim):
             console.print(
                 f"renamed {escape(old)} -> {escape(new)}: the same model under a new label"
             )
-        _train_runs(recipe, data, folder, console, show_progress)
+        _train_runs(recipe, data, folder, console, show_progress, world)
     return folder.root
 
 
@@ -639,18 +621,23 @@ def _run_status(files: SeedRun) -> tuple[bool, bool]:
 
 
 def _train_runs(
-    recipe: Recipe, data: SplitData, folder: RunFolder, console: Console, show_progress: bool
+    recipe: Recipe,
+    data: SplitData,
+    folder: RunFolder,
+    console: Console,
+    show_progress: bool,
+    world: World,
 ) -> None:
     progress = make_progress(console) if show_progress else None
     if progress is not None:
         progress.start()
     try:
-        with stop_at_step_boundaries():
+        with stop_at_step_boundaries() as stop:
             for entry in recipe.models:
                 fingerprint = run_fingerprint(recipe, entry, data.schema)
                 for seed in recipe.train.seeds:
                     files = folder.seed(entry.key, seed)
-                    finished, resumed = dist.on_main(functools.partial(_run_status, files))
+                    finished, resumed = world.on_main(functools.partial(_run_status, files))
                     if finished:
                         console.print(
                             f"[dim]kept[/] {escape(entry.key)} seed {seed}: finished earlier"
@@ -665,6 +652,8 @@ def _train_runs(
                         progress,
                         fingerprint,
                         tracking=folder.root,
+                        world=world,
+                        stop=stop,
                     )
                     how = "resumed and trained" if resumed else "trained"
                     console.print(

@@ -89,10 +89,16 @@ class LazyAdam(torch.optim.Optimizer):
 
 
 class Optimizers:
-    """Several optimizers stepped as one (dense Adam for the network, lazy Adam for tables)."""
+    """Several optimizers stepped as one (dense Adam for the network, lazy Adam for tables);
+    `sparse_tables`: the tables LazyAdam steps (row-sparse gradients)."""
 
-    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+    def __init__(
+        self,
+        optimizers: list[torch.optim.Optimizer],
+        sparse_tables: list[torch.nn.Parameter] | None = None,
+    ):
         self.optimizers = optimizers
+        self.sparse_tables = sparse_tables or []
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for o in self.optimizers:
@@ -108,15 +114,16 @@ class Optimizers:
                 group["lr"] = lr
 
 
-def set_sparse_embeddings(model: torch.nn.Module, mode: bool | str) -> list[torch.nn.Parameter]:
-    """Switch every FeatureEmbedding table to row-sparse gradients (True), to dense (False), or
-    by size ("auto"); return the tables now giving sparse gradients. Models need no change:
-    their look-ups all go through the table module, which reads its `sparse` flag per call."""
+def _row_sparse_tables(model: torch.nn.Module, mode: bool | str) -> list[torch.nn.Parameter]:
+    """Give every FeatureEmbedding table row-sparse gradients (True), dense ones (False), or
+    by size ("auto"); return the tables now giving row-sparse gradients. Models need no
+    change: their look-ups all go through the embedding module, which reads its mode per
+    call."""
     sparse = []
     for m in model.modules():
         if isinstance(m, FeatureEmbedding):
             on = mode is True or (mode == "auto" and m.table.num_embeddings >= SPARSE_AUTO_ROWS)
-            m.table.sparse = on
+            m.row_sparse_gradients(on)
             if on:
                 sparse.append(m.table.weight)
     return sparse
@@ -124,8 +131,13 @@ def set_sparse_embeddings(model: torch.nn.Module, mode: bool | str) -> list[torc
 
 def make_optimizer(model: torch.nn.Module, t: TrainConfig) -> Optimizers:
     """Adam as the recipe asks: fused dense Adam (one kernel for all tensors; several times
-    faster than the per-tensor loop on CPU) for the network, LazyAdam for sparse tables."""
-    sparse = set_sparse_embeddings(model, t.sparse_embeddings)
+    faster than the per-tensor loop on CPU) for the network, LazyAdam for row-sparse tables.
+
+    A table's gradient layout and the optimizer stepping it must agree, so they are chosen
+    together, here and only here (`train.sparse_embeddings`): this sets each embedding's
+    mode, and the returned `Optimizers.sparse_tables` are what DDP leaves to the touched-row
+    exchange."""
+    sparse = _row_sparse_tables(model, t.sparse_embeddings)
     sparse_ids = {id(p) for p in sparse}
     dense = [p for p in model.parameters() if id(p) not in sparse_ids and p.requires_grad]
     opts: list[torch.optim.Optimizer] = []
@@ -136,4 +148,10 @@ def make_optimizer(model: torch.nn.Module, t: TrainConfig) -> Optimizers:
         )
     if sparse:
         opts.append(LazyAdam(sparse, lr=t.lr, weight_decay=t.weight_decay))
-    return Optimizers(opts)
+    return Optimizers(opts, sparse)
+
+
+def learning_rate(t: TrainConfig, epoch: int) -> float:
+    """The learning rate of epoch `epoch` (from 0): the one place a schedule lives. A function
+    of the epoch, not stepped, so a resumed run trains at the rate it stopped at."""
+    return t.lr * t.lr_decay**epoch

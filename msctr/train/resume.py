@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from msctr.data.schema import Schema
 from msctr.errors import UserError
-from msctr.io import atomic_path, read_json, reading, sweep_stale
+from msctr.io import atomic_path, read_json, reading, sweep_stale, write_json, write_text
 from msctr.recipe import Recipe, fingerprint_change, run_fingerprint
 from msctr.runs import RunFolder, SeedRun, model_folder
+from msctr.train.runtime import set_rng_state
 
 RESUME_VERSION = 1
 
@@ -154,29 +156,137 @@ def _remove_if_empty(path: Path) -> None:
         path.rmdir()
 
 
-def save_state(path: Path, state: dict) -> None:
-    """Written whole or not at all. Serialized in memory first: torch's file writer reports a
-    full disk as a RuntimeError about stream positions, a plain file write as the OSError it
-    is."""
+def save_checkpoint(path: Path, obj: object) -> None:
+    """A checkpoint (best.pt's weights, last.pt's resume state), written whole or not at all.
+    Serialized in memory first: torch's file writer reports a full disk as a RuntimeError
+    about stream positions, a plain file write as the OSError it is."""
     buf = io.BytesIO()
-    torch.save(state, buf)
+    torch.save(obj, buf)
     with atomic_path(path) as tmp:
         tmp.write_bytes(buf.getbuffer())
 
 
-def load_state(path: Path, fingerprint: dict) -> dict:
-    """A run's resume state; refused (one line) when unreadable or another run's."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or not a checkpoint
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
-        raise UserError(
-            f"'{path}' is not a readable resume state ({first}); remove it to retrain that "
-            "run from its first epoch, or start over with --fresh"
-        ) from None
-    if state.get("version") != RESUME_VERSION or state.get("fingerprint") != fingerprint:
-        raise UserError(
-            f"'{path}' is the resume state of another recipe or msctr version; remove it to "
-            "retrain that run from its first epoch, or start over with --fresh"
+@dataclass
+class ResumeState:
+    """A run after its last finished epoch, as `last.pt` holds it: the model's weights, every
+    optimizer's state, early stopping's (best score, best epoch, epochs waited), the log and
+    history lines, the time spent, and every process's random state. `best` (not in last.pt)
+    is best.pt's weights, read beside it. The loop records each finished epoch (`end_epoch`);
+    `save` captures the weights and random states and writes last.pt, `load` reads it,
+    `restore` puts it back into a run."""
+
+    fingerprint: dict
+    epoch: int = 0  # epochs finished
+    model: dict | None = None
+    optimizers: list[dict] = field(default_factory=list)
+    stopping: tuple[float | None, int, int] = (None, -1, 0)
+    log: list[str] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    checkpoint_seconds: float = 0.0
+    rngs: list[dict] = field(default_factory=list)  # per rank, in rank order
+    best: dict | None = None
+
+    def restore(
+        self, model: torch.nn.Module, optimizers, rank: int, device: torch.device
+    ) -> dict | None:
+        """Put the weights, the optimizers' state and `rank`'s random state back; the best
+        epoch's weights on `device` (None before a best epoch)."""
+        model.load_state_dict(self.model)
+        for opt, saved in zip(optimizers, self.optimizers, strict=True):
+            opt.load_state_dict(saved)
+        set_rng_state(self.rngs[rank])
+        return None if self.best is None else {k: v.to(device) for k, v in self.best.items()}
+
+    def end_epoch(self, line: dict, stopping: tuple, history: list[dict], seconds: float) -> None:
+        """One more epoch finished: its log line, early stopping's state after it, the
+        history lines so far, the seconds spent since the run's start."""
+        self.epoch += 1
+        self.log.append(json.dumps(line))
+        self.stopping, self.history, self.seconds = tuple(stopping), history, seconds
+
+    def save(self, path: Path, model: torch.nn.Module, optimizers, rngs: list[dict]) -> None:
+        """Capture the weights, the optimizers' state and every rank's random state (`rngs`,
+        in rank order), and write last.pt."""
+        self.model, self.rngs = model.state_dict(), rngs
+        self.optimizers = [o.state_dict() for o in optimizers]
+        state = {
+            "version": RESUME_VERSION,
+            "fingerprint": self.fingerprint,
+            "epoch": self.epoch,
+            "model": self.model,
+            "optimizers": self.optimizers,
+            "stopping": list(self.stopping),
+            "log": self.log,
+            "history": self.history,
+            "seconds": self.seconds,
+            "checkpoint_seconds": self.checkpoint_seconds,
+            "rng": self.rngs[0],
+        }
+        if len(self.rngs) > 1:
+            state["processes"] = len(self.rngs)
+            state["rng_ranks"] = self.rngs
+        save_checkpoint(path, state)
+
+    @classmethod
+    def load(cls, path: Path, fingerprint: dict) -> ResumeState:
+        """A run's resume state; refused (one line) when unreadable or another run's."""
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated or not a checkpoint
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+            raise UserError(
+                f"'{path}' is not a readable resume state ({first}); remove it to retrain "
+                "that run from its first epoch, or start over with --fresh"
+            ) from None
+        if state.get("version") != RESUME_VERSION or state.get("fingerprint") != fingerprint:
+            raise UserError(
+                f"'{path}' is the resume state of another recipe or msctr version; remove it "
+                "to retrain that run from its first epoch, or start over with --fresh"
+            )
+        return cls(
+            fingerprint,
+            state["epoch"],
+            state["model"],
+            state["optimizers"],
+            tuple(state["stopping"]),
+            list(state["log"]),
+            # a state from before history.jsonl: its log lines, the same epochs
+            list(state.get("history") or [json.loads(x) for x in state["log"]]),
+            state["seconds"],
+            state["checkpoint_seconds"],
+            state.get("rng_ranks") or [state["rng"]],
         )
+
+    @property
+    def processes(self) -> int:
+        return len(self.rngs)
+
+
+def open_run(files: SeedRun, fingerprint: dict, processes: int) -> ResumeState | None:
+    """(rank 0) Make the run's folder ready; its resume state, best weights included, if it
+    has one. A run interrupted under N processes resumes under N: each one's dropout stream
+    is in it."""
+    files.folder.mkdir(parents=True, exist_ok=True)
+    sweep_stale(files.folder)  # a checkpoint half-written by a killed earlier run
+    if not files.resume.is_file():
+        write_json(files.fingerprint, fingerprint)
+        write_text(files.log, "")
+        return None
+    state = ResumeState.load(files.resume, fingerprint)
+    if state.processes != processes:
+        was = state.processes
+        raise UserError(
+            f"'{files.resume}' was written by a run of {was} process(es), this one has "
+            f"{processes}; resume it with the same number (msctr train --nproc {was}), or remove "
+            "last.pt to retrain that run from its first epoch"
+        )
+    if state.stopping[1] >= 0:  # best.pt holds the best epoch's weights (see docs)
+        if not files.checkpoint.is_file():
+            raise UserError(
+                f"'{files.checkpoint}' is missing, so '{files.resume}' cannot be resumed; "
+                "remove last.pt to retrain that run from its first epoch, or use --fresh"
+            )
+        state.best = torch.load(files.checkpoint, map_location="cpu", weights_only=True)
+    write_text(files.log, "".join(line + "\n" for line in state.log))
     return state

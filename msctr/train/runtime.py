@@ -50,7 +50,8 @@ def set_rng_state(state: dict) -> None:
 class StepBoundaryStop:
     """SIGINT/SIGTERM while training: remembered, and raised as `Interrupted` only where
     `check` is called, between two training (or scoring) steps, so no step, checkpoint or
-    output is cut in half. A second signal stops at once (every file is written atomically)."""
+    output is cut in half. A second signal stops at once (every file is written atomically).
+    One that no handler feeds (`StepBoundaryStop()`) never stops anything."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -65,38 +66,23 @@ class StepBoundaryStop:
             raise Interrupted(self.signum)
 
 
-_STOP: StepBoundaryStop | None = None
-
-
-def check_stop() -> None:
-    """A step boundary: raise the pending interruption, if any (no-op outside training)."""
-    if _STOP is not None:
-        _STOP.check()
-
-
-def pending_signal() -> int | None:
-    """The signal that asked training to stop and has not been acted on yet, if any."""
-    return None if _STOP is None else _STOP.signum
-
-
 @contextlib.contextmanager
-def stop_at_step_boundaries() -> Iterator[None]:
-    """Within the block, SIGINT/SIGTERM stop at the next `check_stop()`; a signal that came
-    after the last one stops when the block ends. Outside the main thread: no change."""
-    global _STOP
+def stop_at_step_boundaries() -> Iterator[StepBoundaryStop]:
+    """Within the block, SIGINT/SIGTERM are held by the `StepBoundaryStop` it yields and
+    stop at its next `check()`, which the trainer calls between steps; a signal that came
+    after the last check stops when the block ends. Outside the main thread (where no signal
+    handler can be set): a stop that never fires."""
+    stop = StepBoundaryStop()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield stop
         return
-    stop, outer = StepBoundaryStop(), _STOP
     signals = (signal.SIGINT, signal.SIGTERM)
     old = {s: signal.getsignal(s) for s in signals}
     for s in signals:
         signal.signal(s, stop.handle)
-    _STOP = stop
     try:
-        yield
+        yield stop
     finally:
-        _STOP = outer
         for s, h in old.items():
             signal.signal(s, h)
     stop.check()

@@ -3,8 +3,8 @@ shared by every (model, seed) run of a recipe."""
 
 from __future__ import annotations
 
+import itertools
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +31,7 @@ class SplitData:
     val_labels: np.ndarray
     test_frame: pl.DataFrame | None  # label, scenario, groups and true probabilities of test rows
     identity: bytes | None = None  # schema.json as it was when the splits were read
+    shuffle_buffer: int | None = None  # streamed: rows shuffled together (train.shuffle_buffer)
 
     @classmethod
     def load(cls, recipe: Recipe, test: bool = True, train_limit: int | None = None) -> SplitData:
@@ -56,7 +57,9 @@ class SplitData:
             test_columns = load_columns(folder, "test", schema, limit=t.eval_rows)
             test_frame = load_eval_columns(folder, "test", schema, limit=t.eval_rows)
         labels = val.label.numpy().astype(np.int8)
-        data = cls(schema, folder, train, val, test_columns, labels, test_frame, identity)
+        data = cls(
+            schema, folder, train, val, test_columns, labels, test_frame, identity, t.shuffle_buffer
+        )
         data.check_unchanged("before training")
         return data
 
@@ -81,44 +84,52 @@ class SplitData:
         )
 
     def train_batches(
-        self, recipe: Recipe, seed: int, epoch: int, part: tuple[int, int] = (0, 1)
-    ) -> Iterator[Batch]:
-        """The epoch's batches of `train.batch_size` rows in a seeded order; `part=(r, n)`:
-        process r's share of each of them (msctr.train.distributed)."""
-        t = recipe.train
+        self,
+        batch_size: int,
+        seed: int,
+        epoch: int,
+        part: tuple[int, int] = (0, 1),
+        max_steps: int | None = None,
+    ) -> EpochBatches:
+        """The epoch's batches of `batch_size` rows in a seeded order, at most `max_steps` of
+        them; `part=(r, n)`: process r's share of each (msctr.train.distributed). Its `len` is
+        the epoch's steps: the one place they are counted."""
+        steps = -(-self.train_rows // batch_size)
+        if max_steps:
+            steps = min(steps, max_steps)
         if self.train is not None:
-            if os.environ.get("MSCTR_TEST_SHARDS"):
-                return self._recorded(t.batch_size, seed, epoch, part)
-            return self.train.batches(t.batch_size, shuffle=True, seed=seed, epoch=epoch, part=part)
-        return stream_batches(
-            self.folder,
-            "train",
-            self.schema,
-            t.batch_size,
-            True,
-            seed,
-            epoch,
-            buffer_rows=t.shuffle_buffer,
-            part=part,
-        )
-
-    def _recorded(self, batch_size: int, seed: int, epoch: int, part: tuple[int, int]):
-        """Test hook (docs/testing.md): MSCTR_TEST_SHARDS=<folder> makes each process append
-        the training rows of every batch it trains on, as one JSON line (epoch, step, row
-        positions), to <folder>/part_<r>_of_<n>.jsonl; the batches are those of `batches`."""
-        out = Path(os.environ["MSCTR_TEST_SHARDS"]) / f"part_{part[0]}_of_{part[1]}.jsonl"
-        assert self.train is not None
-        for step, rows in enumerate(
-            self.train.batch_rows(batch_size, shuffle=True, seed=seed, epoch=epoch, part=part)
-        ):
-            with out.open("a") as fh:
-                fh.write(json.dumps({"epoch": epoch, "step": step, "rows": rows.tolist()}) + "\n")
-            yield self.train.batch(rows)
+            rows = self.train.batches(batch_size, shuffle=True, seed=seed, epoch=epoch, part=part)
+        else:
+            rows = stream_batches(
+                self.folder,
+                "train",
+                self.schema,
+                batch_size,
+                True,
+                seed,
+                epoch,
+                buffer_rows=self.shuffle_buffer,
+                part=part,
+            )
+        return EpochBatches(rows, steps)
 
     @property
     def train_rows(self) -> int:
         # in memory: the rows loaded (fewer than the split under `train_limit`)
         return len(self.train) if self.train is not None else self.schema.rows["train"]
+
+
+class EpochBatches:
+    """One epoch's training batches, cut at its step count (`len`)."""
+
+    def __init__(self, batches: Iterator[Batch], steps: int):
+        self.batches, self.steps = batches, steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[Batch]:
+        return itertools.islice(self.batches, self.steps)
 
 
 def _schema_bytes(folder: Path) -> bytes | None:
