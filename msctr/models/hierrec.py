@@ -73,7 +73,7 @@ class FieldSelfAttention(nn.Module):
     """Single-head self-attention across the fields of each row (reference's embed_atten).
 
     x [..., I, d] -> [..., I, d]; called with [B, G, I, d], every head of every sample attends
-    on its own. `weighted` computes the same for HierRec's head-weighted fields.
+    on its own.
     """
 
     def __init__(self, dim: int, dropout: float):
@@ -85,36 +85,11 @@ class FieldSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv(x).chunk(3, dim=-1)  # [..., I, d] each
-        return self._attend(q, k, v, self.scale)
-
-    def weighted(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """forward(w[..., None] * x[:, None]) for x [B, I, d], w [B, G, I] -> [B, G, I, d].
-
-        A projection of a weighted field is the weighted projection, (w x) W^T + b =
-        w (x W^T) + b, so each row's fields are projected once instead of once per head
-        (G times fewer multiply-adds there) and the [B, G, I, d] weighted input is never
-        built; q, k and v come from three products so the backward needs no [B, G, I, 3d]
-        concatenation. The softmax scale rides on W_q and b_q (d x d and d numbers).
-        """
-        wq, wk, wv = self.qkv.weight.chunk(3)
-        bq, bk, bv = self.qkv.bias.chunk(3)
-        w = w.unsqueeze(-1)  # [B, G, I, 1]
-
-        def project(weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-            return torch.addcmul(bias, w, F.linear(x, weight).unsqueeze(1))  # [B, G, I, d]
-
-        q = project(wq * self.scale, bq * self.scale)
-        return self._attend(q, project(wk, bk), project(wv, bv), 1.0)
-
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
-        """softmax(scale q k^T) v, then the out projection."""
         if not self.training or self.dropout.p == 0.0:
-            return self.out(F.scaled_dot_product_attention(q, k, v, scale=scale))
+            return self.out(F.scaled_dot_product_attention(q, k, v))
         # spelled out in training: SDPA's own dropout draws a Bernoulli per attention weight
         # on the CPU, which cost more than the rest of the attention (see blocks.Dropout)
-        if scale != 1.0:
-            q = q * scale
-        a = torch.softmax(q @ k.transpose(-1, -2), dim=-1)  # [..., I, I]
+        a = torch.softmax((q * self.scale) @ k.transpose(-1, -2), dim=-1)  # [..., I, I]
         return self.out(self.dropout(a) @ v)
 
 
@@ -289,11 +264,9 @@ class HierRec(nn.Module):
         if self.use_implicit:
             G = self.heads
             w = self._head_weights(e_s)  # [B, G, I]
+            ie = w.unsqueeze(-1) * e_c.unsqueeze(1)  # IE [B, G, I, d] (Eq. 7)
             if self.field_attention is not None:
-                # attention(IE[g]) with IE[g] = w[g] * E_c (Eq. 7), projecting E_c once per row
-                ie = self.field_attention.weighted(e_c, w)  # [B, G, I, d]
-            else:
-                ie = w.unsqueeze(-1) * e_c.unsqueeze(1)  # IE [B, G, I, d] (Eq. 7)
+                ie = self.field_attention(ie)  # [B, G, I, d]: 4-D keeps the fused CPU kernel
             # SC_implicit[g] = FC_shared(IE[g]) and O_implicit[g] = SOM(h; SC_implicit[g])
             h = self.implicit_som(h, ie.reshape(B, G, I * d)).reshape(B, -1)  # [B, G*64]
         return self.output(h).squeeze(-1)  # [B]
