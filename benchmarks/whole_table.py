@@ -118,6 +118,7 @@ def measure(entry, recipe, data: SplitData, tmp: Path, steps: int, warmup: int) 
     )
     r = replace(recipe, train=t)
     run = tmp / f"{entry.key}-{data.train_rows}"
+    peak = matmul_peak(torch.float32) / 1e9
     t0 = time.perf_counter()
     fit_one(r, entry, 0, data, run)
     wall = time.perf_counter() - t0
@@ -131,8 +132,10 @@ def measure(entry, recipe, data: SplitData, tmp: Path, steps: int, warmup: int) 
     predict(model, data.val, t.eval_batch_size, torch.device("cpu"), t.precision)
     val_s = time.perf_counter() - t0
     phases = step_phases(entry, r, data, steps, warmup)
+    peak = (peak + matmul_peak(torch.float32) / 1e9) / 2
     return {
         "rows": data.train_rows,
+        "gflops": peak,  # the fp32 matmul rate before and after: the CPU this process got
         "val_rows": len(data.val_labels),
         "run_s": wall,
         "epoch_train_s": train_s,
@@ -152,12 +155,18 @@ def linear_at(x0: float, y0: float, x1: float, y1: float, x: float) -> float:
 
 
 def project(
-    name: str, small: dict, big: dict, full: int, epochs: int, seeds: int
+    name: str, small: dict, big: dict, full: int, epochs: int, seeds: int, gflops: float
 ) -> dict[str, float]:
-    """One model's time in the whole table at `full` training rows, by part (seconds)."""
+    """One model's time in the whole table at `full` training rows, by part (seconds), with
+    every measured time first scaled to a CPU that multiplies matrices at `gflops` (times
+    the fp32 matmul rate measured around it, over `gflops`): on a shared machine the
+    process's share of the CPU moves from minute to minute, and the two sizes are measured
+    minutes apart."""
 
     def at(key: str) -> float:
-        return linear_at(small["rows"], small[key], big["rows"], big[key], full)
+        y0 = small[key] * small["gflops"] / gflops
+        y1 = big[key] * big["gflops"] / gflops
+        return linear_at(small["rows"], y0, big["rows"], y1, full)
 
     train = at("epoch_train_s")
     ph = big["step_phases_s"]
@@ -180,7 +189,10 @@ def project(
         "run_s": sum(per_run.values()),
         "table_s": sum(per_run.values()) * seeds,
         "parts_s": {k: v * seeds for k, v in per_run.items()},
-        "scaling": big["epoch_train_s"] / small["epoch_train_s"] if small is not big else None,
+        "scaling": (big["epoch_train_s"] * big["gflops"])
+        / (small["epoch_train_s"] * small["gflops"])
+        if small is not big
+        else None,
         "rows_ratio": big["rows"] / small["rows"],
     }
 
@@ -200,6 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=6, help="steps timed by phase")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--goal-hours", type=float, default=4.0)
+    ap.add_argument(
+        "--gflops",
+        type=float,
+        help="project for a CPU with this fp32 matmul rate (default: the median measured)",
+    )
     ap.add_argument("--root", type=Path, help="data folder (default: a temporary one)")
     ap.add_argument("--keep", action="store_true", help="keep the generated data")
     ap.add_argument("--json", type=Path, help="write every figure here")
@@ -252,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
                 measured[e.key].append(m)
                 ph = m["step_phases_s"]
                 print(
-                    f"  {e.key:>12}: epoch {m['epoch_train_s']:7.1f} s train, val scoring "
+                    f"  {e.key:>12}: [{m['gflops']:3.0f} GFLOP/s] "
+                    f"epoch {m['epoch_train_s']:7.1f} s train, val scoring "
                     f"{m['val_score_s']:5.1f} s, rest {m['rest_s']:5.1f} s; step "
                     + " + ".join(f"{k} {v * 1000:.1f}" for k, v in ph.items())
                     + " ms",
@@ -266,12 +284,22 @@ def main(argv: list[str] | None = None) -> int:
     rows = [m["rows"] for m in next(iter(measured.values()))]
     seeds = len(recipe.train.seeds)
     full = args.full_rows
-    proj = [project(k, ms[0], ms[-1], full, args.epochs, seeds) for k, ms in measured.items()]
+    rates = [m["gflops"] for ms in measured.values() for m in ms]
+    gflops = args.gflops or statistics.median(rates)
+    proj = [
+        project(k, ms[0], ms[-1], full, args.epochs, seeds, gflops) for k, ms in measured.items()
+    ]
     prep = linear_at(rows[0], prep_s[0], rows[-1], prep_s[-1], full)
     load = linear_at(rows[0], load_s[0], rows[-1], load_s[-1], full)
     total = prep + load + sum(p["table_s"] for p in proj)
     print(
-        f"\nprojected at {full:,} train rows: {seeds} seeds x {args.epochs} epochs per run "
+        f"\nfp32 matmul rate around the measurements: {min(rates):.0f}-{max(rates):.0f} "
+        "GFLOP/s; "
+        f"every time scaled to {gflops:.0f} GFLOP/s"
+        + (" (--gflops)" if args.gflops else " (their median)")
+    )
+    print(
+        f"projected at {full:,} train rows: {seeds} seeds x {args.epochs} epochs per run "
         f"(recipe: up to {recipe.train.epochs}, early stopping on "
         f"{recipe.train.early_stopping.metric}, patience {recipe.train.early_stopping.patience})"
     )
@@ -306,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             projected_prepare_s=prep,
             projected_load_s=load,
             total_s=total,
+            projected_for_gflops=gflops,
             matmul_peak_gflops=peaks,
         )
         args.json.write_text(json.dumps(result, indent=2))

@@ -20,10 +20,11 @@ def whole_table():
         sys.path.remove(str(BENCH))
 
 
-def _measured(rows: int, epoch: float, val: float, rest: float) -> dict:
+def _measured(rows: int, epoch: float, val: float, rest: float, gflops=50.0) -> dict:
     phases = {"data": 0.01, "forward": 0.03, "backward": 0.05, "optimizer": 0.01}
     return {
         "rows": rows,
+        "gflops": gflops,
         "epoch_train_s": epoch,
         "val_score_s": val,
         "rest_s": rest,
@@ -36,7 +37,7 @@ def test_projection_is_linear_in_rows_and_splits_the_epoch_by_phase(whole_table)
     assert whole_table.linear_at(100, 12.0, 300, 30.0, 4000) == pytest.approx(363.0)  # intercept
     assert whole_table.linear_at(100, 30.0, 300, 10.0, 4000) == 0.0  # never negative
     small, big = _measured(100, 10.0, 1.0, 3.0), _measured(300, 30.0, 3.0, 5.0)
-    p = whole_table.project("m", small, big, full=4000, epochs=4, seeds=10)
+    p = whole_table.project("m", small, big, full=4000, epochs=4, seeds=10, gflops=50.0)
     assert p["epoch_s"] == pytest.approx(400.0)
     parts = p["parts_s"]
     # the epoch's training seconds split by the step's phase shares (1:3:5:1), 4 epochs x 10
@@ -48,6 +49,13 @@ def test_projection_is_linear_in_rows_and_splits_the_epoch_by_phase(whole_table)
     assert parts["checkpoints etc."] == pytest.approx((42.0 - 40.0) * 4 * 10)
     assert p["table_s"] == pytest.approx(sum(parts.values()))
     assert p["scaling"] == pytest.approx(3.0) and p["rows_ratio"] == pytest.approx(3.0)
+    # measured while the process got half the CPU (25 GFLOP/s): projected for 50, half the time
+    slow = whole_table.project(
+        "m", _measured(100, 20.0, 2.0, 6.0, 25.0), _measured(300, 60.0, 6.0, 10.0, 25.0),
+        full=4000, epochs=4, seeds=10, gflops=50.0,
+    )  # fmt: skip
+    assert slow["table_s"] == pytest.approx(p["table_s"])
+    assert slow["scaling"] == pytest.approx(3.0)
 
 
 @pytest.mark.slow
