@@ -15,9 +15,11 @@ of the recipe, with the recipe's params and train keys, measures at each size:
   steps timed through `train_step`'s phase marks (the hook the other benchmarks use);
 - scoring val alone (`predict`: evaluation).
 
-Each part is fitted as a + b * rows through the two sizes and evaluated at the full size
-(`--full-rows`, 4.26 M training rows: KuaiRand-1K's second period in the 5 tabs, 80 % of
-5.33 M). A run is `--epochs` epochs (default 4: the best validation logloss at epoch 2, then
+Every time is scaled to one fp32 matmul rate (measured around each model: the CPU share a
+shared machine gave it), each part fitted as b * rows through the two sizes (least squares;
+the printed scaling compares their epoch times with their rows) and evaluated at the full
+size (`--full-rows`, 4.26 M training rows: KuaiRand-1K's second period in the 5 tabs, 80 %
+of 5.33 M). A run is `--epochs` epochs (default 4: the best validation logloss at epoch 2, then
 the recipe's patience of 2; 3 if the best is the first, the recipe's `epochs` if it never
 stops) of train + val scoring + checkpoints, then test; the table is every model times the
 recipe's seeds, plus preparing the data once and loading it once per `msctr train`. Prints
@@ -146,12 +148,12 @@ def measure(entry, recipe, data: SplitData, tmp: Path, steps: int, warmup: int) 
     }
 
 
-def linear_at(x0: float, y0: float, x1: float, y1: float, x: float) -> float:
-    """y at x on the line through (x0, y0) and (x1, y1); a negative intercept is kept (it is
-    what the two points say), a negative result is not."""
-    if x1 == x0:
-        return y1 * x / x1
-    return max(y0 + (y1 - y0) * (x - x0) / (x1 - x0), 0.0)
+def through_origin(points: list[tuple[float, float]], x: float) -> float:
+    """y at x on the least-squares line through the origin and `points` (rows, seconds):
+    a training epoch's fixed cost is small next to its rows' (the first calls are warmed up
+    before), and a free intercept from two points measured on a shared machine turns a 20 %
+    error at either point into 40 % on the slope, which the step to full scale multiplies."""
+    return x * sum(a * b for a, b in points) / sum(a * a for a, _ in points)
 
 
 def project(
@@ -164,9 +166,8 @@ def project(
     minutes apart."""
 
     def at(key: str) -> float:
-        y0 = small[key] * small["gflops"] / gflops
-        y1 = big[key] * big["gflops"] / gflops
-        return linear_at(small["rows"], y0, big["rows"], y1, full)
+        ms = (small, big) if small is not big else (big,)
+        return through_origin([(m["rows"], m[key] * m["gflops"] / gflops) for m in ms], full)
 
     train = at("epoch_train_s")
     ph = big["step_phases_s"]
@@ -201,39 +202,8 @@ def hours(s: float) -> str:
     return f"{s / 3600:.2f} h"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--recipe", type=Path, default=ROOT / "recipes/kuairand/hierrec.yaml")
-    ap.add_argument("--sizes", default="100000,300000", help="training rows of the two sizes")
-    ap.add_argument("--models", help="labels, comma-separated (default: every model)")
-    ap.add_argument("--full-rows", type=int, default=FULL_TRAIN_ROWS)
-    ap.add_argument("--epochs", type=int, default=4, help="epochs per run (early stopping)")
-    ap.add_argument("--threads", type=int, default=2, help="torch and Polars threads")
-    ap.add_argument("--steps", type=int, default=6, help="steps timed by phase")
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--goal-hours", type=float, default=4.0)
-    ap.add_argument(
-        "--gflops",
-        type=float,
-        help="project for a CPU with this fp32 matmul rate (default: the median measured)",
-    )
-    ap.add_argument("--root", type=Path, help="data folder (default: a temporary one)")
-    ap.add_argument("--keep", action="store_true", help="keep the generated data")
-    ap.add_argument("--json", type=Path, help="write every figure here")
-    args = ap.parse_args(argv)
-
-    torch.set_num_threads(args.threads)
-    keep_freed_memory()
-    recipe = load_recipe(args.recipe)
-    entries = recipe.models
-    if args.models:
-        wanted = args.models.split(",")
-        entries = [e for e in entries if e.key in wanted or e.name in wanted]
-        if not entries:
-            sys.exit(f"error: none of {wanted} is in {args.recipe}")
-    sizes = sorted(int(x) for x in args.sizes.split(","))
-    if len(sizes) not in (1, 2):
-        sys.exit("error: --sizes takes one or two row counts")
+def run_measurements(args, recipe, entries, sizes: list[int]) -> tuple:
+    """Generate, prepare and load each size, then measure every model on it."""
     info = machine()
     print(
         f"{info['cpu']}, {info['logical_cores']} logical cores, torch {info['torch']}, "
@@ -241,7 +211,6 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     root = args.root or Path(tempfile.mkdtemp(prefix="msctr-whole-table-"))
-    result: dict = {"machine": info, "args": {k: str(v) for k, v in vars(args).items()}}
     measured: dict[str, list[dict]] = {e.key: [] for e in entries}
     prep_s, load_s = [], []
     # on a shared machine the rate of a dense matmul says how much of the CPU this process got
@@ -281,6 +250,53 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep and args.root is None:
             shutil.rmtree(root, ignore_errors=True)
 
+    peaks.append(matmul_peak(torch.float32) / 1e9)
+    return info, measured, prep_s, load_s, peaks
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--recipe", type=Path, default=ROOT / "recipes/kuairand/hierrec.yaml")
+    ap.add_argument("--sizes", default="100000,300000", help="training rows of the two sizes")
+    ap.add_argument("--models", help="labels, comma-separated (default: every model)")
+    ap.add_argument("--full-rows", type=int, default=FULL_TRAIN_ROWS)
+    ap.add_argument("--epochs", type=int, default=4, help="epochs per run (early stopping)")
+    ap.add_argument("--threads", type=int, default=2, help="torch and Polars threads")
+    ap.add_argument("--steps", type=int, default=6, help="steps timed by phase")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--goal-hours", type=float, default=4.0)
+    ap.add_argument(
+        "--gflops",
+        type=float,
+        help="project for a CPU with this fp32 matmul rate (default: the median measured)",
+    )
+    ap.add_argument("--root", type=Path, help="data folder (default: a temporary one)")
+    ap.add_argument("--keep", action="store_true", help="keep the generated data")
+    ap.add_argument("--json", type=Path, help="write every figure here")
+    ap.add_argument("--from-json", type=Path, help="project what an earlier --json run measured")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    keep_freed_memory()
+    recipe = load_recipe(args.recipe)
+    entries = recipe.models
+    if args.models:
+        wanted = args.models.split(",")
+        entries = [e for e in entries if e.key in wanted or e.name in wanted]
+        if not entries:
+            sys.exit(f"error: none of {wanted} is in {args.recipe}")
+    sizes = sorted(int(x) for x in args.sizes.split(","))
+    if len(sizes) not in (1, 2):
+        sys.exit("error: --sizes takes one or two row counts")
+    if args.from_json:  # project measurements saved by an earlier run
+        saved = json.loads(args.from_json.read_text())
+        info, measured = saved["machine"], saved["measured"]
+        prep_s, load_s, peaks = saved["prepare_s"], saved["load_s"], saved["matmul_peak_gflops"]
+        print(f"measured {info['date']}, {info['cpu']}, load {info['loadavg'][0]:.2f} then")
+    else:
+        info, measured, prep_s, load_s, peaks = run_measurements(args, recipe, entries, sizes)
+    result: dict = {"machine": info, "args": {k: str(v) for k, v in vars(args).items()}}
+
     rows = [m["rows"] for m in next(iter(measured.values()))]
     seeds = len(recipe.train.seeds)
     full = args.full_rows
@@ -289,8 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     proj = [
         project(k, ms[0], ms[-1], full, args.epochs, seeds, gflops) for k, ms in measured.items()
     ]
-    prep = linear_at(rows[0], prep_s[0], rows[-1], prep_s[-1], full)
-    load = linear_at(rows[0], load_s[0], rows[-1], load_s[-1], full)
+    prep = through_origin(list(zip(rows, prep_s)), full)
+    load = through_origin(list(zip(rows, load_s)), full)
     total = prep + load + sum(p["table_s"] for p in proj)
     print(
         f"\nfp32 matmul rate around the measurements: {min(rates):.0f}-{max(rates):.0f} "
@@ -320,7 +336,6 @@ def main(argv: list[str] | None = None) -> int:
         f"largest cost: {biggest['model']} ({biggest['table_s'] / total:.0%} of the total), "
         f"its {part} {hours(biggest['parts_s'][part])}"
     )
-    peaks.append(matmul_peak(torch.float32) / 1e9)
     print(
         f"load average at the end: {machine()['loadavg'][0]:.2f}; fp32 matmul peak "
         f"{peaks[0]:.0f} GFLOP/s at the start, {peaks[1]:.0f} at the end"

@@ -33,10 +33,13 @@ def _measured(rows: int, epoch: float, val: float, rest: float, gflops=50.0) -> 
 
 
 def test_projection_is_linear_in_rows_and_splits_the_epoch_by_phase(whole_table):
-    assert whole_table.linear_at(100, 10.0, 300, 30.0, 4000) == pytest.approx(400.0)
-    assert whole_table.linear_at(100, 12.0, 300, 30.0, 4000) == pytest.approx(363.0)  # intercept
-    assert whole_table.linear_at(100, 30.0, 300, 10.0, 4000) == 0.0  # never negative
-    small, big = _measured(100, 10.0, 1.0, 3.0), _measured(300, 30.0, 3.0, 5.0)
+    assert whole_table.through_origin([(100, 10.0), (300, 30.0)], 4000) == pytest.approx(400.0)
+    # least squares through the origin: the larger size weighs more
+    slope = (100 * 12.0 + 300 * 30.0) / (100**2 + 300**2)
+    assert whole_table.through_origin([(100, 12.0), (300, 30.0)], 4000) == pytest.approx(
+        4000 * slope
+    )
+    small, big = _measured(100, 10.0, 1.0, 3.0), _measured(300, 30.0, 3.0, 9.0)
     p = whole_table.project("m", small, big, full=4000, epochs=4, seeds=10, gflops=50.0)
     assert p["epoch_s"] == pytest.approx(400.0)
     parts = p["parts_s"]
@@ -45,13 +48,13 @@ def test_projection_is_linear_in_rows_and_splits_the_epoch_by_phase(whole_table)
     assert parts["backward"] == pytest.approx(400.0 * 0.5 * 4 * 10)
     # val scored after every epoch, test once per run; val at full size: 40 s
     assert parts["evaluation"] == pytest.approx(40.0 * 5 * 10)
-    # rest 3 -> 5 s: 42 s at full size, less the test scoring (40 s), once per epoch
-    assert parts["checkpoints etc."] == pytest.approx((42.0 - 40.0) * 4 * 10)
+    # rest 3 -> 9 s: 120 s at full size, less the test scoring (40 s), once per epoch
+    assert parts["checkpoints etc."] == pytest.approx((120.0 - 40.0) * 4 * 10)
     assert p["table_s"] == pytest.approx(sum(parts.values()))
     assert p["scaling"] == pytest.approx(3.0) and p["rows_ratio"] == pytest.approx(3.0)
     # measured while the process got half the CPU (25 GFLOP/s): projected for 50, half the time
     slow = whole_table.project(
-        "m", _measured(100, 20.0, 2.0, 6.0, 25.0), _measured(300, 60.0, 6.0, 10.0, 25.0),
+        "m", _measured(100, 20.0, 2.0, 6.0, 25.0), _measured(300, 60.0, 6.0, 18.0, 25.0),
         full=4000, epochs=4, seeds=10, gflops=50.0,
     )  # fmt: skip
     assert slow["table_s"] == pytest.approx(p["table_s"])
