@@ -9,10 +9,12 @@ videos scaled with the rows) at each size, prepares them with the recipe's own `
 line (`msctr prepare kuairand --variant 1k --setup hierrec --seq-len 0`), and for every model
 of the recipe, with the recipe's params and train keys, measures at each size:
 
-- one real epoch and run through the engine (`fit_one`: train, score val, checkpoints, the
-  resume state, score test, write predictions), with its train seconds from the run's log;
+- one real epoch and run through the training loop (`fit_one`: train, score val,
+  checkpoints, the resume state, score test, write predictions), with its train seconds
+  from the run's log;
 - where a training step's time goes (data, forward, backward, optimizer), from a few more
-  steps timed through `train_step`'s phase marks (the hook the other benchmarks use);
+  steps timed by calling `train_step`'s phases (`forward_loss`, `backward`, the
+  optimizer's step) in turn;
 - scoring val alone (`predict`: evaluation).
 
 Every time is scaled to one fp32 matmul rate (measured around each model: the CPU share a
@@ -47,7 +49,7 @@ from train_throughput import matmul_peak
 from msctr.bench.machine import machine
 from msctr.models.registry import build, parse_params
 from msctr.recipe import load_recipe
-from msctr.train.loop import fit_one, predict, train_step
+from msctr.train.loop import backward, fit_one, forward_loss, predict
 from msctr.train.optim import make_optimizer
 from msctr.train.runtime import keep_freed_memory, seed_everything
 from msctr.train.splits import SplitData
@@ -93,20 +95,21 @@ def step_phases(entry, recipe, data: SplitData, steps: int, warmup: int) -> dict
     optimizer = make_optimizer(model, t)
     device = torch.device("cpu")
     times: dict[str, list[float]] = {"data": [], "forward": [], "backward": [], "optimizer": []}
-    batches = data.train_batches(recipe, seed=0, epoch=0)
-    marks: dict[str, float] = {}
-
-    def mark(phase: str) -> None:
-        marks[phase] = time.perf_counter()
-
+    batches = iter(data.train_batches(t.batch_size, seed=0, epoch=0))
     for i in range(warmup + steps):
-        mark("data")
+        # train_step's three phases, called in turn so that each is timed
+        t0 = time.perf_counter()
         batch = next(batches).to(device)
-        train_step(model, batch, optimizer, device, t.precision, mark=mark)
+        t1 = time.perf_counter()
+        _, total = forward_loss(model, batch, device, t.precision)
+        t2 = time.perf_counter()
+        backward(total, optimizer)
+        t3 = time.perf_counter()
+        optimizer.step()
+        t4 = time.perf_counter()
         if i >= warmup:
-            ends = ("fwd", "bwd", "opt", "end")
-            for k, a, b in zip(times, ("data", *ends[:-1]), ends, strict=True):
-                times[k].append(marks[b] - marks[a])
+            for k, a, b in zip(times, (t0, t1, t2, t3), (t1, t2, t3, t4), strict=True):
+                times[k].append(b - a)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
