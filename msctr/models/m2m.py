@@ -58,8 +58,7 @@ class BehaviorTransformer(nn.Module):
         q, k, val = self.qkv(x).view(B, L, 3, H, d // H).permute(2, 0, 3, 1, 4)  # [B, H, L, d/H]
         # a row without behaviors attends to its first (padding) slot, so its softmax is not
         # over nothing; the mean below gives it zeros all the same
-        keys = mask.clone()
-        keys[:, 0] |= ~mask.any(1)
+        keys = torch.cat([mask[:, :1] | ~mask.any(1, keepdim=True), mask[:, 1:]], dim=1)
         att = nn.functional.scaled_dot_product_attention(q, k, val, attn_mask=keys[:, None, None])
         h = self.norm(x + self.out(att.transpose(1, 2).reshape(B, L, d)))  # [B, L, d]
         m = mask.unsqueeze(-1).to(h.dtype)
