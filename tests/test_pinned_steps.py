@@ -32,8 +32,8 @@ first attribute's field alone), on the same AMD EPYC with AVX-512.
 HiNet's and HAMUR's pins (issue 30) were taken on the same AMD EPYC with AVX-512, torch 2.13.0+cpu.
 HiNet's were taken again (issue 30, 2026-12-07) when its experts got BatchNorm by default
 (`batch_norm: true`; with `batch_norm: false` the first steps are the old pins to the last
-digit: the change is the default only). M2M's and SAR-Net's (issue 30) too, 2026-12-07; 1e-12 of noise moved them by 1.7e-13 and
-6e-14 relative, 1e-5 by 1e-5 and 1e-4.
+digit: the change is the default only). M2M's and SAR-Net's (issue 30) too, 2026-12-07;
+1e-12 of noise moved them by 1.7e-13 and 6e-14 relative, 1e-5 by 1e-5 and 1e-4.
 
 CPUs the pins were checked on: AMD EPYC with AVX-512 (avx512_bf16, torch 2.13.0+cpu, numpy
 2.4.6), 2026-12-06. The fp32 pins they replace (recorded on AMD EPYC AVX2 and AVX-512) had
