@@ -13,6 +13,9 @@ Information Extraction", ICDE 2023), for one task (CTR) per scenario.
    representation. With one task per scenario, each scenario's task has its own experts, its
    gate and its tower, beside experts shared by all (see docs/models/hinet.md).
 
+Every expert MLP of both layers has BatchNorm by default (`batch_norm`; see
+docs/models/hinet.md for why: without it HiNet learned slowly on msctr's embeddings).
+
 Every row needs all S scenario SEIs (the SAN reads the other scenarios' ones), so the
 (S + 1) x K sub-experts run as one stacked MLP on the shared input; the task layer's experts,
 gates and towers run for the row's own scenario only (`ScenarioGroups`).
