@@ -73,6 +73,21 @@ SMALL = {
         "tower_hidden": [8],
     },
     "hamur": {"embed_dim": 8, "hidden": [32, 16], "hyper_hidden": [8], "k": 4, "bottleneck": 8},
+    "m2m": {
+        "embed_dim": 8,
+        "num_experts": 3,
+        "expert_hidden": [16, 8],
+        "scenario_hidden": [8],
+        "meta_layers": 2,
+        "tower_layers": 2,
+    },
+    "sarnet": {
+        "embed_dim": 8,
+        "att_dim": 4,
+        "specific_experts": 2,
+        "shared_experts": 2,
+        "expert_hidden": [16],
+    },
 }
 
 

@@ -45,7 +45,8 @@ def test_shapes_and_every_parameter_gets_gradient(drop, schema, batch):
 
 def loop_representation(model, batch) -> torch.Tensor:
     """The scenario layer one row at a time, from the formulas: SEI_g(x) = sum_k
-    softmax(x W_g)_k MLP_gk(x); a = softmax(MLP(e_s)); transfer = sum_{j != s} a_j SEI_j(x);
+    softmax(x W_g)_k MLP_gk(x) (each layer ReLU(BN(h W + c)), BN with its running
+    statistics); a = softmax(MLP(e_s)); transfer = sum_{j != s} a_j SEI_j(x);
     out = [transfer ++ SEI_s(x) ++ SEI_shared(x)]."""
     S, K = model.num_scenarios, model.sei.K
     x = model.embedding.fields(batch).flatten(1)
@@ -59,8 +60,12 @@ def loop_representation(model, batch) -> torch.Tensor:
             out = 0
             for k in range(K):
                 h = x[b]
-                for layer in stack.layers:
-                    h = torch.relu(h @ layer.weight[g * K + k] + layer.bias[g * K + k, 0])
+                for layer, bn in zip(stack.layers, stack.norms):
+                    h = h @ layer.weight[g * K + k] + layer.bias[g * K + k, 0]
+                    n = h.shape[0]
+                    sl = slice((g * K + k) * n, (g * K + k + 1) * n)
+                    h = (h - bn.running_mean[sl]) / torch.sqrt(bn.running_var[sl] + bn.eps)
+                    h = torch.relu(h * bn.weight[sl] + bn.bias[sl])
                 out = out + gate[k] * h
             seis.append(out)
         s = int(batch.scenario[b])
@@ -73,7 +78,12 @@ def loop_representation(model, batch) -> torch.Tensor:
 def test_scenario_layer_matches_a_per_row_loop(schema, batch):
     torch.manual_seed(0)
     model = spread(build("hinet", schema, P)).eval()
-    with torch.no_grad():
+    with torch.no_grad():  # BatchNorm statistics and affine off their identity start
+        for bn in model.sei.experts.norms:
+            bn.running_mean.normal_(0.0, 0.1)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.normal_(1.0, 0.2)
+            bn.bias.normal_(0.0, 0.1)
         got = model.scenario_representation(batch)
         torch.testing.assert_close(got, loop_representation(model, batch))
 

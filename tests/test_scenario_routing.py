@@ -50,6 +50,11 @@ ROUTED = {
         "adapters.0.norm.",
     ],
     "hinet": ["task_specific.", "task_gate.", "towers.hidden.0.", "towers.out."],
+    # M2M is left out on purpose: its per-scenario weights are generated from each scenario's
+    # embedding in every batch (no stored per-scenario tensor); the scenario-embedding test
+    # below checks that scenario s's generated weights reach the rows of s only
+    # SAR-Net: the transform, the specific experts (main networks and logit layers), the gates
+    "sarnet": ["scenario_gamma", "scenario_beta", "specific.", "specific_out", "gate."],
 }
 
 

@@ -13,6 +13,9 @@ Information Extraction", ICDE 2023), for one task (CTR) per scenario.
    representation. With one task per scenario, each scenario's task has its own experts, its
    gate and its tower, beside experts shared by all (see docs/models/hinet.md).
 
+Every expert MLP of both layers has BatchNorm by default (`batch_norm`; see
+docs/models/hinet.md for why: without it HiNet learned slowly on msctr's embeddings).
+
 Every row needs all S scenario SEIs (the SAN reads the other scenarios' ones), so the
 (S + 1) x K sub-experts run as one stacked MLP on the shared input; the task layer's experts,
 gates and towers run for the row's own scenario only (`ScenarioGroups`).
@@ -41,11 +44,17 @@ class SEIBank(nn.Module):
     and there is no gate."""
 
     def __init__(
-        self, groups: int, sub_experts: int, in_dim: int, hidden: list[int], dropout: float
+        self,
+        groups: int,
+        sub_experts: int,
+        in_dim: int,
+        hidden: list[int],
+        dropout: float,
+        batch_norm: bool = False,
     ):
         super().__init__()
         self.G, self.K = groups, sub_experts
-        self.experts = StackedMLP(groups * sub_experts, in_dim, hidden, dropout)
+        self.experts = StackedMLP(groups * sub_experts, in_dim, hidden, dropout, batch_norm)
         self.gates = nn.Linear(in_dim, groups * sub_experts) if sub_experts > 1 else None
         self.out_dim = self.experts.out_dim
 
@@ -70,6 +79,10 @@ class HiNetParams(ModelParams):
     task_expert_hidden: list[int] = field(default_factory=lambda: [128, 64])
     tower_hidden: list[int] = field(default_factory=lambda: [128, 64])
     dropout: float = 0.1
+    # BatchNorm in every expert of both layers (each scenario's over its own rows), as msctr's
+    # MMoE and PLE experts: without it the 5-6 ReLU layers over embeddings that start at std
+    # 0.01 learn slowly (docs/models/hinet.md, "Measured")
+    batch_norm: bool = True
 
     def check(self, where: str) -> None:
         need_layers(where, "sei_hidden", self.sei_hidden, "[128, 64]")
@@ -94,16 +107,16 @@ class HiNet(nn.Module):
         in_dim = self.embedding.num_fields * p.embed_dim
         K = 1 if "sei" in p.drop else p.sub_experts
         # groups 0..S-1: the scenario-specific SEIs; group S: the scenario-shared SEI
-        self.sei = SEIBank(S + 1, K, in_dim, p.sei_hidden, p.dropout)
+        self.sei = SEIBank(S + 1, K, in_dim, p.sei_hidden, p.dropout, p.batch_norm)
         h = self.sei.out_dim
         self.san = None if "san" in p.drop else MLP(p.embed_dim, p.san_hidden, out_dim=S)
         rep_dim = (2 if self.san is None else 3) * h
         # task extraction layer (CGC, one task per scenario)
         self.task_specific = ScenarioExperts(
-            S, p.task_specific_experts, rep_dim, p.task_expert_hidden, p.dropout
+            S, p.task_specific_experts, rep_dim, p.task_expert_hidden, p.dropout, p.batch_norm
         )
         self.task_shared = StackedMLP(
-            p.task_shared_experts, rep_dim, p.task_expert_hidden, p.dropout
+            p.task_shared_experts, rep_dim, p.task_expert_hidden, p.dropout, p.batch_norm
         )
         self.task_gate = ScenarioLinear(S, rep_dim, p.task_specific_experts + p.task_shared_experts)
         self.towers = ScenarioMLP(S, self.task_shared.out_dim, p.tower_hidden, 1, p.dropout)
