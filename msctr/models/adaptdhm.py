@@ -46,9 +46,15 @@ class DistributionRouter(nn.Module):
         self.register_buffer("centres", nn.functional.normalize(torch.randn(clusters, dim), dim=1))
         self.momentum, self.tau, self.iters = momentum, tau, iters
 
+    def similarity(self, u: torch.Tensor) -> torch.Tensor:
+        """cos(u, c_k) [B, K] of unit rows u [B, D]. The centres are renormalized here: under
+        `train --nproc` the processes' centres are averaged with the other buffers before
+        validation (docs/distributed.md), and a mean of unit vectors is shorter than 1."""
+        return u @ nn.functional.normalize(self.centres, dim=1).t()
+
     def coefficients(self, u: torch.Tensor) -> torch.Tensor:
         """Distribution coefficients r [B, K] of unit rows u [B, D]."""
-        return torch.softmax(u @ self.centres.t() / self.tau, dim=1)
+        return torch.softmax(self.similarity(u) / self.tau, dim=1)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -63,7 +69,7 @@ class DistributionRouter(nn.Module):
                 step = nn.functional.normalize(pull, dim=1)
                 moved = self.centres.lerp(step, 1.0 - self.momentum)  # beta c + (1 - beta) step
                 self.centres.copy_(nn.functional.normalize(moved, dim=1))
-        return (u @ self.centres.t()).argmax(dim=1)  # the largest coefficient's cluster
+        return self.similarity(u).argmax(dim=1)  # the largest coefficient's cluster
 
 
 class ClusterLinear(nn.Module):
