@@ -45,12 +45,13 @@ def test_shapes_and_every_parameter_gets_gradient(drop, schema, batch):
     assert_trains(model, batch)
     S = schema.num_scenarios
     for n, p in model.named_parameters():  # every scenario's slice is trained
-        if n.startswith(("gate.", "towers.", "bottom.star.scenario_")):
+        if n.startswith(("gate.", "towers.", "bottom.star.scenario_", "bottom.norm.")):
             assert (p.grad.reshape(S, -1).abs().sum(1) > 0).all(), n
 
 
 def loop_fused(model, batch) -> torch.Tensor:
-    """The fusion one row at a time, from the formulas: e = bottom(x);
+    """The fusion one row at a time, from the formulas (each expert layer Linear, BatchNorm
+    with running statistics, ReLU): e = bottom(x);
     f = sum_e softmax(e G_s)_e S_e(e) + sigma(b_d) [sigma(a) D_s(e)
     + (1 - sigma(a)) / (S - 1) sum_{j != s} D_j(e)] + sigma(b_t) T(e)."""
     S, E = model.num_scenarios, model.E
@@ -62,8 +63,11 @@ def loop_fused(model, batch) -> torch.Tensor:
         s = int(batch.scenario[b])
 
         def expert(i, h=e[b]):
-            for layer in model.experts.layers:
-                h = torch.relu(h @ layer.weight[i] + layer.bias[i, 0])
+            for layer, bn in zip(model.experts.layers, model.experts.norms):
+                z = h @ layer.weight[i] + layer.bias[i, 0]
+                u = slice(i * z.shape[0], (i + 1) * z.shape[0])  # expert i's units of the norm
+                z = (z - bn.running_mean[u]) / torch.sqrt(bn.running_var[u] + bn.eps)
+                h = torch.relu(z * bn.weight[u] + bn.bias[u])
             return h
 
         g = torch.softmax(e[b] @ model.gate.weight[s] + model.gate.bias[s], 0)
@@ -76,7 +80,11 @@ def loop_fused(model, batch) -> torch.Tensor:
 
 def test_fusion_matches_a_per_row_loop(schema, batch):
     torch.manual_seed(0)
-    model = spread(build("m3oe", schema, P)).eval()
+    model = spread(build("m3oe", schema, P))
+    model.train()
+    with torch.no_grad():  # running statistics off their init
+        model(make_batch(schema, 96, seed=5))
+    model.eval()
     with torch.no_grad():
         torch.testing.assert_close(model.fused(batch), loop_fused(model, batch))
 

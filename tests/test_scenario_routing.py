@@ -52,7 +52,7 @@ ROUTED = {
     "hinet": ["task_specific.", "task_gate.", "towers.hidden.0.", "towers.out."],
     # M3oE's domain experts are left out on purpose: its domain-level fusion weighs every
     # other scenario's expert into each row; the star bottom, gates and towers are routed
-    "m3oe": ["bottom.star.scenario_", "gate.", "towers.hidden.0.", "towers.out."],
+    "m3oe": ["bottom.star.scenario_", "bottom.norm.", "gate.", "towers.hidden.0.", "towers.out."],
 }
 
 

@@ -34,26 +34,34 @@ from msctr.errors import UserError
 from msctr.models.blocks import MLP, Dropout, StackedMLP, autocast_input
 from msctr.models.embedding import FeatureEmbedding
 from msctr.models.registry import ModelParams, need_layers, register
-from msctr.models.scenario import ScenarioGroups, ScenarioLinear, ScenarioMLP
+from msctr.models.scenario import ScenarioBatchNorm, ScenarioGroups, ScenarioLinear, ScenarioMLP
 from msctr.models.star import StarLinear
 
 MODULES = ("shared", "domain", "task")
 
 
 class StarBottom(nn.Module):
-    """e = MLP(ReLU(x (W_shared * W_s) + b_shared + b_s)) + ReLU(x W_skip + c):
-    [B, in] -> [B, hidden[-1]]."""
+    """e = MLP(ReLU(N_s(x (W_shared * W_s) + b_shared + b_s))) + ReLU(N(x W_skip + c)):
+    [B, in] -> [B, hidden[-1]], N a batch normalization (the star layer's per scenario) when
+    `batch_norm`."""
 
-    def __init__(self, num_scenarios: int, in_dim: int, hidden: list[int], dropout: float):
+    def __init__(
+        self, num_scenarios: int, in_dim: int, hidden: list[int], dropout: float, batch_norm: bool
+    ):
         super().__init__()
         self.star = StarLinear(num_scenarios, in_dim, hidden[0])
-        self.mlp = MLP(hidden[0], hidden[1:], dropout)
+        self.norm = ScenarioBatchNorm(num_scenarios, hidden[0]) if batch_norm else None
+        self.mlp = MLP(hidden[0], hidden[1:], dropout, batch_norm)
         self.skip = nn.Linear(in_dim, hidden[-1])
+        self.skip_norm = nn.BatchNorm1d(hidden[-1]) if batch_norm else nn.Identity()
         self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, groups: ScenarioGroups) -> torch.Tensor:
-        h = self.mlp(self.dropout(self.star(x, groups), relu=True))
-        return h + torch.relu(self.skip(x))
+        h = self.star(x, groups)
+        if self.norm is not None:
+            h = self.norm(h, groups.scenario)
+        h = self.mlp(self.dropout(h, relu=True))
+        return h + torch.relu(self.skip_norm(self.skip(x)))
 
 
 @dataclass
@@ -65,6 +73,9 @@ class M3oEParams(ModelParams):
     expert_hidden: list[int] = field(default_factory=lambda: [32])  # every expert's MLP
     tower_hidden: list[int] = field(default_factory=lambda: [32])
     fusion_init: float = 1.0  # every fusion weight's logit at the start (sigmoid(1) = 0.73)
+    # BatchNorm after the bottom's and the experts' hidden linears (the authors' code has a
+    # LayerNorm there); the star layer's per scenario
+    batch_norm: bool = True
     dropout: float = 0.1
 
     def check(self, where: str) -> None:
@@ -95,13 +106,15 @@ class M3oE(nn.Module):
         self.num_scenarios = S
         self.embedding = FeatureEmbedding(schema, p.embed_dim)
         in_dim = self.embedding.num_fields * p.embed_dim
-        self.bottom = StarBottom(S, in_dim, p.bottom_hidden, p.dropout)
+        self.bottom = StarBottom(S, in_dim, p.bottom_hidden, p.dropout, p.batch_norm)
         h = p.bottom_hidden[-1]
         self.E = 0 if "shared" in p.drop else p.num_experts
         self.D = 0 if "domain" in p.drop else S
         self.T = 0 if "task" in p.drop else 1
         # experts 0..E-1 shared, E..E+S-1 one per scenario, the last one the task's
-        self.experts = StackedMLP(self.E + self.D + self.T, h, p.expert_hidden, p.dropout)
+        self.experts = StackedMLP(
+            self.E + self.D + self.T, h, p.expert_hidden, p.dropout, p.batch_norm
+        )
         self.gate = ScenarioLinear(S, h, self.E) if self.E else None
         # fusion logits: a (own domain against the others; none with one scenario), b_d (the
         # domain module), b_t (the task module); fixed without the AutoML part
