@@ -88,6 +88,16 @@ SMALL = {
         "shared_experts": 2,
         "expert_hidden": [16],
     },
+    # AdaptDHM is not in ROUTED: it routes rows by learned clusters, not by scenario
+    # (tests/test_adaptdhm.py checks that each cluster's weights reach its rows only)
+    "adaptdhm": {"embed_dim": 8, "hidden": [32, 16], "clusters": 3},
+    "m3oe": {
+        "embed_dim": 8,
+        "bottom_hidden": [32, 16],
+        "num_experts": 3,
+        "expert_hidden": [16],
+        "tower_hidden": [8],
+    },
 }
 
 

@@ -207,6 +207,9 @@ def test_compute_all_agrees_with_single_metrics():
     per_s = per_scenario_auc(y, p, s, 3)
     for k in range(3):
         assert out[f"auc_s{k}"] == per_s[k]
+        mine = s == k
+        ref = log_loss(y[mine], np.clip(p[mine], 1e-7, 1 - 1e-7), labels=[0, 1])
+        assert abs(out[f"logloss_s{k}"] - ref) < TOL
     for name, keys in (("gauc", u), ("sgauc", sess)):
         ref, used, skipped, _ = _ref_group_auc(y, p, keys)
         assert abs(out[name] - ref) < TOL

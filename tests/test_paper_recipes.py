@@ -2,6 +2,7 @@
 HMDN's table the same networks as HMDN's backbones, every row trainable on data prepared the
 way the recipe says, and the paper's figures set beside ours on the paper's dataset only."""
 
+import json
 import shlex
 from pathlib import Path
 
@@ -26,6 +27,29 @@ PAPER_RECIPES = {
     ],
     "aliccp/hmdn_extraction.yaml": ["MMoE", "MMoE+EXP", "MMoE+IMP"],
 }  # fmt: skip
+# recipes mirroring a benchmark's setup, model list and metrics without its figures (no
+# `paper:` block)
+BENCHMARK_RECIPES = {
+    "kuairand/scenario_wise.yaml": [
+        "SharedBottom", "MMoE", "PLE", "SAR-Net", "STAR", "M2M", "AdaSparse", "AdaptDHM",
+        "EPNet", "PPNet", "HAMUR", "M3oE",
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("path", BENCHMARK_RECIPES)
+def test_benchmark_recipes_list_its_models_in_order(path):
+    r = load_recipe(ROOT / "recipes" / path)
+    assert [m.key for m in r.models] == BENCHMARK_RECIPES[path]
+    assert r.prepare and r.prepare.startswith("msctr prepare ") and r.mirrors
+    assert r.paper is None
+
+
+def test_scenario_wise_recipe_prepares_the_benchmarks_setup():
+    r = load_recipe(ROOT / "recipes/kuairand/scenario_wise.yaml")
+    assert "--setup scenario-wise" in r.prepare and "--seq-len 0" in r.prepare
+    assert r.eval.metrics == ["scenario_auc", "auc", "logloss"]
+    assert r.train.early_stopping.metric == "auc" and r.train.batch_size == 4096
 
 
 @pytest.mark.parametrize("path", PAPER_RECIPES)
@@ -83,7 +107,7 @@ def raw_data(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", PAPER_RECIPES)
+@pytest.mark.parametrize("path", [*PAPER_RECIPES, *BENCHMARK_RECIPES])
 def test_smoke_trains_every_row_on_data_prepared_as_the_recipe_says(path, raw_data, tmp_path):
     torch.set_num_threads(1)
     recipe = load_recipe(ROOT / "recipes" / path)
@@ -94,11 +118,16 @@ def test_smoke_trains_every_row_on_data_prepared_as_the_recipe_says(path, raw_da
         "train", str(ROOT / "recipes" / path), "--smoke",
         "--set", f"data={data}", "--set", f"out={run}",
     )  # fmt: skip
-    for key in PAPER_RECIPES[path]:
+    for key in {**PAPER_RECIPES, **BENCHMARK_RECIPES}[path]:
         assert key in result.output
-    # generated raw files prepared as the paper did: the paper's figures are set beside ours
-    assert "paper vs measured" in result.output
-    assert "not shown" not in result.output
+    if recipe.paper is not None:
+        # generated raw files prepared as the paper did: the paper's figures beside ours
+        assert "paper vs measured" in result.output
+        assert "not shown" not in result.output
+    else:  # every scenario's logloss is in results.json
+        res = json.loads((tmp_path / "run-smoke" / "results.json").read_text())  # --smoke's
+        n = len(res["scenarios"])
+        assert all(f"logloss_s{n - 1}" in row for row in res["models"])
     # the paper's search space (msctr tune): every value of every key checked on this data
     searched = [m.key for m in recipe.models if m.search]
     if searched:

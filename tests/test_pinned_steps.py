@@ -34,6 +34,8 @@ HiNet's were taken again (issue 30, 2026-12-07) when its experts got BatchNorm b
 (`batch_norm: true`; with `batch_norm: false` the first steps are the old pins to the last
 digit: the change is the default only). M2M's and SAR-Net's (issue 30) too, 2026-12-07;
 1e-12 of noise moved them by 1.7e-13 and 6e-14 relative, 1e-5 by 1e-5 and 1e-4.
+AdaptDHM's and M3oE's pins (issue 30) too; AdaptDHM routes each row to its nearest cluster
+centre by argmax, so `test_adaptdhm_routes_have_no_near_ties` checks the margins as HMDN's.
 
 CPUs the pins were checked on: AMD EPYC with AVX-512 (avx512_bf16, torch 2.13.0+cpu, numpy
 2.4.6), 2026-12-06. The fp32 pins they replace (recorded on AMD EPYC AVX2 and AVX-512) had
@@ -55,6 +57,7 @@ from msctr.train.runtime import autocast, seed_everything
 TOL = 1e-10
 
 PINNED = {
+    "adaptdhm": [0.6790486670894228, 0.6853467711190459, 0.7044454529826949],
     "adasparse": [0.7215590256175842, 0.7295657165219184, 0.7355103794425921],
     "aesm2": [0.8210588494444653, 0.8093001377279171, 0.7884909181363984],
     "dcn": [0.6952224520092039, 0.6757104424029685, 0.6777879271774921],
@@ -65,6 +68,7 @@ PINNED = {
     "hinet": [0.6926246622756699, 0.6905248619494349, 0.6890530422997825],
     "hmdn": [0.7493596565695883, 0.6972397277057548, 0.6926090249542015],
     "m2m": [0.6575356154710477, 0.7265090388011239, 0.6678881532698154],
+    "m3oe": [0.7039888498939646, 0.700456992245232, 0.6859174123084176],
     "maria": [0.6936925571329147, 0.6982970452964452, 0.7093402734614866],
     "mmoe": [0.7172064256870136, 0.6940684233795116, 0.6844984946087587],
     "pepnet": [0.6935021737467166, 0.686307760512013, 0.6924725078417335],
@@ -165,6 +169,25 @@ def test_hmdn_codes_have_no_near_ties(monkeypatch):
     monkeypatch.setattr(hmdn, "_nearest", recording)
     assert first_steps("hmdn") == pytest.approx(PINNED["hmdn"], rel=TOL)
     assert gaps and min(gaps) > 1e-9, min(gaps)
+
+
+def test_adaptdhm_routes_have_no_near_ties(monkeypatch):
+    """AdaptDHM sends each row to its most similar centre: on these inputs every row's best
+    centre beats the runner-up by far more than rounding (which would flip it)."""
+    from msctr.models import adaptdhm
+
+    gaps: list[float] = []
+    route = adaptdhm.DistributionRouter._route
+
+    def recording(self, u: torch.Tensor) -> torch.Tensor:
+        cluster = route(self, u)  # the centres are moved first in training
+        two = self.similarity(u).topk(2, dim=1).values
+        gaps.append(float((two[:, 0] - two[:, 1]).min()))
+        return cluster
+
+    monkeypatch.setattr(adaptdhm.DistributionRouter, "_route", recording)
+    assert first_steps("adaptdhm") == pytest.approx(PINNED["adaptdhm"], rel=TOL)
+    assert len(gaps) == 3 and min(gaps) > 1e-9, gaps
 
 
 # AESM2 draws its gate noise in the model's dtype, so fp32 and fp64 draw different noise

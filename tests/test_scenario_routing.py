@@ -55,6 +55,9 @@ ROUTED = {
     # below checks that scenario s's generated weights reach the rows of s only
     # SAR-Net: the transform, the specific experts (main networks and logit layers), the gates
     "sarnet": ["scenario_gamma", "scenario_beta", "specific.", "specific_out", "gate."],
+    # M3oE's domain experts are left out on purpose: its domain-level fusion weighs every
+    # other scenario's expert into each row; the star bottom, gates and towers are routed
+    "m3oe": ["bottom.star.scenario_", "bottom.norm.", "gate.", "towers.hidden.0.", "towers.out."],
 }
 
 

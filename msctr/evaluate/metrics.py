@@ -500,10 +500,10 @@ def compute_all(
 ) -> dict[str, float | int]:
     """Every per-run metric in one flat dict (what the evaluator stores per run).
 
-    Keys: n, ctr, auc, logloss, auc_s{k} for k < num_scenarios; calibration, ece, ne and
-    calibration_s{k}, ece_s{k}, ne_s{k} (ECE over `bins` equal-mass bins); with `user`: gauc,
-    gauc_groups, gauc_skipped; with `session`: sgauc, sgauc_groups, sgauc_skipped. The scores
-    are sorted once and every grouping reuses that order.
+    Keys: n, ctr, auc, logloss, auc_s{k} and logloss_s{k} for k < num_scenarios; calibration,
+    ece, ne and calibration_s{k}, ece_s{k}, ne_s{k} (ECE over `bins` equal-mass bins); with
+    `user`: gauc, gauc_groups, gauc_skipped; with `session`: sgauc, sgauc_groups,
+    sgauc_skipped. The scores are sorted once and every grouping reuses that order.
     """
     bins = _check_bins(bins)
     y = _labels(y)
@@ -522,6 +522,13 @@ def compute_all(
     per_s = _scenario_auc_sorted(by_scenario)
     for k in range(num_scenarios):
         out[f"auc_s{k}"] = float(per_s[k])
+    # each scenario's logloss (the Scenario-Wise Rec benchmark's per-scenario column)
+    rows_s = np.bincount(by_scenario.k, minlength=num_scenarios)
+    loss_s = np.bincount(
+        by_scenario.k, weights=_row_loss(by_scenario.y, by_scenario.p), minlength=num_scenarios
+    )
+    for k, v in enumerate(_ratio(loss_s, rows_s)):
+        out[f"logloss_s{k}"] = float(v)
     if n:
         _, rows, sp, sy = _bin_sums(y_o, p_o, None, bins)
         out["calibration"] = float(_ratio(np.float64(p.sum()), np.float64(y.sum())))
