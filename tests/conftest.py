@@ -235,6 +235,18 @@ def train_and_auc(
     return float(roc_auc_score(test.label.numpy(), logit.numpy()))
 
 
+def assert_learns_planted(name: str, with_sequence: bool = False) -> None:
+    """The bar of tests/test_baselines.py (the planted rule's Bayes AUC 0.868, the best model
+    without its scenario x f0 interaction 0.810): `name` at its SMALL config, no dropout,
+    seed 0, must pass 0.835."""
+    from msctr.models.registry import build
+
+    schema = make_schema(with_sequence=with_sequence)
+    torch.manual_seed(0)
+    model = build(name, schema, {**SMALL[name], "dropout": 0.0})
+    assert train_and_auc(model, schema) > 0.835
+
+
 def assert_trains(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     """One forward and backward: logits of shape [B], a finite BCE, and a non-zero gradient on
     every parameter (an all-zero gradient means a part is computed but never used)."""

@@ -6,12 +6,11 @@ import pytest
 import torch
 from conftest import (
     SMALL,
+    assert_learns_planted,
     assert_rows_alone_match,
     assert_trains,
     load_shared,
     make_batch,
-    make_schema,
-    train_and_auc,
 )
 
 from msctr.errors import UserError
@@ -162,8 +161,4 @@ def test_bad_params_are_one_line_errors(params, match, schema):
 
 @pytest.mark.slow
 def test_learns_planted_signal():
-    # the bar of tests/test_baselines.py: Bayes 0.868, an additive model 0.810
-    schema = make_schema(with_sequence=False)
-    torch.manual_seed(0)
-    model = build("hinet", schema, {**P, "dropout": 0.0})
-    assert train_and_auc(model, schema) > 0.835
+    assert_learns_planted("hinet")
