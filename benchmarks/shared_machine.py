@@ -137,6 +137,9 @@ def main() -> None:
     ap.add_argument("--bench-rows", type=int, default=20000)
     ap.add_argument("--settle-timeout", type=float, default=300.0)
     ap.add_argument("--no-inference", action="store_true")
+    ap.add_argument("--no-training", action="store_true", help="bench-inference only")
+    ap.add_argument("--alone-only", action="store_true",
+                    help="only the idle-machine check: each setting alone, --rounds times")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="msctr-shared-") as tmp:
         folder = Path(tmp)
@@ -150,26 +153,30 @@ def main() -> None:
         print(f"{'model':10} {'prec':5} {'setting':9} {'alone/s':>9} {'beside/s':>9} "
               f"{'ratio':>6} {'threads':>8}  load")
         alone_of: dict[tuple, list[float]] = {}
-        for model in args.models.split(","):
+        for model in [] if args.no_training else args.models.split(","):
             for precision in args.precisions.split(","):
                 for _ in range(args.rounds):
                     for setting in SETTINGS:
-                        alone, _u = train_rate(folder, args, model, precision, setting)
+                        alone, alone_used = train_rate(folder, args, model, precision, setting)
+                        alone_of.setdefault((model, precision, setting), []).append(alone)
+                        if args.alone_only:
+                            print(f"{model:10} {precision:5} {setting:9} {alone:9.0f} "
+                                  f"{'':>9} {'':>6} {alone_used:>8}  {load()}", flush=True)
+                            continue
                         rival = start_competitor(folder, args, model, precision, setting)
                         try:
                             beside, used = train_rate(folder, args, model, precision, setting)
                         finally:
                             stop(rival)
-                        alone_of.setdefault((model, precision, setting), []).append(alone)
                         print(f"{model:10} {precision:5} {setting:9} {alone:9.0f} {beside:9.0f} "
                               f"{beside / alone:6.2f} {used:>8}  {load()}", flush=True)
         print("\nidle machine, adaptive alone / pinned alone (1.00 = no cost):")
-        for model in args.models.split(","):
+        for model in [] if args.no_training else args.models.split(","):
             for precision in args.precisions.split(","):
                 a = statistics.median(alone_of[(model, precision, "adaptive")])
                 p = statistics.median(alone_of[(model, precision, "pinned")])
                 print(f"  {model:10} {precision:5} {a / p:.2f}")
-        if args.no_inference:
+        if args.no_inference or args.alone_only:
             return
         print("\nbench-inference (whole test split rows/s) beside a DNN training:")
         for model in args.models.split(","):

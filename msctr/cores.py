@@ -61,7 +61,8 @@ class AdaptiveThreads:
     `tick()` is called between training steps and scoring batches; about once every `every`
     seconds it compares the busy time of this process's CPUs with this process's own CPU
     time: the difference is the other processes' load, in cores. A new count is taken only
-    when two readings in a row ask for it, so a moment's spike does not flip it. `pinned`
+    when two readings in a row ask for it, so a moment's spike does not flip it; the first,
+    over `probe` seconds idle when it starts, is taken at once. `pinned`
     (a count the user set) turns it off; so does a single core.
 
     `used` holds the thread count of each `tick` (step) since `take_used()`, for the log."""
@@ -77,6 +78,7 @@ class AdaptiveThreads:
         clock: Callable[[], float] = time.monotonic,
         own_seconds: Callable[[], float] = time.process_time,
         busy: Callable[[], float | None] | None = None,
+        probe: float = 0.2,
     ) -> None:
         import torch
 
@@ -98,6 +100,11 @@ class AdaptiveThreads:
         self._wanted = self.threads
         self._sum, self._ticks = 0, 0
         self._mark()
+        if self.adaptive and probe > 0:
+            # a first reading, idle for `probe` seconds, taken at once: a short job (a few
+            # seconds of scoring) would end before two readings a second apart
+            time.sleep(probe)
+            self._read(at_once=True)
 
     def _mark(self) -> None:
         self._at, self._own = self.clock(), self.own_seconds()
@@ -109,7 +116,7 @@ class AdaptiveThreads:
         self._sum += self.threads  # the count the coming step or batch runs with
         self._ticks += 1
 
-    def _read(self) -> None:
+    def _read(self, at_once: bool = False) -> None:
         at, own, busy = self._at, self._own, self._busy
         self._mark()
         if busy is None or self._busy is None:
@@ -117,7 +124,7 @@ class AdaptiveThreads:
         others = max(0.0, (self._busy - busy) - (self._own - own)) / (self._at - at)
         # the cores others keep busy, counted from half a core up
         target = max(1, min(self.cores, self.cores - int(others + 0.5)))
-        if target != self.threads and target == self._wanted:
+        if target != self.threads and (at_once or target == self._wanted):
             self.threads = target
             self.set_threads(target)
         self._wanted = target

@@ -35,6 +35,7 @@ class Machine:
             clock=lambda: self.now,
             own_seconds=lambda: self.own,
             busy=lambda: self.busy,
+            probe=0,
         )
 
 
@@ -143,6 +144,7 @@ def test_training_logs_the_thread_count_it_used(tmp_path, monkeypatch, capsys):
         clock=clock,
         own_seconds=lambda: m["t"],  # one core of ours
         busy=lambda: 4 * m["t"],  # all four busy
+        probe=0,
     )
     monkeypatch.setattr("msctr.train.loop.AdaptiveThreads", fake)
     invoke("prepare", "synthetic", "--out", str(tmp_path / "syn"), "--rows", "3000")
@@ -173,6 +175,23 @@ def test_busy_time_of_chosen_cpus_without_niced_processes(monkeypatch, tmp_path)
     assert busy_seconds({0}) == 3  # user + system + steal; idle and iowait are not busy
     assert busy_seconds({0}, niced=True) == 5
     assert busy_seconds({0, 1}) == 7
+
+
+def test_a_first_reading_is_taken_at_once(monkeypatch):
+    m = Machine()
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:  # others busy on 3 of 4 cores meanwhile, ours idle
+        slept.append(seconds)
+        m.now += seconds
+        m.busy += 3 * seconds
+
+    monkeypatch.setattr(cores.time, "sleep", sleep)
+    g = AdaptiveThreads(
+        None, cores=4, set_threads=m.threads.append, get_threads=lambda: 4,
+        clock=lambda: m.now, own_seconds=lambda: m.own, busy=lambda: m.busy, probe=0.2,
+    )  # fmt: skip
+    assert slept == [0.2] and g.threads == 1 and m.threads == [1]
 
 
 def test_cores_module_reads_proc_stat_only_on_linux(monkeypatch, tmp_path):
