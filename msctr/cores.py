@@ -62,10 +62,9 @@ class AdaptiveThreads:
     seconds it compares the busy time of this process's CPUs with this process's own CPU
     time: the difference is the other processes' load, in cores. A new count is taken only
     when two readings in a row ask for it, so a moment's spike does not flip it; the first,
-    over `probe` seconds idle when it starts, is taken at once. `pinned`
-    (a count the user set) turns it off; so does a single core.
-
-    `used` holds the thread count of each `tick` (step) since `take_used()`, for the log."""
+    over `probe` seconds idle when it starts, is taken at once. `pinned` (a count the user
+    set) turns it off; so does a single core. `take_used()` gives the mean count since its
+    last call, for the log."""
 
     def __init__(
         self,
@@ -119,7 +118,7 @@ class AdaptiveThreads:
     def _read(self, at_once: bool = False) -> None:
         at, own, busy = self._at, self._own, self._busy
         self._mark()
-        if busy is None or self._busy is None:
+        if busy is None or self._busy is None or self._at <= at:
             return
         others = max(0.0, (self._busy - busy) - (self._own - own)) / (self._at - at)
         # the cores others keep busy, counted from half a core up
