@@ -108,6 +108,29 @@ def embedding_ms(model: torch.nn.Module, batch, precision: str, reps: int = 7) -
     return statistics.median(ts) * 1000
 
 
+def step_phase_seconds(
+    model, optimizer, batches, device, precision: str, steps: int, warmup: int
+) -> dict[str, list[float]]:
+    """Seconds of each phase of loop.train_step (cutting the batch, `forward_loss`,
+    `backward`, the optimizer's step), called in turn so that each is timed, over `steps`
+    steps of `batches` after `warmup` untimed ones."""
+    times: dict[str, list[float]] = {"data": [], "forward": [], "backward": [], "optimizer": []}
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        batch = next(batches).to(device)
+        t1 = time.perf_counter()
+        _, total = forward_loss(model, batch, device, precision)
+        t2 = time.perf_counter()
+        backward(total, optimizer)
+        t3 = time.perf_counter()
+        optimizer.step()
+        t4 = time.perf_counter()
+        if i >= warmup:
+            for k, a, b in zip(times, (t0, t1, t2, t3), (t1, t2, t3, t4), strict=True):
+                times[k].append(b - a)
+    return times
+
+
 def measure(
     name: str, data: SplitData, recipe: Recipe, precision: str, steps: int, warmup: int
 ) -> dict:
@@ -118,31 +141,7 @@ def measure(
     optimizer = make_optimizer(model, t)
     model.train()
     batches = endless_batches(data, recipe)
-    times = {"data": [], "forward": [], "backward": [], "optimizer": []}
-
-    def step(record: bool) -> None:
-        marks = {"data": time.perf_counter()}
-        batch = next(batches).to(device)
-
-        def mark(phase: str) -> None:
-            marks[phase] = time.perf_counter()
-
-        mark("fwd")  # the phases of loop.train_step, timed apart
-        _, total = forward_loss(model, batch, device, precision)
-        mark("bwd")
-        backward(total, optimizer)
-        mark("opt")
-        optimizer.step()
-        mark("end")
-        if record:
-            ends = ("fwd", "bwd", "opt", "end")
-            for k, a, b in zip(times, ("data", *ends[:-1]), ends, strict=True):
-                times[k].append(marks[b] - marks[a])
-
-    for _ in range(warmup):
-        step(False)
-    for _ in range(steps):
-        step(True)
+    times = step_phase_seconds(model, optimizer, batches, device, precision, steps, warmup)
     batch = next(batches)
     emb = embedding_ms(model, batch, precision)
     count = flops.train_step_flops(model, batch)

@@ -44,12 +44,12 @@ from pathlib import Path
 
 import torch
 from timing import timed  # benchmarks/timing.py, beside this script
-from train_throughput import matmul_peak
+from train_throughput import endless_batches, matmul_peak, step_phase_seconds
 
 from msctr.bench.machine import machine
-from msctr.models.registry import build, parse_params
+from msctr.models.registry import build
 from msctr.recipe import load_recipe
-from msctr.train.loop import backward, fit_one, forward_loss, predict
+from msctr.train.loop import fit_one, predict
 from msctr.train.optim import make_optimizer
 from msctr.train.runtime import keep_freed_memory, seed_everything
 from msctr.train.splits import SplitData
@@ -91,25 +91,11 @@ def step_phases(entry, recipe, data: SplitData, steps: int, warmup: int) -> dict
     """Median seconds per training step by phase (data, forward, backward, optimizer)."""
     t = recipe.train
     seed_everything(0)
-    model = build(entry.name, data.schema, parse_params(entry.name, entry.params)).train()
+    model = build(entry.name, data.schema, entry.model_params).train()
     optimizer = make_optimizer(model, t)
     device = torch.device("cpu")
-    times: dict[str, list[float]] = {"data": [], "forward": [], "backward": [], "optimizer": []}
-    batches = iter(data.train_batches(t.batch_size, seed=0, epoch=0))
-    for i in range(warmup + steps):
-        # train_step's three phases, called in turn so that each is timed
-        t0 = time.perf_counter()
-        batch = next(batches).to(device)
-        t1 = time.perf_counter()
-        _, total = forward_loss(model, batch, device, t.precision)
-        t2 = time.perf_counter()
-        backward(total, optimizer)
-        t3 = time.perf_counter()
-        optimizer.step()
-        t4 = time.perf_counter()
-        if i >= warmup:
-            for k, a, b in zip(times, (t0, t1, t2, t3), (t1, t2, t3, t4), strict=True):
-                times[k].append(b - a)
+    batches = endless_batches(data, recipe)
+    times = step_phase_seconds(model, optimizer, batches, device, t.precision, steps, warmup)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -132,7 +118,7 @@ def measure(entry, recipe, data: SplitData, tmp: Path, steps: int, warmup: int) 
     shutil.rmtree(run, ignore_errors=True)
 
     seed_everything(0)
-    model = build(entry.name, data.schema, parse_params(entry.name, entry.params)).eval()
+    model = build(entry.name, data.schema, entry.model_params).eval()
     t0 = time.perf_counter()
     predict(model, data.val, t.eval_batch_size, torch.device("cpu"), t.precision)
     val_s = time.perf_counter() - t0
