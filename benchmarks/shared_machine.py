@@ -35,7 +35,7 @@ RECIPE = """name: shared
 data: {data}
 models: [{{name: {model}, label: M}}]
 train: {{epochs: {epochs}, batch_size: {batch}, seeds: [0], max_steps_per_epoch: {steps},
-         precision: {precision}, early_stopping: {{patience: 1000}}{threads}}}
+         precision: {precision}, early_stopping: {{patience: 1000}}}}
 """
 
 
@@ -56,7 +56,6 @@ def write_recipe(folder: Path, name: str, args, model: str, precision: str, epoc
             batch=args.batch_size,
             steps=args.steps,
             precision=precision,
-            threads="",
         )
     )
     return path
@@ -85,12 +84,12 @@ def start_competitor(folder: Path, args, model: str, precision: str, setting: st
 
 
 def stop(proc: subprocess.Popen) -> None:
-    with_group = os.getpgid(proc.pid)
-    os.killpg(with_group, signal.SIGTERM)
+    group = os.getpgid(proc.pid)
+    os.killpg(group, signal.SIGTERM)
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        os.killpg(with_group, signal.SIGKILL)
+        os.killpg(group, signal.SIGKILL)
         proc.wait()
 
 

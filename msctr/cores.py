@@ -28,12 +28,12 @@ _BUSY = (0, 2, 5, 6, 7)
 _BUSY_WITH_NICE = (0, 1, 2, 5, 6, 7)
 
 
-def usable_cores() -> int:
-    """The CPUs this process may run on (its affinity set)."""
+def usable_cpus() -> set[int]:
+    """The CPUs this process may run on (its affinity set; empty where unknown: not Linux)."""
     try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return set()
 
 
 def busy_seconds(cpus: set[int], niced: bool = False) -> float | None:
@@ -83,8 +83,8 @@ class AdaptiveThreads:
 
         self.set_threads = set_threads or torch.set_num_threads
         get_threads = get_threads or torch.get_num_threads
-        cpus = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set()
-        self.cores = cores or usable_cores()
+        cpus = usable_cpus()
+        self.cores = cores or len(cpus) or os.cpu_count() or 1
         niced = os.getpriority(os.PRIO_PROCESS, 0) > 0  # then our own time is counted as nice
         self.busy = busy or (lambda: busy_seconds(cpus, niced))
         self.clock, self.own_seconds, self.every = clock, own_seconds, every
