@@ -27,6 +27,18 @@ torch.set_num_threads(1)
 os.environ["OMP_NUM_THREADS"] = "1"
 
 
+# three small models on a prepared folder (`data`), trained for 2 epochs into `out`
+THREE_MODELS_RECIPE = """
+name: three-models
+data: {data}
+out: {out}
+models:
+  - {{name: dnn, label: DNN, params: {{hidden: [32, 16]}}}}
+  - {{name: shared_bottom, label: SB, params: {{bottom_hidden: [32], tower_hidden: [16]}}}}
+  - {{name: ple, label: PLE, params: {{expert_hidden: [16], tower_hidden: [8]}}}}
+train: {{batch_size: 256, epochs: 2, seeds: [0], lr: 0.003, eval_batch_size: 700}}
+"""
+
 # small but complete configuration of every model (2 PLE levels, 2 STAR hidden layers), for
 # tests that run each model on a few rows
 SMALL = {

@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
-from conftest import invoke, msctr_process, process_error
+from conftest import THREE_MODELS_RECIPE, invoke, msctr_process, process_error
 from sklearn.metrics import roc_auc_score
 
 from msctr.bench import LiveTensorBytes
@@ -33,16 +33,6 @@ def test_live_tensor_bytes_tracks_the_peak():
 # -- the command ---------------------------------------------------------------------------
 
 
-RECIPE = """
-name: benchtest
-data: {data}
-out: {out}
-models:
-  - {{name: dnn, label: DNN, params: {{hidden: [32, 16]}}}}
-  - {{name: shared_bottom, label: SB, params: {{bottom_hidden: [32], tower_hidden: [16]}}}}
-  - {{name: ple, label: PLE, params: {{expert_hidden: [16], tower_hidden: [8]}}}}
-train: {{batch_size: 256, epochs: 2, seeds: [0], lr: 0.003, eval_batch_size: 700}}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +41,7 @@ def recipe_path(tmp_path_factory):
     data = root / "data"
     invoke("prepare", "synthetic", "--out", str(data), "--rows", "8000", "--seed", "3")
     path = root / "r.yaml"
-    path.write_text(RECIPE.format(data=data, out=root / "run"))
+    path.write_text(THREE_MODELS_RECIPE.format(data=data, out=root / "run"))
     return path
 
 

@@ -4,7 +4,7 @@ outputs) and training with bf16 and row-sparse embeddings through the CLI."""
 import json
 
 import torch
-from conftest import invoke, make_batch, make_schema
+from conftest import THREE_MODELS_RECIPE, invoke, make_batch, make_schema
 
 from msctr.models.registry import build, split_output
 from msctr.train.runtime import autocast
@@ -33,21 +33,11 @@ def test_model_output_through_autocast_is_finite():
     assert torch.isfinite(logit.float()).all()
 
 
-RECIPE = """
-name: speed
-data: {data}
-out: {out}
-models:
-  - {{name: dnn, label: DNN, params: {{hidden: [32, 16]}}}}
-  - {{name: shared_bottom, label: SB, params: {{bottom_hidden: [32], tower_hidden: [16]}}}}
-  - {{name: ple, label: PLE, params: {{expert_hidden: [16], tower_hidden: [8]}}}}
-train: {{batch_size: 256, epochs: 2, seeds: [0], lr: 0.003, eval_batch_size: 700}}
-"""
 
 
 def test_training_options_bf16_and_sparse_embeddings(data_dir, tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(RECIPE.format(data=data_dir, out=tmp_path / "run"))
+    recipe.write_text(THREE_MODELS_RECIPE.format(data=data_dir, out=tmp_path / "run"))
     invoke(
         "train", str(recipe), "--smoke", "--no-eval",
         "--set", f"out={tmp_path / 'o'}",
