@@ -25,7 +25,10 @@ of 5.33 M). A run is `--epochs` epochs (default 4: the best validation logloss a
 the recipe's patience of 2; 3 if the best is the first, the recipe's `epochs` if it never
 stops) of train + val scoring + checkpoints, then test; the table is every model times the
 recipe's seeds, plus preparing the data once and loading it once per `msctr train`. Prints
-the projection against `--goal-hours` (4) and the largest cost.
+the projection against `--goal-hours` (4), the largest cost, and the bound: every model's
+matmul FLOPs (torch's flop counter, per training and per scored row) at the matmul peak of
+`--precision` (fp32, or bf16 autocast: the table as `train.precision: bf16` runs it), the
+time no implementation of these models could beat on this CPU.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import torch
 from timing import timed  # benchmarks/timing.py, beside this script
 from train_throughput import endless_batches, matmul_peak, step_phase_seconds
 
+from msctr import flops
 from msctr.bench.machine import machine
 from msctr.models.registry import build
 from msctr.recipe import load_recipe
@@ -123,6 +127,9 @@ def measure(entry, recipe, data: SplitData, tmp: Path, steps: int, warmup: int) 
     predict(model, data.val, t.eval_batch_size, torch.device("cpu"), t.precision)
     val_s = time.perf_counter() - t0
     phases = step_phases(entry, r, data, steps, warmup)
+    batch = next(iter(data.train_batches(t.batch_size, seed=0, epoch=0)))
+    train_flops = flops.train_step_flops(model, batch).flops_per_sample
+    eval_flops = flops.forward_flops(model, batch).flops_per_sample
     peak = (peak + matmul_peak(torch.float32) / 1e9) / 2
     return {
         "rows": data.train_rows,
@@ -134,6 +141,10 @@ def measure(entry, recipe, data: SplitData, tmp: Path, steps: int, warmup: int) 
         # model build, the checkpoints and resume state, scoring test and writing predictions
         "rest_s": max(wall - train_s - val_s, 0.0),
         "step_phases_s": phases,
+        # the FLOPs a row costs (matmuls, counted by torch.utils.flop_counter): training
+        # (forward + backward) and scoring, for the bound no implementation can beat
+        "train_flops_per_row": train_flops,
+        "eval_flops_per_row": eval_flops,
     }
 
 
@@ -173,9 +184,15 @@ def project(
         "evaluation": val * epochs + val,
         "checkpoints etc.": max(rest - val, 0.0) * epochs,
     }
+    # the matmuls alone at the full rate: training rows every epoch, val every epoch and test
+    # once (val-sized)
+    scored = through_origin([(m["rows"], m["val_rows"]) for m in (small, big)], full)
+    flop = big.get("train_flops_per_row", 0.0) * full * epochs
+    flop += big.get("eval_flops_per_row", 0.0) * scored * (epochs + 1)
     return {
         "model": name,
         "epoch_s": train,
+        "bound_s": flop * seeds / (gflops * 1e9),
         "run_s": sum(per_run.values()),
         "table_s": sum(per_run.values()) * seeds,
         "parts_s": {k: v * seeds for k, v in per_run.items()},
@@ -205,6 +222,9 @@ def run_measurements(args, recipe, entries, sizes: list[int]) -> tuple:
     # on a shared machine the rate of a dense matmul says how much of the CPU this process got
     peaks = [matmul_peak(torch.float32) / 1e9]
     print(f"fp32 matmul peak now: {peaks[0]:.0f} GFLOP/s ({args.threads} threads)", flush=True)
+    # how much faster this CPU multiplies bf16 matrices than fp32 ones (for the bf16 bound)
+    bf16_speedup = matmul_peak(torch.bfloat16) / matmul_peak(torch.float32)
+    print(f"bf16 matmul peak: {bf16_speedup:.2f}x fp32's", flush=True)
     try:
         for n in sizes:
             folder, seconds = make_data(n, root, recipe.prepare or "", args.threads)
@@ -240,7 +260,7 @@ def run_measurements(args, recipe, entries, sizes: list[int]) -> tuple:
             shutil.rmtree(root, ignore_errors=True)
 
     peaks.append(matmul_peak(torch.float32) / 1e9)
-    return info, measured, prep_s, load_s, peaks
+    return info, measured, prep_s, load_s, peaks, bf16_speedup
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--full-rows", type=int, default=FULL_TRAIN_ROWS)
     ap.add_argument("--epochs", type=int, default=4, help="epochs per run (early stopping)")
     ap.add_argument("--threads", type=int, default=2, help="torch and Polars threads")
+    ap.add_argument(
+        "--precision", choices=["fp32", "bf16"], default="fp32", help="train.precision to measure"
+    )
     ap.add_argument("--steps", type=int, default=6, help="steps timed by phase")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--goal-hours", type=float, default=4.0)
@@ -268,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     keep_freed_memory()
     recipe = load_recipe(args.recipe)
+    recipe = replace(recipe, train=replace(recipe.train, precision=args.precision))
     entries = recipe.models
     if args.models:
         wanted = args.models.split(",")
@@ -281,9 +305,13 @@ def main(argv: list[str] | None = None) -> int:
         saved = json.loads(args.from_json.read_text())
         info, measured = saved["machine"], saved["measured"]
         prep_s, load_s, peaks = saved["prepare_s"], saved["load_s"], saved["matmul_peak_gflops"]
+        bf16_speedup = saved.get("bf16_matmul_speedup", 1.0)
+        args.precision = saved["args"].get("precision", "fp32")
         print(f"measured {info['date']}, {info['cpu']}, load {info['loadavg'][0]:.2f} then")
     else:
-        info, measured, prep_s, load_s, peaks = run_measurements(args, recipe, entries, sizes)
+        info, measured, prep_s, load_s, peaks, bf16_speedup = run_measurements(
+            args, recipe, entries, sizes
+        )
     result: dict = {"machine": info, "args": {k: str(v) for k, v in vars(args).items()}}
 
     rows = [m["rows"] for m in next(iter(measured.values()))]
@@ -319,16 +347,27 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'prepare':>12} {hours(prep):>34}\n{'load':>12} {hours(load):>34}")
     print(f"{'total':>12} {hours(total):>34}   goal {args.goal_hours:g} h on 2 cores: "
           f"{'met' if total <= args.goal_hours * 3600 else 'missed'}")  # fmt: skip
+    bound = sum(p["bound_s"] for p in proj)
+    if bound:
+        # the rate a matmul of the precision measured reaches on this machine, scaled as above
+        rate = gflops * (bf16_speedup if args.precision == "bf16" else 1.0)
+        bound = bound * gflops / rate
+        print(
+            f"{'bound':>12} {hours(bound):>34}   every model's matmul FLOPs at {rate:.0f} "
+            f"GFLOP/s ({args.precision} matmul peak): the table runs at "
+            f"{bound / (total - prep - load):.0%} of it"
+        )
     biggest = max(proj, key=lambda p: p["table_s"])
     part = max(biggest["parts_s"], key=biggest["parts_s"].get)
     print(
         f"largest cost: {biggest['model']} ({biggest['table_s'] / total:.0%} of the total), "
         f"its {part} {hours(biggest['parts_s'][part])}"
     )
-    print(
-        f"load average at the end: {machine()['loadavg'][0]:.2f}; fp32 matmul peak "
-        f"{peaks[0]:.0f} GFLOP/s at the start, {peaks[1]:.0f} at the end"
-    )
+    if not args.from_json:
+        print(
+            f"load average at the end: {machine()['loadavg'][0]:.2f}; fp32 matmul peak "
+            f"{peaks[0]:.0f} GFLOP/s at the start, {peaks[1]:.0f} at the end"
+        )
     if args.json:
         result.update(
             measured=measured,
@@ -340,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
             total_s=total,
             projected_for_gflops=gflops,
             matmul_peak_gflops=peaks,
+            bf16_matmul_speedup=bf16_speedup,
+            bound_s=bound,
         )
         args.json.write_text(json.dumps(result, indent=2))
     return 0

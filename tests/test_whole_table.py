@@ -29,6 +29,9 @@ def _measured(rows: int, epoch: float, val: float, rest: float, gflops=50.0) -> 
         "val_score_s": val,
         "rest_s": rest,
         "step_phases_s": phases,
+        "val_rows": rows // 10,
+        "train_flops_per_row": 3e6,
+        "eval_flops_per_row": 1e6,
     }
 
 
@@ -52,6 +55,10 @@ def test_projection_is_linear_in_rows_and_splits_the_epoch_by_phase(whole_table)
     assert parts["checkpoints etc."] == pytest.approx((120.0 - 40.0) * 4 * 10)
     assert p["table_s"] == pytest.approx(sum(parts.values()))
     assert p["scaling"] == pytest.approx(3.0) and p["rows_ratio"] == pytest.approx(3.0)
+    # the bound: 3 MFLOP per training row for 4 epochs, 1 MFLOP per scored row (400 val rows
+    # at full size, 4 epochs + test), 10 seeds, at 50 GFLOP/s
+    flop = 3e6 * 4000 * 4 + 1e6 * 400 * 5
+    assert p["bound_s"] == pytest.approx(flop * 10 / 50e9)
     # measured while the process got half the CPU (25 GFLOP/s): projected for 50, half the time
     slow = whole_table.project(
         "m", _measured(100, 20.0, 2.0, 6.0, 25.0), _measured(300, 60.0, 6.0, 18.0, 25.0),
@@ -78,3 +85,5 @@ def test_whole_table_runs_on_tiny_data(whole_table, tmp_path, capsys):
     assert code == 0
     assert "SharedBottom" in out and "HierRec" in out and "goal 4 h on 2 cores" in out
     assert "largest cost:" in out
+    bound = next(line for line in out.splitlines() if line.strip().startswith("bound"))
+    assert "fp32 matmul peak" in bound
