@@ -111,8 +111,19 @@ def inference_rate(folder: Path, args, model: str, setting: str) -> float:
     """Whole-test-split rows/s of `msctr bench-inference` (untrained weights, eager fp32)."""
     recipe = write_recipe(folder, "bench", args, model, "fp32", epochs=1)
     out = folder / "bench.json"
-    cmd = [*MSCTR, "bench-inference", str(recipe), "--batch-sizes", "2000", "--repeats", "3",
-           "--rows", str(args.bench_rows), "--out", str(out)]
+    cmd = [
+        *MSCTR,
+        "bench-inference",
+        str(recipe),
+        "--batch-sizes",
+        "2000",
+        "--repeats",
+        "3",
+        "--rows",
+        str(args.bench_rows),
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(cmd, env=env_for(setting), capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"msctr bench-inference failed:\n{done.stderr[-2000:]}")
@@ -137,20 +148,30 @@ def main() -> None:
     ap.add_argument("--settle-timeout", type=float, default=300.0)
     ap.add_argument("--no-inference", action="store_true")
     ap.add_argument("--no-training", action="store_true", help="bench-inference only")
-    ap.add_argument("--alone-only", action="store_true",
-                    help="only the idle-machine check: each setting alone, --rounds times")
+    ap.add_argument(
+        "--alone-only",
+        action="store_true",
+        help="only the idle-machine check: each setting alone, --rounds times",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="msctr-shared-") as tmp:
         folder = Path(tmp)
         if args.data is None:
             args.data = folder / "syn"
-            subprocess.run([*MSCTR, "prepare", "synthetic", "--rows", "60000", "--out",
-                            str(args.data)], check=True, capture_output=True)
+            subprocess.run(
+                [*MSCTR, "prepare", "synthetic", "--rows", "60000", "--out", str(args.data)],
+                check=True,
+                capture_output=True,
+            )
         cores = len(os.sched_getaffinity(0))
-        print(f"{cores} usable cores; load {load()}; data {args.data}; {args.steps} steps of "
-              f"{args.batch_size} per epoch, median of epochs 2-{args.epochs}")
-        print(f"{'model':10} {'prec':5} {'setting':9} {'alone/s':>9} {'beside/s':>9} "
-              f"{'ratio':>6} {'threads':>8}  load")
+        print(
+            f"{cores} usable cores; load {load()}; data {args.data}; {args.steps} steps of "
+            f"{args.batch_size} per epoch, median of epochs 2-{args.epochs}"
+        )
+        print(
+            f"{'model':10} {'prec':5} {'setting':9} {'alone/s':>9} {'beside/s':>9} "
+            f"{'ratio':>6} {'threads':>8}  load"
+        )
         alone_of: dict[tuple, list[float]] = {}
         for model in [] if args.no_training else args.models.split(","):
             for precision in args.precisions.split(","):
@@ -159,16 +180,22 @@ def main() -> None:
                         alone, alone_used = train_rate(folder, args, model, precision, setting)
                         alone_of.setdefault((model, precision, setting), []).append(alone)
                         if args.alone_only:
-                            print(f"{model:10} {precision:5} {setting:9} {alone:9.0f} "
-                                  f"{'':>9} {'':>6} {alone_used:>8}  {load()}", flush=True)
+                            print(
+                                f"{model:10} {precision:5} {setting:9} {alone:9.0f} "
+                                f"{'':>9} {'':>6} {alone_used:>8}  {load()}",
+                                flush=True,
+                            )
                             continue
                         rival = start_competitor(folder, args, model, precision, setting)
                         try:
                             beside, used = train_rate(folder, args, model, precision, setting)
                         finally:
                             stop(rival)
-                        print(f"{model:10} {precision:5} {setting:9} {alone:9.0f} {beside:9.0f} "
-                              f"{beside / alone:6.2f} {used:>8}  {load()}", flush=True)
+                        print(
+                            f"{model:10} {precision:5} {setting:9} {alone:9.0f} {beside:9.0f} "
+                            f"{beside / alone:6.2f} {used:>8}  {load()}",
+                            flush=True,
+                        )
         print("\nidle machine, adaptive alone / pinned alone (1.00 = no cost):")
         for model in [] if args.no_training else args.models.split(","):
             for precision in args.precisions.split(","):
@@ -186,8 +213,11 @@ def main() -> None:
                     beside = inference_rate(folder, args, model, setting)
                 finally:
                     stop(rival)
-                print(f"  {model:10} {setting:9} {alone:9.0f} {beside:9.0f} "
-                      f"{beside / alone:6.2f}  load {load()}", flush=True)
+                print(
+                    f"  {model:10} {setting:9} {alone:9.0f} {beside:9.0f} "
+                    f"{beside / alone:6.2f}  load {load()}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -27,8 +27,13 @@ LAYERS = [
     ["msctr.testing"],
     ["msctr.data"],
     [
-        "msctr.runs", "msctr.paths", "msctr.io", "msctr.config", "msctr.errors",
-        "msctr.resources", "msctr.cores",
+        "msctr.runs",
+        "msctr.paths",
+        "msctr.io",
+        "msctr.config",
+        "msctr.errors",
+        "msctr.resources",
+        "msctr.cores",
     ],
 ]
 

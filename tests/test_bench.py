@@ -33,8 +33,6 @@ def test_live_tensor_bytes_tracks_the_peak():
 # -- the command ---------------------------------------------------------------------------
 
 
-
-
 @pytest.fixture(scope="module")
 def recipe_path(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")

@@ -33,8 +33,6 @@ def test_model_output_through_autocast_is_finite():
     assert torch.isfinite(logit.float()).all()
 
 
-
-
 def test_training_options_bf16_and_sparse_embeddings(data_dir, tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(THREE_MODELS_RECIPE.format(data=data_dir, out=tmp_path / "run"))
