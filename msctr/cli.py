@@ -656,9 +656,11 @@ def main() -> None:
             # not standalone: click's usage errors reach the handler below instead of being
             # printed as a box; `--help` and typer.Exit come back as an exit code
             code = app(standalone_mode=False, prog_name="msctr")
-        except Exception as e:  # after a Ctrl-C: the interrupt, whatever a library made of it
+        except BaseException as e:  # after a Ctrl-C: the interrupt, whatever a library made of it
+            # (Polars, whose Rust code called back into Python as the handler raised, reports
+            # an error of its own, or panics: a PanicException is a BaseException)
             signum = interrupt_received()
-            if signum is None:
+            if signum is None or isinstance(e, (Interrupted, SystemExit, GeneratorExit)):
                 raise
             raise Interrupted(signum) from e
         if isinstance(code, int) and code:  # typer.Exit(code), e.g. torchrun's exit status

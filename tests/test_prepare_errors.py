@@ -347,19 +347,31 @@ def test_an_interrupt_right_after_the_mkdir_removes_the_folder(tmp_path, monkeyp
         assert list(tmp_path.iterdir()) == [], make.__name__
 
 
+def _polars_panic() -> BaseException:
+    from polars.exceptions import PanicException
+
+    return PanicException("python exception in collect_schema")
+
+
+@pytest.mark.parametrize(
+    "library_error",
+    [lambda: TypeError("'<unprintable str object>' is not a Polars data type"), _polars_panic],
+    ids=["error", "panic"],
+)
 def test_an_interrupt_a_library_reports_as_its_own_error_is_still_one_line(
-    tmp_path, capsys, monkeypatch
+    tmp_path, capsys, monkeypatch, library_error
 ):
     """Polars, calling back into Python just as the handler raised, reported a Ctrl-C as
     "TypeError: '<unprintable str object>' is not a Polars data type" (once in the 50 runs of
-    the test above): after a signal, whatever error follows is that interrupt."""
+    the test above), or panicked (a PanicException, which is a BaseException, seen once in
+    collect_schema): after a signal, whatever error follows is that interrupt."""
     from msctr.data.sources import synthetic as source
 
     def generate(**kwargs):
         try:
             signal.raise_signal(signal.SIGINT)  # the CLI's handler raises here ...
         except BaseException:  # ... and the native library reports an error of its own
-            raise TypeError("'<unprintable str object>' is not a Polars data type") from None
+            raise library_error() from None
         raise AssertionError("the handler did not run")
 
     monkeypatch.setattr(source, "generate", generate)
