@@ -155,10 +155,19 @@ def test_no_encoder_is_fitted_on_val_or_test(raw, hierrec):
     exp = expected_hierrec(raw)
     lo, hi = split_bounds(exp.height)["train"]
     train = exp.slice(lo, hi - lo)
-    assert set(vocab(out, "video_id")) == {str(v) for v in train["video_id"].unique()}
+    # the videos of the training rows, then those only their histories hold (the first L
+    # clicks each row keeps): ids 1..n for the candidates, n+1.. for the history-only ones
+    candidates = {str(v) for v in train["video_id"].unique()}
+    watched = train["hist_video_id"].list.head(L).explode().drop_nulls().unique()
+    history_only = {str(v) for v in watched} - candidates
+    assert history_only  # the check below has something to check
+    videos = vocab(out, "video_id")
+    assert set(videos) == candidates | history_only
+    assert {v for v, i in videos.items() if i <= len(candidates)} == candidates
     assert set(vocab(out, "user_id")) == {str(v) for v in train["user_id"].unique()}
     later = exp.slice(hi, exp.height - hi)
-    unseen = ~later["video_id"].is_in(train["video_id"].implode())
+    known = pl.concat([train["video_id"], watched.cast(train["video_id"].dtype)])
+    unseen = ~later["video_id"].is_in(known.implode())
     assert unseen.sum() > 0  # the check below has something to check
     test_val = pl.concat([pl.read_parquet(out / f"{s}.parquet") for s in ("val", "test")])
     assert (test_val["video_id"].to_numpy()[unseen.to_numpy()] == 0).all()

@@ -119,17 +119,20 @@ def test_streamed_loader_matches_memory(tmp_path):
 
 def _counted_table() -> SourceTable:
     """Train rows hold 'a' 3 times, 'b' twice, 'c' once (and a null twice); val and test hold
-    'c' and the never-seen 'z'."""
+    'c' and the never-seen 'z'. Histories share v's vocabulary: 'b', 'a', and once (in the
+    'c' row's) 'q', a value no row has as its own."""
     train = ["a", "a", "a", "b", "b", "c", None, None]
     rest = ["a", "b", "c", "z"]
+    hist = [["b", "a"]] * 5 + [["b", "a", "q"]] + [["b", "a"]] * 2 + [["b"]] * 8
     frame = pl.DataFrame(
         {
             "y": [0, 1] * 8,
             "tab": [1] * 16,
             "v": train + rest + rest,
             "split": ["train"] * 8 + ["val"] * 4 + ["test"] * 4,
+            "hist": hist,
         }
-    ).with_columns(hist=pl.concat_list("v", pl.lit("b"), pl.lit("c")))
+    )
     fields = FieldMap(
         label="y",
         scenario="tab",
@@ -152,12 +155,14 @@ def test_min_count_maps_rare_training_values_to_the_unseen_id(tmp_path):
     assert ids["train"][5] == 0  # 'c': seen once in training, below 2 -> the rare id
     assert ids["val"] == ids["test"] == [a, b, 0, 0]  # 'c' rare, 'z' unseen: the same id 0
     hist = pl.read_parquet(tmp_path / "two" / "train.parquet")["hist"].to_list()
-    assert hist[0] == [a, b, 0]  # sequences share the field's vocabulary, rare ids included
-    # at 1 every training value keeps an id; 'z' (never in training) is still 0
+    assert hist[5] == [b, a, 0]  # sequences share the field's vocabulary, rare ids included
+    # at 1 every training value keeps an id, then 'q', seen only in a history, gets the next;
+    # 'z' (never in training) is still 0
     one = prepare(_counted_table(), tmp_path / "one")
-    assert one.sparse[0].vocab_size == 5
+    assert one.sparse[0].vocab_size == 6
     val = pl.read_parquet(tmp_path / "one" / "val.parquet")["v"].to_list()
     assert 0 not in val[:3] and val[3] == 0
+    assert pl.read_parquet(tmp_path / "one" / "train.parquet")["hist"][5][2] == 5
 
 
 def test_min_count_changes_the_datasets_fingerprint(tmp_path):

@@ -101,15 +101,44 @@ class Vocabulary:
     values: pl.Series
 
     @classmethod
-    def fit(cls, train: pl.LazyFrame, column: str, min_count: int) -> Vocabulary:
-        counts = (
-            train.group_by(column)
-            .len()
-            .filter(pl.col("len") >= min_count)
-            .sort(["len", column], descending=[True, False], nulls_last=True)
-            .collect()
+    def fit(
+        cls,
+        train: pl.LazyFrame,
+        column: str,
+        min_count: int,
+        sequences: list[tuple[str, int]] | None = None,
+    ) -> Vocabulary:
+        """The vocabulary of `column`'s training values; `sequences`, the (list column,
+        max_len) pairs that share it, add the values their first max_len elements hold that
+        the column does not: after the column's own, by descending frequency over both (a
+        value only ever seen in histories, such as an Ali-CCP history entry that is no
+        request's last, would otherwise take the out-of-vocabulary id 0 with every other)."""
+        own = train.group_by(column).len()
+        ranked = own.filter(pl.col("len") >= min_count).sort(
+            ["len", column], descending=[True, False], nulls_last=True
         )
-        return cls(column, counts.get_column(column))
+        values = ranked.collect().get_column(column)
+        if not sequences:
+            return cls(column, values)
+        dtype = train.collect_schema()[column]
+        elements = [
+            train.select(pl.col(c).list.head(n).explode().cast(dtype, strict=False).alias(column))
+            for c, n in sequences
+        ]
+        both = pl.concat([pl.concat(elements).group_by(column).len(), own])
+        extra = (
+            both.group_by(column)
+            .agg(pl.col("len").sum())
+            .filter(
+                pl.col(column).is_not_null()
+                & (pl.col("len") >= min_count)
+                & ~pl.col(column).is_in(values.implode())
+            )
+            .sort(["len", column], descending=[True, False])
+            .collect()
+            .get_column(column)
+        )
+        return cls(column, pl.concat([values, extra]))
 
     @property
     def size(self) -> int:

@@ -352,7 +352,15 @@ def _fit_encoders(
     return Encoders(
         scenario_values=scen_values,
         scenario_names=[str(names.get(v, v)) for v in scen_values.to_list()],
-        vocabs={c: Vocabulary.fit(train, c, min_count) for c in f.sparse},
+        vocabs={
+            c: Vocabulary.fit(
+                train,
+                c,
+                min_count,
+                [(col, q.max_len) for q in f.sequences for col, t in q.columns.items() if t == c],
+            )
+            for c in f.sparse
+        },
         dense=_dense_fields(frame, dense_values) if f.dense else [],
     )
 
