@@ -245,7 +245,7 @@ def run_predict(
             check_trained(folder.seed(e.key, s), e.key, s, schema, data)
     check_out_file(cfg.out, "--out", "scores file", is_scores_file, inputs=(cfg.input, data))
     fitted = FittedEncoders(data, schema)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "--device")
     threads = AdaptiveThreads(cfg.threads)  # follows the load unless --threads pins it
     # not train's keep_freed_memory: chunks of varying sizes would fragment a heap that is
     # never trimmed, and bounded memory matters more here than page faults

@@ -140,13 +140,15 @@ def release_freed_memory() -> None:
         libc.malloc_trim(0)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, option: str = "train.device") -> torch.device:
+    """The device `name` names, or one line naming `option` (the recipe key or the command
+    line option it came from) when this machine has no such device."""
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"train.device is '{name}' but no CUDA device is available; use cpu")
+        raise UserError(f"{option} is '{name}' but no CUDA device is available; use cpu")
     if name == "mps" and not torch.backends.mps.is_available():
         # checked with CUDA's, before the run folder is touched; torch itself would only
         # fail when the model moves there, after the folder's recipe.yaml was written
-        raise UserError("train.device is 'mps' but no MPS (Apple GPU) device is available; use cpu")
+        raise UserError(f"{option} is 'mps' but no MPS (Apple GPU) device is available; use cpu")
     return torch.device(name)
 
 
