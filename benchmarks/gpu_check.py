@@ -4,8 +4,8 @@
     python3 benchmarks/gpu_check.py --device cpu --quick --out /tmp/gc    # the same path, tiny
     python3 benchmarks/gpu_check.py --device cuda --items 2,4 --out "$OUT"   # a rerun of two
 
-On this workplace's device machine, as one command line (polars is not installed there: its
-wheels travel in the ignored folder `.whl`, named in the call's carry; docs/bench.md "GPU"):
+On a GPU machine that cannot reach a package index, as one command line (polars, which such
+images often lack, travels as wheels in the ignored folder `.whl`; docs/bench.md "GPU"):
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \\
       --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit; \\
