@@ -14,7 +14,7 @@ whole suite run. The exit status is 0 only when every mutant is killed.
 
     python benchmarks/mutants.py                  # every mutant (baseline run first)
     python benchmarks/mutants.py --list           # names, files, stale or not
-    python benchmarks/mutants.py --only engine_no_restore --only star_route_scenario0
+    python benchmarks/mutants.py --only loop_no_restore --only star_route_scenario0
     python benchmarks/mutants.py --only hierrec_head_weights_scenario0 --all-failures
     python benchmarks/mutants.py --jobs 2 --json mutants.json
 
@@ -68,9 +68,9 @@ ROUTING = "tests/test_scenario_routing.py"
 MECH = "tests/test_mechanisms.py"
 
 MUTANTS = [
-    # -- the training engine: model selection -----------------------------------------------
+    # -- the training loop: model selection ---------------------------------------------------
     Mutant(
-        "engine_no_restore",
+        "loop_no_restore",
         LOOP,
         "model.load_state_dict(trainee.best)",
         "model = model  # mutant",
@@ -78,7 +78,7 @@ MUTANTS = [
         (SEL,),
     ),
     Mutant(
-        "engine_select_on_test",
+        "loop_select_on_test",
         LOOP,
         "val_p = trainee.score(data.val, t, world, stop)\n"
         "    # rank 0's figures decide for all, so every rank stops at the same epoch\n"
@@ -93,7 +93,7 @@ MUTANTS = [
         (SEL,),
     ),
     Mutant(
-        "engine_val_is_test_split",
+        "loop_val_is_test_split",
         "msctr/train/splits.py",
         'val = load_columns(folder, "val", schema, limit=t.eval_rows)',
         'val = load_columns(folder, "test", schema, limit=t.eval_rows)',
@@ -101,7 +101,7 @@ MUTANTS = [
         (SEL,),
     ),
     Mutant(
-        "engine_no_patience",
+        "loop_no_patience",
         LOOP,
         "return self.waited >= self.patience",
         "return self.waited >= self.patience + 10**6",
@@ -109,7 +109,7 @@ MUTANTS = [
         (SEL,),
     ),
     Mutant(
-        "engine_logloss_maximized",
+        "loop_logloss_maximized",
         LOOP,
         'score = val[self.metric] if self.metric == "auc" else -val[self.metric]',
         "score = val[self.metric]",
@@ -117,7 +117,7 @@ MUTANTS = [
         (SEL,),
     ),
     Mutant(
-        "engine_wait_not_reset",
+        "loop_wait_not_reset",
         LOOP,
         "self.best_score, self.best_epoch, self.waited = score, epoch, 0",
         "self.best_score, self.best_epoch = score, epoch",
