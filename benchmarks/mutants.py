@@ -298,6 +298,123 @@ MUTANTS = [
         "AdaSparse computes its weighting factors but does not apply them",
         (MECH, "tests/test_pepnet_adasparse.py"),
     ),
+    # -- HiNet ---------------------------------------------------------------------------------
+    Mutant(
+        "hinet_own_sei_scenario0",
+        "msctr/models/hinet.py",
+        "own = specific[torch.arange(x.shape[0], device=x.device), s]  # [B, h]",
+        "own = specific[:, 0]  # [B, h]",
+        "every row's own scenario-specific SEI is scenario 0's",
+        ("tests/test_hinet.py", ROUTING),
+    ),
+    Mutant(
+        "hinet_san_includes_own",
+        "msctr/models/hinet.py",
+        "w = w.masked_fill(nn.functional.one_hot(s, S).bool(), 0.0)",
+        "w = w",
+        "the SAN's transfer representation also weighs in the row's own scenario's SEI",
+        ("tests/test_hinet.py", ROUTING),
+    ),
+    # -- HAMUR ---------------------------------------------------------------------------------
+    Mutant(
+        "hamur_instance_matrix_ignored",
+        "msctr/models/hamur.py",
+        "z = torch.bmm(z.unsqueeze(1), H.to(z.dtype)).squeeze(1)  # [B, k]",
+        "z = z  # [B, k]",
+        "the adapters use U_s V_s alone: the hyper-network's H(x) is computed but not applied",
+        ("tests/test_hamur.py", ROUTING),
+    ),
+    Mutant(
+        "hamur_instance_matrix_transposed",
+        "msctr/models/hamur.py",
+        "z = torch.bmm(z.unsqueeze(1), H.to(z.dtype)).squeeze(1)  # [B, k]",
+        "z = torch.bmm(z.unsqueeze(1), H.transpose(1, 2).to(z.dtype)).squeeze(1)  # [B, k]",
+        "the adapter weights are U_s H(x)^T V_s (every part still trained)",
+        ("tests/test_hamur.py",),
+    ),
+    # -- M2M -----------------------------------------------------------------------------------
+    Mutant(
+        "m2m_meta_weights_scenario0",
+        "msctr/models/m2m.py",
+        "w, b = gen_w(knowledge).view(S, d, d), gen_b(knowledge)  # one set per scenario",
+        "w, b = gen_w(knowledge[:1].expand_as(knowledge)).view(S, d, d), "
+        "gen_b(knowledge[:1].expand_as(knowledge))",
+        "the meta units' weights are generated from scenario 0's knowledge for every scenario",
+        ("tests/test_m2m.py", ROUTING),
+    ),
+    Mutant(
+        "m2m_attention_scenarios_misaligned",
+        "msctr/models/m2m.py",
+        "groups = ScenarioGroups(batch.scenario.repeat_interleave(K), self.num_scenarios)",
+        "groups = ScenarioGroups(batch.scenario.repeat(K), self.num_scenarios)",
+        "the meta attention's (row, expert) pairs get other rows' scenarios (repeat, not "
+        "repeat_interleave)",
+        ("tests/test_m2m.py", ROUTING),
+    ),
+    # -- SAR-Net -------------------------------------------------------------------------------
+    Mutant(
+        "sarnet_transform_scenario0",
+        "msctr/models/sarnet.py",
+        "return torch.addcmul(self.scenario_beta[s], x, self.scenario_gamma[s])",
+        "return torch.addcmul(self.scenario_beta[0 * s], x, self.scenario_gamma[0 * s])",
+        "the scenario-specific transform applies scenario 0's gamma and beta to every row",
+        ("tests/test_sarnet.py", ROUTING),
+    ),
+    Mutant(
+        "sarnet_debias_next_scenario",
+        "msctr/models/sarnet.py",
+        "parts[0] = parts[0] + self.specific_bias_net(z, groups)",
+        "parts[0] = parts[0] + self.specific_bias_net(\n"
+        "                    z, ScenarioGroups((groups.scenario + 1) % self.num_scenarios, "
+        "self.num_scenarios)\n"
+        "                )",
+        "a row's specific experts are debiased by the next scenario's bias network (training)",
+        ("tests/test_sarnet.py", ROUTING),
+    ),
+    # -- AdaptDHM ------------------------------------------------------------------------------
+    Mutant(
+        "adaptdhm_every_row_cluster0",
+        "msctr/models/adaptdhm.py",
+        "return self.similarity(u).argmax(dim=1)  # the largest coefficient's cluster",
+        "return 0 * self.similarity(u).argmax(dim=1)  # the largest coefficient's cluster",
+        "the routing ignores the clusters: every row runs cluster 0's network",
+        ("tests/test_adaptdhm.py",),
+    ),
+    Mutant(
+        "adaptdhm_centres_move_at_eval",
+        "msctr/models/adaptdhm.py",
+        "if self.training:  # the centres follow the training batches only, never at eval",
+        "if True:  # the centres follow the training batches only, never at eval",
+        "the cluster centres also follow the evaluation batches",
+        ("tests/test_adaptdhm.py",),
+    ),
+    # -- M3oE ----------------------------------------------------------------------------------
+    Mutant(
+        "m3oe_own_domain_scenario0",
+        "msctr/models/m3oe.py",
+        "w = nn.functional.one_hot(s, self.D).to(out.dtype)",
+        "w = nn.functional.one_hot(0 * s, self.D).to(out.dtype)",
+        "the domain-level fusion weighs scenario 0's domain expert as every row's own",
+        ("tests/test_m3oe.py", ROUTING),
+    ),
+    Mutant(
+        "m3oe_fusion_weight_not_applied",
+        "msctr/models/m3oe.py",
+        'f = f + self.weight("b_d", out.dtype) * domain',
+        'f = f + domain + 0 * self.weight("b_d", out.dtype)',
+        "the module-level fusion adds the domain module unweighted (b_d computed, not applied)",
+        ("tests/test_m3oe.py",),
+    ),
+    # -- data preparation ----------------------------------------------------------------------
+    Mutant(
+        "prepare_history_values_unnumbered",
+        "msctr/data/prepare.py",
+        "[(col, q.max_len) for q in f.sequences for col, t in q.columns.items() if t == c],",
+        "None,",
+        "a field's vocabulary ignores the training sequences that share it: values seen only "
+        "in histories all collapse into id 0",
+        ("tests/test_prepare.py", "tests/test_kuairand.py"),
+    ),
 ]
 
 
