@@ -8,7 +8,8 @@ folder (without .git, data/, runs/ and caches), the substitution is applied to t
 pytest runs there with PYTHONPATH pointing at the copy (the script checks that the copy's
 `msctr` is the one imported). The real working tree is never written to.
 
-A mutant is "killed" when a test fails, "survived" when the whole suite passes. To be quick,
+A mutant is "killed" when a test fails, "survived" when the whole suite passes (less
+tests/test_mutants.py, which checks this list and fails in any mutated copy). To be quick,
 each mutant first runs the test files most likely to catch it; only if those pass does the
 whole suite run. The exit status is 0 only when every mutant is killed.
 
@@ -460,12 +461,17 @@ def check_imports_copy(tree: Path) -> None:
 
 
 FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.M)
+# the suite's check of this list: in a mutated copy the mutant's own snippet is gone, so it
+# would fail for every mutant and call each one "killed" that the real tests let through
+LIST_CHECK = "tests/test_mutants.py"
 
 
 def pytest(
-    tree: Path, targets: list[str], stop_first: bool, timeout: float
+    tree: Path, targets: list[str], stop_first: bool, timeout: float, mutated: bool = True
 ) -> tuple[int, list[str], str]:
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rfE", "-q"]
+    if mutated:
+        cmd.append(f"--ignore={LIST_CHECK}")
     # a private temp root: runs in parallel (--jobs) never share or clean each other's
     cmd.append(f"--basetemp={tree.parent / 'pytest-tmp'}")
     if stop_first:
@@ -503,7 +509,9 @@ def run_mutant(m: Mutant | None, args: argparse.Namespace) -> Result:
         stages = [] if args.full or m is None or not m.tests else [list(m.tests)]
         stages.append([])  # the whole suite (testpaths)
         for targets in stages:
-            rc, failures, out = pytest(tree, targets, not args.all_failures, args.timeout)
+            rc, failures, out = pytest(
+                tree, targets, not args.all_failures, args.timeout, m is not None
+            )
             if rc == -1:
                 return Result(name, "killed", "timeout", time.perf_counter() - start, [])
             if rc in (1, 2, 3):  # tests failed, interrupted (collection error), internal error
