@@ -8,13 +8,14 @@ folder (without .git, data/, runs/ and caches), the substitution is applied to t
 pytest runs there with PYTHONPATH pointing at the copy (the script checks that the copy's
 `msctr` is the one imported). The real working tree is never written to.
 
-A mutant is "killed" when a test fails, "survived" when the whole suite passes. To be quick,
+A mutant is "killed" when a test fails, "survived" when the whole suite passes (less
+tests/test_mutants.py, which checks this list and fails in any mutated copy). To be quick,
 each mutant first runs the test files most likely to catch it; only if those pass does the
 whole suite run. The exit status is 0 only when every mutant is killed.
 
     python benchmarks/mutants.py                  # every mutant (baseline run first)
     python benchmarks/mutants.py --list           # names, files, stale or not
-    python benchmarks/mutants.py --only engine_no_restore --only star_route_scenario0
+    python benchmarks/mutants.py --only loop_no_restore --only star_route_scenario0
     python benchmarks/mutants.py --only hierrec_head_weights_scenario0 --all-failures
     python benchmarks/mutants.py --jobs 2 --json mutants.json
 
@@ -68,9 +69,9 @@ ROUTING = "tests/test_scenario_routing.py"
 MECH = "tests/test_mechanisms.py"
 
 MUTANTS = [
-    # -- the training engine: model selection -----------------------------------------------
+    # -- the training loop: model selection ---------------------------------------------------
     Mutant(
-        "engine_no_restore",
+        "loop_no_restore",
         LOOP,
         "model.load_state_dict(trainee.best)",
         "model = model  # mutant",
@@ -78,7 +79,7 @@ MUTANTS = [
         (SEL,),
     ),
     Mutant(
-        "engine_select_on_test",
+        "loop_select_on_test",
         LOOP,
         "val_p = trainee.score(data.val, t, world, stop)\n"
         "    # rank 0's figures decide for all, so every rank stops at the same epoch\n"
@@ -93,7 +94,7 @@ MUTANTS = [
         (SEL,),
     ),
     Mutant(
-        "engine_val_is_test_split",
+        "loop_val_is_test_split",
         "msctr/train/splits.py",
         'val = load_columns(folder, "val", schema, limit=t.eval_rows)',
         'val = load_columns(folder, "test", schema, limit=t.eval_rows)',
@@ -101,7 +102,7 @@ MUTANTS = [
         (SEL,),
     ),
     Mutant(
-        "engine_no_patience",
+        "loop_no_patience",
         LOOP,
         "return self.waited >= self.patience",
         "return self.waited >= self.patience + 10**6",
@@ -109,7 +110,7 @@ MUTANTS = [
         (SEL,),
     ),
     Mutant(
-        "engine_logloss_maximized",
+        "loop_logloss_maximized",
         LOOP,
         'score = val[self.metric] if self.metric == "auc" else -val[self.metric]',
         "score = val[self.metric]",
@@ -117,7 +118,7 @@ MUTANTS = [
         (SEL,),
     ),
     Mutant(
-        "engine_wait_not_reset",
+        "loop_wait_not_reset",
         LOOP,
         "self.best_score, self.best_epoch, self.waited = score, epoch, 0",
         "self.best_score, self.best_epoch = score, epoch",
@@ -298,6 +299,123 @@ MUTANTS = [
         "AdaSparse computes its weighting factors but does not apply them",
         (MECH, "tests/test_pepnet_adasparse.py"),
     ),
+    # -- HiNet ---------------------------------------------------------------------------------
+    Mutant(
+        "hinet_own_sei_scenario0",
+        "msctr/models/hinet.py",
+        "own = specific[torch.arange(x.shape[0], device=x.device), s]  # [B, h]",
+        "own = specific[:, 0]  # [B, h]",
+        "every row's own scenario-specific SEI is scenario 0's",
+        ("tests/test_hinet.py", ROUTING),
+    ),
+    Mutant(
+        "hinet_san_includes_own",
+        "msctr/models/hinet.py",
+        "w = w.masked_fill(nn.functional.one_hot(s, S).bool(), 0.0)",
+        "w = w",
+        "the SAN's transfer representation also weighs in the row's own scenario's SEI",
+        ("tests/test_hinet.py", ROUTING),
+    ),
+    # -- HAMUR ---------------------------------------------------------------------------------
+    Mutant(
+        "hamur_instance_matrix_ignored",
+        "msctr/models/hamur.py",
+        "z = torch.bmm(z.unsqueeze(1), H.to(z.dtype)).squeeze(1)  # [B, k]",
+        "z = z  # [B, k]",
+        "the adapters use U_s V_s alone: the hyper-network's H(x) is computed but not applied",
+        ("tests/test_hamur.py", ROUTING),
+    ),
+    Mutant(
+        "hamur_instance_matrix_transposed",
+        "msctr/models/hamur.py",
+        "z = torch.bmm(z.unsqueeze(1), H.to(z.dtype)).squeeze(1)  # [B, k]",
+        "z = torch.bmm(z.unsqueeze(1), H.transpose(1, 2).to(z.dtype)).squeeze(1)  # [B, k]",
+        "the adapter weights are U_s H(x)^T V_s (every part still trained)",
+        ("tests/test_hamur.py",),
+    ),
+    # -- M2M -----------------------------------------------------------------------------------
+    Mutant(
+        "m2m_meta_weights_scenario0",
+        "msctr/models/m2m.py",
+        "w, b = gen_w(knowledge).view(S, d, d), gen_b(knowledge)  # one set per scenario",
+        "w, b = gen_w(knowledge[:1].expand_as(knowledge)).view(S, d, d), "
+        "gen_b(knowledge[:1].expand_as(knowledge))",
+        "the meta units' weights are generated from scenario 0's knowledge for every scenario",
+        ("tests/test_m2m.py", ROUTING),
+    ),
+    Mutant(
+        "m2m_attention_scenarios_misaligned",
+        "msctr/models/m2m.py",
+        "groups = ScenarioGroups(batch.scenario.repeat_interleave(K), self.num_scenarios)",
+        "groups = ScenarioGroups(batch.scenario.repeat(K), self.num_scenarios)",
+        "the meta attention's (row, expert) pairs get other rows' scenarios (repeat, not "
+        "repeat_interleave)",
+        ("tests/test_m2m.py", ROUTING),
+    ),
+    # -- SAR-Net -------------------------------------------------------------------------------
+    Mutant(
+        "sarnet_transform_scenario0",
+        "msctr/models/sarnet.py",
+        "return torch.addcmul(self.scenario_beta[s], x, self.scenario_gamma[s])",
+        "return torch.addcmul(self.scenario_beta[0 * s], x, self.scenario_gamma[0 * s])",
+        "the scenario-specific transform applies scenario 0's gamma and beta to every row",
+        ("tests/test_sarnet.py", ROUTING),
+    ),
+    Mutant(
+        "sarnet_debias_next_scenario",
+        "msctr/models/sarnet.py",
+        "parts[0] = parts[0] + self.specific_bias_net(z, groups)",
+        "parts[0] = parts[0] + self.specific_bias_net(\n"
+        "                    z, ScenarioGroups((groups.scenario + 1) % self.num_scenarios, "
+        "self.num_scenarios)\n"
+        "                )",
+        "a row's specific experts are debiased by the next scenario's bias network (training)",
+        ("tests/test_sarnet.py", ROUTING),
+    ),
+    # -- AdaptDHM ------------------------------------------------------------------------------
+    Mutant(
+        "adaptdhm_every_row_cluster0",
+        "msctr/models/adaptdhm.py",
+        "return self.similarity(u).argmax(dim=1)  # the largest coefficient's cluster",
+        "return 0 * self.similarity(u).argmax(dim=1)  # the largest coefficient's cluster",
+        "the routing ignores the clusters: every row runs cluster 0's network",
+        ("tests/test_adaptdhm.py",),
+    ),
+    Mutant(
+        "adaptdhm_centres_move_at_eval",
+        "msctr/models/adaptdhm.py",
+        "if self.training:  # the centres follow the training batches only, never at eval",
+        "if True:  # the centres follow the training batches only, never at eval",
+        "the cluster centres also follow the evaluation batches",
+        ("tests/test_adaptdhm.py",),
+    ),
+    # -- M3oE ----------------------------------------------------------------------------------
+    Mutant(
+        "m3oe_own_domain_scenario0",
+        "msctr/models/m3oe.py",
+        "w = nn.functional.one_hot(s, self.D).to(out.dtype)",
+        "w = nn.functional.one_hot(0 * s, self.D).to(out.dtype)",
+        "the domain-level fusion weighs scenario 0's domain expert as every row's own",
+        ("tests/test_m3oe.py", ROUTING),
+    ),
+    Mutant(
+        "m3oe_fusion_weight_not_applied",
+        "msctr/models/m3oe.py",
+        'f = f + self.weight("b_d", out.dtype) * domain',
+        'f = f + domain + 0 * self.weight("b_d", out.dtype)',
+        "the module-level fusion adds the domain module unweighted (b_d computed, not applied)",
+        ("tests/test_m3oe.py",),
+    ),
+    # -- data preparation ----------------------------------------------------------------------
+    Mutant(
+        "prepare_history_values_unnumbered",
+        "msctr/data/prepare.py",
+        "[(col, q.max_len) for q in f.sequences for col, t in q.columns.items() if t == c],",
+        "None,",
+        "a field's vocabulary ignores the training sequences that share it: values seen only "
+        "in histories all collapse into id 0",
+        ("tests/test_prepare.py", "tests/test_kuairand.py"),
+    ),
 ]
 
 
@@ -343,12 +461,17 @@ def check_imports_copy(tree: Path) -> None:
 
 
 FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.M)
+# the suite's check of this list: in a mutated copy the mutant's own snippet is gone, so it
+# would fail for every mutant and call each one "killed" that the real tests let through
+LIST_CHECK = "tests/test_mutants.py"
 
 
 def pytest(
-    tree: Path, targets: list[str], stop_first: bool, timeout: float
+    tree: Path, targets: list[str], stop_first: bool, timeout: float, mutated: bool = True
 ) -> tuple[int, list[str], str]:
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rfE", "-q"]
+    if mutated:
+        cmd.append(f"--ignore={LIST_CHECK}")
     # a private temp root: runs in parallel (--jobs) never share or clean each other's
     cmd.append(f"--basetemp={tree.parent / 'pytest-tmp'}")
     if stop_first:
@@ -386,7 +509,9 @@ def run_mutant(m: Mutant | None, args: argparse.Namespace) -> Result:
         stages = [] if args.full or m is None or not m.tests else [list(m.tests)]
         stages.append([])  # the whole suite (testpaths)
         for targets in stages:
-            rc, failures, out = pytest(tree, targets, not args.all_failures, args.timeout)
+            rc, failures, out = pytest(
+                tree, targets, not args.all_failures, args.timeout, m is not None
+            )
             if rc == -1:
                 return Result(name, "killed", "timeout", time.perf_counter() - start, [])
             if rc in (1, 2, 3):  # tests failed, interrupted (collection error), internal error

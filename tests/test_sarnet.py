@@ -1,7 +1,8 @@
 """SAR-Net: shapes, gradients, the two behavior attentions against a per-row loop, the
-scenario-specific transform, the debias networks (training only), each switch, batch
-independence at eval, parameter checks, planted signal."""
+scenario-specific transform, the debias networks (training only; each scenario's reaching its
+own rows only), each switch, batch independence at eval, parameter checks, planted signal."""
 
+import copy
 import math
 
 import pytest
@@ -120,6 +121,25 @@ def test_bias_fields_reach_training_scores_only(schema, batch):
         a = model(batch)
         torch.manual_seed(1)
         assert (model(moved) - a).abs().max() > 1e-4
+
+
+def test_each_scenarios_bias_network_reaches_its_rows_only(schema):
+    """In training a row's specific experts are debiased by its own scenario's bias network:
+    moving scenario s's slice of it moves every row of s and no other row."""
+    torch.manual_seed(0)
+    params = {**P, "bias_fields": ["f4", "x1"], "dropout": 0.0}  # dropout off: repeatable
+    model = spread(build("sarnet", schema, params)).train()
+    batch = make_batch(schema, 96, seed=1)
+    batch.scenario = torch.arange(96) % schema.num_scenarios
+    with torch.no_grad():
+        before = model(batch)
+        for s in range(schema.num_scenarios):
+            other = copy.deepcopy(model)
+            other.specific_bias_net.weight[s].add_(0.5)
+            after = other(batch)
+            mine = batch.scenario == s
+            torch.testing.assert_close(after[~mine], before[~mine], rtol=0, atol=1e-7)
+            assert ((after[mine] - before[mine]).abs() > 1e-6).all(), s
 
 
 def test_switches_remove_their_parts(schema, batch):
