@@ -13,6 +13,8 @@ from conftest import (
     assert_trains,
     load_shared,
     make_batch,
+    spread_embeddings,
+    warmed_up,
 )
 
 from msctr.errors import UserError
@@ -26,15 +28,6 @@ def n_params(m: torch.nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-def spread(model: torch.nn.Module) -> torch.nn.Module:
-    """Embeddings at std 0.5 instead of 0.01, so rows differ enough to fall in different
-    clusters."""
-    with torch.no_grad():
-        for p in model.embedding.parameters():
-            p.mul_(50.0)
-    return model
-
-
 def x_of(model, batch) -> torch.Tensor:
     return model.embedding.fields(batch).flatten(1).detach()
 
@@ -42,7 +35,7 @@ def x_of(model, batch) -> torch.Tensor:
 @pytest.mark.parametrize("drop", [[], ["cluster"], ["shared"]], ids=str)
 def test_shapes_and_every_parameter_gets_gradient(drop, schema):
     torch.manual_seed(0)
-    model = spread(build("adaptdhm", schema, {**P, "drop": drop})).train()
+    model = spread_embeddings(build("adaptdhm", schema, {**P, "drop": drop})).train()
     batch = make_batch(schema, 96, seed=1)
     assert_trains(model, batch)
     for n, p in model.named_parameters():  # every cluster's slice is trained
@@ -55,7 +48,7 @@ def test_routing_and_centre_update_follow_the_formulas(schema):
     c <- normalize(beta c + (1 - beta) normalize(sum_i r_i u_i)), then each row goes to its
     nearest centre; written out here one cluster and one row at a time."""
     torch.manual_seed(0)
-    model = spread(build("adaptdhm", schema, P)).train()
+    model = spread_embeddings(build("adaptdhm", schema, P)).train()
     batch = make_batch(schema, 64, seed=2)
     router = model.router
     c = router.centres.clone()
@@ -79,7 +72,7 @@ def test_routing_and_centre_update_follow_the_formulas(schema):
 
 def test_centres_move_in_training_only_and_deterministically(schema):
     torch.manual_seed(0)
-    model = spread(build("adaptdhm", schema, P))
+    model = spread_embeddings(build("adaptdhm", schema, P))
     twin = copy.deepcopy(model)
     batch = make_batch(schema, 64, seed=3)
     start = model.router.centres.clone()
@@ -101,7 +94,7 @@ def test_centres_move_in_training_only_and_deterministically(schema):
 
 def test_centres_are_saved_and_restored_with_the_weights(schema):
     torch.manual_seed(0)
-    model = spread(build("adaptdhm", schema, P))
+    model = spread_embeddings(build("adaptdhm", schema, P))
     model.train()
     with torch.no_grad():
         model(make_batch(schema, 64, seed=5))
@@ -127,7 +120,7 @@ def test_centres_are_saved_and_restored_with_the_weights(schema):
 def test_each_clusters_weights_reach_its_rows_only(schema):
     """Moving cluster k's part of a layer moves exactly the rows routed to cluster k."""
     torch.manual_seed(0)
-    model = spread(build("adaptdhm", schema, P))
+    model = spread_embeddings(build("adaptdhm", schema, P))
     model.train()
     with torch.no_grad():
         model(make_batch(schema, 64, seed=7))
@@ -150,7 +143,7 @@ def test_each_clusters_weights_reach_its_rows_only(schema):
 
 def test_switches_remove_their_parts(schema):
     torch.manual_seed(0)
-    full = spread(build("adaptdhm", schema, P)).eval()
+    full = spread_embeddings(build("adaptdhm", schema, P)).eval()
     no_cluster = build("adaptdhm", schema, {**P, "drop": ["cluster"]}).eval()
     no_shared = build("adaptdhm", schema, {**P, "drop": ["shared"]}).eval()
     assert no_cluster.router is None and "router.centres" not in no_cluster.state_dict()
@@ -177,10 +170,8 @@ def test_switches_remove_their_parts(schema):
 
 def test_eval_score_does_not_depend_on_batch_mates(schema):
     torch.manual_seed(0)
-    model = spread(build("adaptdhm", schema, P))
-    model.train()
-    model(make_batch(schema, 64, seed=3))
-    model.eval()
+    model = spread_embeddings(build("adaptdhm", schema, P))
+    warmed_up(model, schema)
     assert_rows_alone_match(model, make_batch(schema, 24, seed=4))
 
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import load_shared, make_batch, make_schema, train_and_auc
+from conftest import load_shared, make_batch, make_schema, spread_embeddings, train_and_auc
 
 from msctr.errors import UserError
 from msctr.models.aesm2 import ScenarioLayer, select_experts
@@ -27,15 +27,6 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def spread(model: torch.nn.Module) -> torch.nn.Module:
-    """Embeddings at std ~0.5 instead of the init's 0.01, so that gates differ between rows
-    and scenarios (and selections differ between experts) by more than rounding."""
-    with torch.no_grad():
-        for p in model.embedding.parameters():
-            p.mul_(50.0)
-    return model
-
-
 @pytest.mark.parametrize("drop", [[], ["aux"], ["select"]])
 def test_shapes_loss_and_every_parameter_gets_gradient(schema, drop):
     # 4 experts, 1 specific + 1 shared per row: over 128 rows of 3 scenarios (and with the
@@ -43,7 +34,7 @@ def test_shapes_loss_and_every_parameter_gets_gradient(schema, drop):
     # selection counts confirm, so every expert must get a gradient
     batch = make_batch(schema, 128)
     torch.manual_seed(0)
-    model = spread(build("aesm2", schema, {**SMALL, "drop": drop})).train()
+    model = spread_embeddings(build("aesm2", schema, {**SMALL, "drop": drop})).train()
     out = model(batch)
     assert isinstance(out, ModelOutput) and out.logit.shape == (len(batch),)
     assert out.aux_loss.dim() == 0 and torch.isfinite(out.aux_loss)
@@ -140,7 +131,7 @@ def test_aux_loss_is_the_weighted_sum_of_the_layers_kl_losses(schema, batch):
     KL(uniform || P_j) = sum_s (1/S) log((1/S) / P_j[s]), recomputed layer by layer."""
     torch.manual_seed(0)
     params = {**SMALL, "specific_weight": 0.3, "shared_weight": 0.7}
-    model = spread(build("aesm2", schema, params)).double().eval()
+    model = spread_embeddings(build("aesm2", schema, params)).double().eval()
     with torch.no_grad():
         aux = model(batch).aux_loss
         emb = model.embedding.fields(batch)
@@ -161,7 +152,7 @@ def test_aux_loss_is_the_weighted_sum_of_the_layers_kl_losses(schema, batch):
 
 def test_switches(schema, batch):
     torch.manual_seed(0)
-    full = spread(build("aesm2", schema, SMALL)).eval()
+    full = spread_embeddings(build("aesm2", schema, SMALL)).eval()
     no_aux = build("aesm2", schema, {**SMALL, "drop": ["aux"]}).eval()
     no_select = build("aesm2", schema, {**SMALL, "drop": ["select"]}).eval()
     # neither switch has parameters to remove: the selection and the KL losses are computed
@@ -189,7 +180,7 @@ def test_switches(schema, batch):
 
 def test_gate_noise_only_in_training(schema, batch):
     torch.manual_seed(0)
-    model = spread(build("aesm2", schema, {**SMALL, "gate_noise": 5.0}))
+    model = spread_embeddings(build("aesm2", schema, {**SMALL, "gate_noise": 5.0}))
     with torch.no_grad():
         model.eval()
         a, b = model(batch).aux_loss, model(batch).aux_loss
@@ -201,7 +192,7 @@ def test_gate_noise_only_in_training(schema, batch):
 
 def test_selection_report(schema, batch):
     torch.manual_seed(0)
-    model = spread(build("aesm2", schema, {**SMALL, "top_k_shared": 2})).train()
+    model = spread_embeddings(build("aesm2", schema, {**SMALL, "top_k_shared": 2})).train()
     for _ in range(3):
         model(batch)
     report = model.report()

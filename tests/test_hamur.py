@@ -11,6 +11,8 @@ from conftest import (
     assert_trains,
     load_shared,
     make_batch,
+    spread_embeddings,
+    warmed_up,
 )
 
 from msctr.errors import UserError
@@ -28,12 +30,7 @@ def n_params(m: torch.nn.Module | None) -> int:
 def warmed(model: torch.nn.Module, schema) -> torch.nn.Module:
     """Embeddings at std 0.5 (the hyper-network then sees distinct inputs) and one training
     forward, so the running statistics leave their init; returned in eval mode."""
-    with torch.no_grad():
-        for p in model.embedding.parameters():
-            p.mul_(50.0)
-        model.train()
-        model(make_batch(schema, 96, seed=5))
-    return model.eval()
+    return warmed_up(spread_embeddings(model), schema, rows=96, seed=5)
 
 
 @pytest.mark.parametrize("drop", [[], *([s] for s in SWITCHES), ["hyper", "norm"]], ids=str)

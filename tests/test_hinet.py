@@ -11,6 +11,8 @@ from conftest import (
     assert_trains,
     load_shared,
     make_batch,
+    spread_embeddings,
+    warmed_up,
 )
 
 from msctr.errors import UserError
@@ -21,14 +23,6 @@ P = SMALL["hinet"]
 
 def n_params(m: torch.nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
-
-
-def spread(model: torch.nn.Module) -> torch.nn.Module:
-    """Embeddings at std 0.5 instead of 0.01, so the gates see distinct inputs."""
-    with torch.no_grad():
-        for p in model.embedding.parameters():
-            p.mul_(50.0)
-    return model
 
 
 @pytest.mark.parametrize("drop", [[], ["san"], ["sei"], ["san", "sei"]], ids=str)
@@ -76,7 +70,7 @@ def loop_representation(model, batch) -> torch.Tensor:
 
 def test_scenario_layer_matches_a_per_row_loop(schema, batch):
     torch.manual_seed(0)
-    model = spread(build("hinet", schema, P)).eval()
+    model = spread_embeddings(build("hinet", schema, P)).eval()
     with torch.no_grad():  # BatchNorm statistics and affine off their identity start
         for bn in model.sei.experts.norms:
             bn.running_mean.normal_(0.0, 0.1)
@@ -91,7 +85,7 @@ def test_san_reads_only_the_other_scenarios(schema, batch):
     """Moving scenario j's specific SEI moves the transfer part of every row not in j and the
     own part of the rows in j only."""
     torch.manual_seed(0)
-    model = spread(build("hinet", schema, P)).eval()
+    model = spread_embeddings(build("hinet", schema, P)).eval()
     h = model.sei.out_dim
     K, j = model.sei.K, 1
     with torch.no_grad():
@@ -108,7 +102,7 @@ def test_san_reads_only_the_other_scenarios(schema, batch):
 
 def test_switches_remove_their_parts(schema, batch):
     torch.manual_seed(0)
-    full = spread(build("hinet", schema, P)).eval()
+    full = spread_embeddings(build("hinet", schema, P)).eval()
     no_san = build("hinet", schema, {**P, "drop": ["san"]}).eval()
     no_sei = build("hinet", schema, {**P, "drop": ["sei"]}).eval()
     S, K, h = schema.num_scenarios, P["sub_experts"], full.sei.out_dim
@@ -137,10 +131,8 @@ def test_eval_score_does_not_depend_on_batch_mates(schema):
     """A row scored with its batch or alone gets the same score (a batch statistic at eval
     would fail this)."""
     torch.manual_seed(0)
-    model = spread(build("hinet", schema, P))
-    model.train()
-    model(make_batch(schema, 64, seed=3))
-    model.eval()
+    model = spread_embeddings(build("hinet", schema, P))
+    warmed_up(model, schema)
     assert_rows_alone_match(model, make_batch(schema, 24, seed=4))
 
 

@@ -14,6 +14,8 @@ from conftest import (
     load_shared,
     make_batch,
     rows_of,
+    spread_embeddings,
+    warmed_up,
 )
 
 from msctr.errors import UserError
@@ -30,14 +32,6 @@ SWITCHES = [
 ]
 
 
-def spread(model: torch.nn.Module) -> torch.nn.Module:
-    """Embeddings at std 0.5 instead of 0.01, so scenarios and behaviors differ visibly."""
-    with torch.no_grad():
-        for p in model.embedding.parameters():
-            p.mul_(50.0)
-    return model
-
-
 @pytest.mark.parametrize("drop", SWITCHES, ids=str)
 def test_shapes_and_every_parameter_gets_gradient(drop, schema, batch):
     torch.manual_seed(0)
@@ -48,7 +42,7 @@ def test_meta_unit_matches_a_per_row_loop(schema, batch):
     """Each row through weights generated from its own scenario's knowledge:
     h <- LeakyReLU(h reshape(S_s V + c) + S_s U + u), layer by layer."""
     torch.manual_seed(0)
-    model = spread(build("m2m", schema, P)).eval()
+    model = spread_embeddings(build("m2m", schema, P)).eval()
     unit = model.tower[0]
     h = model.experts.out_dim
     x = torch.randn(len(batch), h)
@@ -92,7 +86,7 @@ def test_transformer_layer_attends_within_a_row(schema, batch):
     """The pooled sequence equals a per-row computation over the row's own valid behaviors
     (so padding and other rows take no part)."""
     torch.manual_seed(0)
-    model = spread(build("m2m", schema, P)).eval()
+    model = spread_embeddings(build("m2m", schema, P)).eval()
     assert (~batch.seq_mask[0].any(1)).any() and batch.seq_mask[0].all(1).any()
     with torch.no_grad():
         got = model.transformers[0](*model.embedding.sequence(batch, 0))
@@ -101,7 +95,7 @@ def test_transformer_layer_attends_within_a_row(schema, batch):
 
 def test_switches_remove_their_parts(schema, batch):
     torch.manual_seed(0)
-    full = spread(build("m2m", schema, P)).eval()
+    full = spread_embeddings(build("m2m", schema, P)).eval()
     parts = {
         "meta_attention": lambda m: m.attention,
         "meta_tower": lambda m: m.tower,
@@ -139,10 +133,8 @@ def test_eval_score_does_not_depend_on_batch_mates(schema):
     """A row scored with its batch or alone gets the same score: the attention runs over a
     row's own behaviors (the trap of attending across a [batch, features] tensor fails this)."""
     torch.manual_seed(0)
-    model = spread(build("m2m", schema, P))
-    model.train()
-    model(make_batch(schema, 64, seed=3))
-    model.eval()
+    model = spread_embeddings(build("m2m", schema, P))
+    warmed_up(model, schema)
     batch = make_batch(schema, 24, seed=4)
     together = assert_rows_alone_match(model, batch)
     # and a row's score does not move when the other rows change

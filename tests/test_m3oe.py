@@ -11,6 +11,8 @@ from conftest import (
     assert_trains,
     load_shared,
     make_batch,
+    spread_embeddings,
+    warmed_up,
 )
 
 from msctr.errors import UserError
@@ -28,9 +30,8 @@ def n_params(m: torch.nn.Module | None) -> int:
 def spread(model: torch.nn.Module) -> torch.nn.Module:
     """Embeddings at std 0.5 instead of 0.01, so the gates see distinct inputs; fusion
     logits moved off their common start, so a mix-up of a, b_d and b_t shows."""
+    spread_embeddings(model)
     with torch.no_grad():
-        for p in model.embedding.parameters():
-            p.mul_(50.0)
         for name, v in [("a", 0.3), ("b_d", -0.4), ("b_t", 1.7)]:
             if getattr(model, name, None) is not None:
                 getattr(model, name).fill_(v)
@@ -133,9 +134,7 @@ def test_fusion_weights_learn_only_with_automl(schema, batch):
 def test_eval_score_does_not_depend_on_batch_mates(schema):
     torch.manual_seed(0)
     model = spread(build("m3oe", schema, P))
-    model.train()
-    model(make_batch(schema, 64, seed=3))
-    model.eval()
+    warmed_up(model, schema)
     batch = make_batch(schema, 24, seed=4)
     together = assert_rows_alone_match(model, batch)
     # everything it learned is in its state_dict, the fusion weights included

@@ -12,20 +12,12 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_batch, make_schema
+from conftest import make_batch, make_schema, spread_embeddings
 
 from msctr.models.registry import build
 from msctr.models.sfpnet import FieldTailoring, ScenarioTailoringBlock, SFPNetParams
 
 ATOL = 1e-5
-
-
-def spread_embeddings(model: torch.nn.Module, scale: float = 40.0) -> None:
-    """Embeddings start at std 0.01, where every gate reads almost the same input; spread them
-    so that the scenario and the fields make a visible difference."""
-    with torch.no_grad():
-        for p in model.embedding.parameters():
-            p.mul_(scale)
 
 
 def with_scenario(batch, s: int):
@@ -84,7 +76,7 @@ def test_hierrec_forward_uses_the_reported_head_weights(how, attention):
     torch.manual_seed(0)
     p = {"heads": 4, "head_weights_from": how, "field_attention": attention}
     model = build("hierrec", schema, p).eval()
-    spread_embeddings(model)
+    spread_embeddings(model, 40.0)
     sharpen_heads(model)
     report = model.report()
     reported = torch.tensor(report["head_weights"], dtype=torch.float32)  # [S, G, I]
@@ -109,7 +101,7 @@ def test_hierrec_without_explicit_layer_reads_the_scenario_through_the_heads():
     batch = make_batch(schema, 48, seed=4)
     torch.manual_seed(0)
     model = build("hierrec", schema, {"drop": ["e"]}).eval()
-    spread_embeddings(model)
+    spread_embeddings(model, 40.0)
     sharpen_heads(model)
     with torch.no_grad():
         outs = [model(with_scenario(batch, s)) for s in range(3)]
@@ -228,7 +220,7 @@ def test_pepnet_forward_applies_both_gates(schema, scale):
     torch.manual_seed(0)
     model = build("pepnet", schema, {"embed_dim": 8, "hidden": [32, 16], "epnet_scale": scale})
     model.eval()
-    spread_embeddings(model)
+    spread_embeddings(model, 40.0)
     with torch.no_grad():
         emb = model.embedding.fields(batch)
         o_ep = epnet_by_equations(model.epnet, emb, emb[:, model.domain_idx].flatten(1))
@@ -284,7 +276,7 @@ def test_adasparse_forward_applies_the_factors(schema, mode):
     torch.manual_seed(0)
     model = build("adasparse", schema, {"embed_dim": 8, "hidden": [32, 16], "mode": mode})
     model.eval()
-    spread_embeddings(model)
+    spread_embeddings(model, 40.0)
     p, a = model.p, float(model.alpha)
     with torch.no_grad():
         for pruner in model.pruners:  # push some factors below epsilon / the threshold

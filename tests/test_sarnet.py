@@ -15,6 +15,8 @@ from conftest import (
     load_shared,
     make_batch,
     make_schema,
+    spread_embeddings,
+    warmed_up,
 )
 
 from msctr.errors import UserError
@@ -26,14 +28,6 @@ SWITCHES = ["scenario_attention", "item_attention", "transform", "specific"]
 
 def n_params(m: torch.nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
-
-
-def spread(model: torch.nn.Module) -> torch.nn.Module:
-    """Embeddings at std 0.5 instead of 0.01, so the attentions see distinct inputs."""
-    with torch.no_grad():
-        for p in model.embedding.parameters():
-            p.mul_(50.0)
-    return model
 
 
 @pytest.mark.parametrize(
@@ -62,7 +56,7 @@ def test_attentions_match_a_per_row_loop(schema, batch):
     query the scenario embedding (scenario attention) or the mean of the candidate's f1 and f2
     (item attention, the fields the sequence's attributes share); 0 without behaviors."""
     torch.manual_seed(0)
-    model = spread(build("sarnet", schema, P)).eval()
+    model = spread_embeddings(build("sarnet", schema, P)).eval()
     v, mask = model.embedding.sequence(batch, 0)
     emb = model.embedding.fields(batch)
     queries = {
@@ -88,7 +82,7 @@ def test_attentions_match_a_per_row_loop(schema, batch):
 
 def test_transform_is_the_rows_own_scenario_scale_and_shift(schema, batch):
     torch.manual_seed(0)
-    model = spread(build("sarnet", schema, P)).eval()
+    model = spread_embeddings(build("sarnet", schema, P)).eval()
     plain = build("sarnet", schema, {**P, "drop": ["transform"]}).eval()
     load_shared(model, plain)
     with torch.no_grad():
@@ -107,7 +101,7 @@ def test_bias_fields_reach_training_scores_only(schema, batch):
     """The debias networks read the bias fields in training; the main networks never do, so
     evaluation scores do not depend on them at all."""
     torch.manual_seed(0)
-    model = spread(build("sarnet", schema, {**P, "bias_fields": ["f4", "x1"]}))
+    model = spread_embeddings(build("sarnet", schema, {**P, "bias_fields": ["f4", "x1"]}))
     assert model.main_fields.tolist() == [i for i in range(9) if i not in (5, 8)]
     other = make_batch(schema, len(batch), seed=9)
     moved = make_batch(schema, len(batch), seed=0)
@@ -128,7 +122,7 @@ def test_each_scenarios_bias_network_reaches_its_rows_only(schema):
     moving scenario s's slice of it moves every row of s and no other row."""
     torch.manual_seed(0)
     params = {**P, "bias_fields": ["f4", "x1"], "dropout": 0.0}  # dropout off: repeatable
-    model = spread(build("sarnet", schema, params)).train()
+    model = spread_embeddings(build("sarnet", schema, params)).train()
     batch = make_batch(schema, 96, seed=1)
     batch.scenario = torch.arange(96) % schema.num_scenarios
     with torch.no_grad():
@@ -144,7 +138,7 @@ def test_each_scenarios_bias_network_reaches_its_rows_only(schema):
 
 def test_switches_remove_their_parts(schema, batch):
     torch.manual_seed(0)
-    full = spread(build("sarnet", schema, P)).eval()
+    full = spread_embeddings(build("sarnet", schema, P)).eval()
     S, d, a = schema.num_scenarios, P["embed_dim"], P["att_dim"]
     E_sp, h = P["specific_experts"], P["expert_hidden"][-1]
     variants = {s: build("sarnet", schema, {**P, "drop": [s]}).eval() for s in SWITCHES}
@@ -175,10 +169,8 @@ def test_switches_remove_their_parts(schema, batch):
 
 def test_eval_score_does_not_depend_on_batch_mates(schema):
     torch.manual_seed(0)
-    model = spread(build("sarnet", schema, {**P, "bias_fields": ["f4"]}))
-    model.train()
-    model(make_batch(schema, 64, seed=3))
-    model.eval()
+    model = spread_embeddings(build("sarnet", schema, {**P, "bias_fields": ["f4"]}))
+    warmed_up(model, schema)
     assert_rows_alone_match(model, make_batch(schema, 24, seed=4))
 
 
